@@ -1,0 +1,178 @@
+"""Write a seeded random GLUS in exactly the released on-disk layout.
+
+    python -m reference.make_tiny OUT [--seed 0] [--format safetensors|bin] [--shards N]
+    python -m reference.make_tiny OUT --shape glus-7b      # real shapes, random weights (GPU work)
+
+OUT/glus: config.json (flat LLaMA + mm_* keys, model_type llava), weights under GLUS's key names,
+the slow LLaMA tokenizer files (a sentencepiece model trained here) with [SEG], <im_start>,
+<im_end> added, and the SAM2 YAML it is built from. OUT/clip: an openai/clip-vit layout
+(CLIPModel weights, config.json, preprocessor_config.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+# name → (LLaMA, CLIP vision, SAM2) sizes
+SHAPES = {
+    "tiny": {
+        "llama": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048),
+        "clip": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                     num_attention_heads=4, projection_dim=32),
+        "sam2": dict(image_size=256, embed_dim=32, stages=[1, 2, 2, 1], global_att_blocks=[3, 5],
+                     num_heads=1, mem_layers=2, mem_ffn=512),
+        "dtype": torch.float32,
+    },
+    "glus-7b": {
+        "llama": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048),
+        "clip": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                     num_attention_heads=16, projection_dim=768),
+        "sam2": None,  # the package's own sam2_hiera_l.yaml, as GLUS
+        "dtype": torch.bfloat16,
+    },
+}
+LLAMA_7B_VOCAB = 32003  # 32000 + [SEG], <im_start>, <im_end>
+
+
+def write_sam2_yaml(path: Path, s: dict) -> None:
+    """sam2's hiera-t config, shrunk: smaller image, trunk and memory attention."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(str(resources.files("sam2") / "configs/sam2/sam2_hiera_t.yaml"))
+    m = cfg.model
+    m.image_size = s["image_size"]
+    d = s["embed_dim"]
+    m.image_encoder.trunk.embed_dim = d
+    m.image_encoder.trunk.num_heads = s["num_heads"]
+    m.image_encoder.trunk.stages = s["stages"]
+    m.image_encoder.trunk.global_att_blocks = s["global_att_blocks"]
+    m.image_encoder.neck.backbone_channel_list = [d * 8, d * 4, d * 2, d]
+    grid = s["image_size"] // 16
+    layer = m.memory_attention.layer
+    layer.dim_feedforward = s["mem_ffn"]
+    layer.self_attention.feat_sizes = [grid, grid]
+    layer.cross_attention.feat_sizes = [grid, grid]
+    m.memory_attention.num_layers = s["mem_layers"]
+    OmegaConf.save(cfg, str(path))
+
+
+def write_clip(out: Path, sizes: dict, seed: int, dtype) -> Path:
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    torch.manual_seed(seed + 1)
+    vision = dict(image_size=224, patch_size=14, **{k: v for k, v in sizes.items() if k != "projection_dim"})
+    text = dict(hidden_size=sizes["hidden_size"], intermediate_size=sizes["intermediate_size"],
+                num_hidden_layers=2, num_attention_heads=sizes["num_attention_heads"])
+    cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=sizes["projection_dim"])
+    CLIPModel(cfg).to(dtype).save_pretrained(str(out))
+    CLIPImageProcessorPil().save_pretrained(str(out))  # the openai/clip-vit defaults
+    return out
+
+
+def _seg_favouring_head(model, tokenizer, n_probe: int = 6) -> None:
+    """Random LLM heads almost never predict [SEG]; then every mask is empty and tests see nothing.
+
+    Point the [SEG] row of lm_head along the mean final hidden state of a few real prompts, so
+    that [SEG] usually (not always) wins: both branches of GLUS's loop stay exercised.
+    """
+    from . import rules
+
+    g = torch.Generator().manual_seed(123)
+    hs = []
+    for k in range(n_probe):
+        past = [rules.ANSWER_SEG] * (k % rules.NUM_QUERY)
+        ids = tokenizer.encode_prompt(rules.prompt_text("the red circle moving left", past))
+        n_img = sum(1 for t in ids if t == rules.IMAGE_TOKEN_INDEX)
+        imgs = torch.randn(n_img, 64, model.cfg.hidden_size, generator=g) * 0.5
+        hs.append(model.seg_embedding(ids, imgs).hidden)
+    mean = torch.stack(hs).mean(0)
+    w = model.llm.lm_head.weight
+    scale = w.norm(dim=1).mean() * 3.0
+    w[tokenizer.seg_id] = mean / mean.norm() * scale
+
+
+@torch.no_grad()
+def make_tiny(out: str | Path, *, seed: int = 0, shape: str = "tiny", fmt: str = "safetensors",
+              shards: int = 1) -> tuple[Path, Path]:
+    from transformers import CLIPVisionConfig
+
+    from .checkpoint import glus_state_dict, save_glus_weights
+    from .config import read_config
+    from .model import GlusModel
+    from .tokenizer import load_tokenizer, train_tiny_tokenizer
+
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
+    spec = SHAPES[shape]
+    out = Path(out)
+    glus_dir, clip_dir = out / "glus", out / "clip"
+    for d in (glus_dir, clip_dir):
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+
+    train_tiny_tokenizer(glus_dir)
+    tokenizer = load_tokenizer(glus_dir)
+    write_clip(clip_dir, spec["clip"], seed, spec["dtype"])
+    config = {
+        "architectures": ["GLUSForCausalLM"],
+        "model_type": "llava",
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": 0,
+        "torch_dtype": str(spec["dtype"]).removeprefix("torch."),
+        "vocab_size": tokenizer.vocab_size if shape == "tiny" else LLAMA_7B_VOCAB,
+        **spec["llama"],
+        "mm_hidden_size": spec["clip"]["hidden_size"],
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "mm_vision_tower": str(clip_dir.resolve()),
+        "vision_tower": str(clip_dir.resolve()),
+        "mm_use_im_start_end": True,
+        "mm_use_im_patch_token": False,
+        "out_dim": 256,
+        "train_mask_decoder": True,
+    }
+    if spec["sam2"] is not None:
+        write_sam2_yaml(glus_dir / "sam2_config.yaml", spec["sam2"])
+        config["sam2_config"] = "sam2_config.yaml"
+    (glus_dir / "config.json").write_text(json.dumps(config, indent=2))
+
+    torch.manual_seed(seed)
+    cfg = read_config(glus_dir)
+    model = GlusModel(cfg, CLIPVisionConfig.from_pretrained(str(clip_dir))).to(spec["dtype"])
+    # Layer scale saved != its 1e-6 init, so GLUS's gamma quirk is visible on the tiny model.
+    for blk in model.sam.memory_encoder.fuser.layers:
+        blk.gamma.copy_(torch.rand_like(blk.gamma) * 0.5 + 0.25)
+    if shape == "tiny":
+        _seg_favouring_head(model, tokenizer)
+    save_glus_weights(glus_state_dict(model), glus_dir, fmt=fmt, shards=shards)
+    return glus_dir, clip_dir
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m reference.make_tiny", description=__doc__.split("\n")[0])
+    p.add_argument("out", help="output directory (gets glus/ and clip/)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    p.add_argument("--format", choices=["safetensors", "bin"], default="safetensors")
+    p.add_argument("--shards", type=int, default=1)
+    a = p.parse_args(argv)
+    glus_dir, clip_dir = make_tiny(a.out, seed=a.seed, shape=a.shape, fmt=a.format, shards=a.shards)
+    print(f"GLUS checkpoint: {glus_dir}\nCLIP:            {clip_dir}")
+
+
+if __name__ == "__main__":
+    main()
