@@ -26,7 +26,7 @@ SHAPES = {
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048),
         "clip": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                      num_attention_heads=4, projection_dim=32),
-        "sam2": dict(image_size=256, embed_dim=32, stages=[1, 2, 2, 1], global_att_blocks=[3, 5],
+        "sam2": dict(image_size=256, embed_dim=32, stages=[1, 2, 2, 1], global_att_blocks=[4],
                      num_heads=1, mem_layers=2, mem_ffn=512),
         "dtype": torch.float32,
     },
