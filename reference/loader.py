@@ -43,7 +43,10 @@ def resolve_clip_dir(cfg: GlusConfig, clip: str | Path | None) -> Path:
 
 def _load_clip(clip_dir: Path, dtype: torch.dtype):
     from transformers import CLIPVisionModel
+    from transformers.utils import logging as hf_logging
 
+    # The text tower's keys in a full CLIP checkpoint are expected to go unused: don't print them.
+    hf_logging.set_verbosity_error()
     try:
         clip, info = CLIPVisionModel.from_pretrained(
             str(clip_dir), local_files_only=True, output_loading_info=True, dtype=dtype

@@ -1,0 +1,38 @@
+"""Shared fixtures: one tiny GLUS checkpoint per test session, and small synthetic videos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def moving_square_video(n: int = 6, h: int = 48, w: int = 64, seed: int = 0) -> list[np.ndarray]:
+    """A textured background with a red square moving right: cheap, deterministic frames."""
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+    frames = []
+    for t in range(n):
+        f = bg.copy()
+        x = 4 + 5 * t
+        f[10:30, x:x + 20] = (220, 30, 30)
+        frames.append(f)
+    return frames
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    from reference.make_tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ref(tiny_dirs):
+    import reference
+
+    return reference.load(*tiny_dirs)
+
+
+@pytest.fixture
+def video():
+    return moving_square_video()
