@@ -67,8 +67,9 @@ def normalize_expression(expr: str) -> str:
 
     Whitespace is deliberately not stripped (GLUS does not), and a leading "the" is kept
     ("the the red car" is what the model saw). GLUS crashes (IndexError) on an empty
-    expression; we raise ValueError for empty or whitespace-only ones, and for an expression
-    holding "<image>", which would add an image placeholder to the prompt.
+    expression; we raise ValueError for empty or whitespace-only ones (also once the '.' is
+    removed: "." or " ."), and for an expression holding "<image>", which would add an image
+    placeholder to the prompt.
     """
     if not isinstance(expr, str):
         raise ValueError(f"expression must be a str, got {type(expr).__name__}")
@@ -78,6 +79,8 @@ def normalize_expression(expr: str) -> str:
         raise ValueError(f"expression must not contain {IMAGE_PLACEHOLDER!r}: {expr!r}")
     if expr.endswith("."):
         expr = expr[:-1]
+    if not expr.strip():  # "." or " ." would leave "segment the  in this frame?"
+        raise ValueError(f"expression is empty once its trailing '.' is removed: {expr + '.'!r}")
     return expr.lower()
 
 

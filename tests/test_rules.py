@@ -167,7 +167,7 @@ def test_normalize_expression():
     assert rules.normalize_expression("car. ") == "car. "  # '.' not last: kept
 
 
-@pytest.mark.parametrize("bad", ["", "   ", "\n\t", None, 3, b"car", "the <image> car"])
+@pytest.mark.parametrize("bad", ["", "   ", "\n\t", ".", " .", None, 3, b"car", "the <image> car"])
 def test_normalize_expression_rejects(bad):
     with pytest.raises(ValueError):
         rules.normalize_expression(bad)
