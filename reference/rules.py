@@ -62,21 +62,29 @@ UNSTRIPPED_SPECIAL_TOKENS = (UNK_TOKEN, BOS_TOKEN, EOS_TOKEN)
 # ---------------------------------------------------------------------------------------------
 # Expressions
 # ---------------------------------------------------------------------------------------------
+def _check_expression_tokens(expr: str) -> None:
+    # "<image>" adds an image placeholder (image count no longer matches the frames); "[SEG]"
+    # adds [SEG] tokens, so GLUS's [SEG] count never matches the window and every frame
+    # falls into its empty-mask path.
+    for bad in (IMAGE_PLACEHOLDER, SEG_TOKEN):
+        if bad in expr:
+            raise ValueError(f"expression must not contain {bad!r}: {expr!r}")
+
+
 def normalize_expression(expr: str) -> str:
     """GLUS's expression clean-up: drop ONE trailing '.', then lowercase.
 
     Whitespace is deliberately not stripped (GLUS does not), and a leading "the" is kept
     ("the the red car" is what the model saw). GLUS crashes (IndexError) on an empty
     expression; we raise ValueError for empty or whitespace-only ones (also once the '.' is
-    removed: "." or " ."), and for an expression holding "<image>", which would add an image
-    placeholder to the prompt.
+    removed: "." or " ."), and for an expression holding "<image>" (an extra image
+    placeholder) or "[SEG]" (GLUS's [SEG] count breaks: every mask would come out empty).
     """
     if not isinstance(expr, str):
         raise ValueError(f"expression must be a str, got {type(expr).__name__}")
     if not expr.strip():
         raise ValueError(f"expression is empty or whitespace-only: {expr!r}")
-    if IMAGE_PLACEHOLDER in expr:
-        raise ValueError(f"expression must not contain {IMAGE_PLACEHOLDER!r}: {expr!r}")
+    _check_expression_tokens(expr)
     if expr.endswith("."):
         expr = expr[:-1]
     if not expr.strip():  # "." or " ." would leave "segment the  in this frame?"
@@ -204,8 +212,7 @@ def prompt_text(expression: str, past_answers: Sequence[str]) -> str:
     """
     if not isinstance(expression, str) or not expression.strip():
         raise ValueError(f"expression must be a non-empty str, got {expression!r}")
-    if IMAGE_PLACEHOLDER in expression:
-        raise ValueError(f"expression must not contain {IMAGE_PLACEHOLDER!r}: {expression!r}")
+    _check_expression_tokens(expression)
     if isinstance(past_answers, str):
         raise ValueError("past_answers must be a sequence of answers, not one str")
     past = list(past_answers)

@@ -92,7 +92,8 @@ def load_tokenizer(path) -> GlusTokenizer:
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    base = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model")).get_piece_size()
+    sp = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
+    base = sp.get_piece_size()
     added = json.loads((path / "added_tokens.json").read_text(encoding="utf-8"))
     expected = {t: base + k for k, t in enumerate(ADDED_TOKENS)}
     if added != expected:
@@ -101,7 +102,18 @@ def load_tokenizer(path) -> GlusTokenizer:
     # LlamaTokenizer(vocab_file=...) does not.
     hf = AutoTokenizer.from_pretrained(str(path))
     hf.pad_token = hf.unk_token  # GLUS: pad = unk
-    return GlusTokenizer(hf, base)
+    tok = GlusTokenizer(hf, base)
+    # Guard against a transformers conversion that drifts from sentencepiece (another
+    # prepend scheme, lost byte fallback, ...): plain pieces must get sentencepiece's ids.
+    for probe in _PROBES:
+        if tok._encode_piece(probe) != sp.encode(probe):
+            raise ValueError(
+                f"transformers' tokenizer from {path} disagrees with sentencepiece on {probe!r}"
+            )
+    return tok
+
+
+_PROBES = ("USER:", "Sure, the segmentation result is ", " x", "a  b\n\tc", "caf\u00e9 2025 \U0001f642")
 
 
 def save_fast_tokenizer(tok: GlusTokenizer, out_dir) -> Path:

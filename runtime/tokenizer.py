@@ -45,6 +45,8 @@ class RuntimeTokenizer:
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
         tk = Tokenizer.from_file(str(path))
+        tk.no_truncation()  # ids of long prompts must never be cut or padded
+        tk.no_padding()
 
         def pick(given, text):
             if given is not None:

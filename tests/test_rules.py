@@ -167,7 +167,7 @@ def test_normalize_expression():
     assert rules.normalize_expression("car. ") == "car. "  # '.' not last: kept
 
 
-@pytest.mark.parametrize("bad", ["", "   ", "\n\t", ".", " .", None, 3, b"car", "the <image> car"])
+@pytest.mark.parametrize("bad", ["", "   ", "\n\t", ".", " .", None, 3, b"car", "the <image> car", "a [SEG] car"])
 def test_normalize_expression_rejects(bad):
     with pytest.raises(ValueError):
         rules.normalize_expression(bad)
@@ -258,6 +258,8 @@ def test_prompt_text_rejects():
         rules.prompt_text(EXPR, S)
     with pytest.raises(ValueError, match="expression"):
         rules.prompt_text("", [])
+    with pytest.raises(ValueError, match="expression"):
+        rules.prompt_text("a [SEG]", [])
 
 
 def test_prefix_split_text():

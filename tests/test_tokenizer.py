@@ -129,6 +129,31 @@ def test_wrong_added_ids(tiny_dir, tmp_path, sp):
         load_tokenizer(d)
 
 
+def test_conversion_drift_is_caught(tiny_dir, tmp_path):
+    # a config that makes transformers drop the dummy prefix must not load silently
+    d = tmp_path / "noprefix"
+    shutil.copytree(tiny_dir, d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["add_prefix_space"] = False
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="disagrees with sentencepiece"):
+        load_tokenizer(d)
+
+
+@pytest.mark.parametrize("legacy", [None, False, True])
+def test_legacy_flag_does_not_matter(tiny_dir, tmp_path, sp, legacy):
+    # real checkpoints may carry "legacy" or not; GLUS's ids must not depend on it
+    d = tmp_path / f"legacy_{legacy}"
+    shutil.copytree(tiny_dir, d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg.pop("legacy")
+    if legacy is not None:
+        cfg["legacy"] = legacy
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    text = prompt_for_step(5, "  spaced  \u2581 car ")
+    assert load_tokenizer(d).encode_prompt(text) == sp_ids(text, sp)
+
+
 def test_runtime_file_errors(tmp_path, tok):
     with pytest.raises(FileNotFoundError):
         RuntimeTokenizer.from_file(tmp_path / "nope.json")
@@ -216,7 +241,7 @@ UNICODE_EXPRESSIONS = [
     "café au lait", "naïve Zürich", "東京の赤い車", "🙂 smiling dog 🐕", "car   with  3   spaces",
     "the 2nd car from 1999", "Ångström\u00a0nbsp", "tab\there", "family 👨\u200d👩\u200d👧",
     "ﬁ ligature", "e\u0301 combining", "Привет мир", "  leading and trailing  ", "▁weird▁marks",
-    "new\nline", "Straße.", "[SEG] in text", "the <im_end> tag", "an </s> inside", "<s>x<unk>",
+    "new\nline", "Straße.", "the <im_end> tag", "an </s> inside", "<s>x<unk>",
 ]
 
 
@@ -229,7 +254,8 @@ def test_unicode_expressions(expr, tok, rt, sp):
 
 
 PRINTABLE = st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from(
-    [" ", "  ", "\t", "\n", "\u00a0", "\u3000", "\u2581", ".", "[SEG]", "<im_start>", "</s>"])
+    [" ", "  ", "\t", "\n", "\u00a0", "\u3000", "\u2581", ".", "<im_start>", "</s>", "<s>"])
+CHUNK_TEXT = PRINTABLE | st.sampled_from(["[SEG]", "<im_end>", "<unk>"])
 
 
 @settings(max_examples=200, deadline=None, database=None,
@@ -248,7 +274,7 @@ def test_expression_ids_hypothesis(expr, tok, rt, sp):
 
 @settings(max_examples=200, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(chunk=st.lists(PRINTABLE, max_size=24).map("".join))
+@given(chunk=st.lists(CHUNK_TEXT, max_size=24).map("".join))
 def test_chunk_ids_hypothesis(chunk, tok, rt, sp):
     # any chunk, including ones starting with spaces or '\u2581' right at the piece start
     assume("<image>" not in chunk)
