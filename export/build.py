@@ -1,0 +1,423 @@
+"""Turn a GLUS checkpoint into an engine directory that `runtime.GlusEngine` runs without torch.
+
+    python -m export.build [--checkpoint DIR --clip DIR] --precision {fp32,fp16,int8}
+                           [--backend onnxruntime|tensorrt] --out DIR [--force]
+
+Stages: load the reference → export each graph (vision, llm, sam_image, memory_attention,
+mask_decoder, memory_encoder) and check it against the PyTorch module on fresh random inputs →
+quantize the LLM (int8) → constant arrays, tokenizer.json → manifest.json, written last and
+atomically. A re-run reuses every graph whose recipe (checkpoint content, graph code, library
+versions, precision) and file hash are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file
+
+PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "tensorrt")
+STATE = ".build_state.json"
+# Source files whose change must invalidate exported graphs.
+RECIPE_SOURCES = ("export", "kernels", "reference/model.py", "reference/sam.py")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class BuildError(Exception):
+    """A user error in the build's inputs: printed as one line, exit code 2."""
+
+
+# ---- hashing -------------------------------------------------------------------------------
+def dir_hash(directory: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in directory.rglob("*") if p.is_file()):
+        h.update(f.relative_to(directory).as_posix().encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def code_hash() -> str:
+    h = hashlib.sha256()
+    for src in RECIPE_SOURCES:
+        p = REPO / src
+        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            h.update(f.relative_to(REPO).as_posix().encode())
+            h.update(f.read_bytes())
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    for mod in (torch, transformers, onnx, onnxruntime):
+        h.update(f"{mod.__name__}={mod.__version__}".encode())
+    return h.hexdigest()
+
+
+# ---- parity --------------------------------------------------------------------------------
+def fresh_inputs(example: dict, seed: int) -> dict:
+    """Example inputs perturbed with fresh noise (never zeros); integer inputs are kept."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, x in example.items():
+        if x.is_floating_point() and x.numel():
+            scale = float(x.float().std()) if x.numel() > 1 else 1.0
+            noise = torch.randn(x.shape, generator=g) * (0.1 * scale + 1e-3)
+            out[name] = (x + noise.to(x.dtype)).contiguous()
+        else:
+            out[name] = x
+    return out
+
+
+def graph_parity(spec, path: Path, seed: int) -> dict:
+    import torch
+
+    from .onnx_utils import ort_session, rel_error, run_ort
+
+    inputs = fresh_inputs(spec.inputs, seed)
+    with torch.no_grad():
+        want = spec.module(*inputs.values())
+    want = want if isinstance(want, (tuple, list)) else (want,)
+    got = run_ort(ort_session(path), inputs)
+    errors = {n: rel_error(g, w.float().numpy()) for n, g, w in zip(spec.outputs, got, want)}
+    return {"max_rel_error": max(errors.values()), "per_output": errors}
+
+
+def llm_seg_cosines(ref, fp32_path: Path, int8_path: Path, steps: int = 5) -> list[float]:
+    """[SEG] embedding cosine int8 vs fp32 on the model's own prompts (steps 1..steps)."""
+    import torch
+
+    from reference import rules
+
+    from .onnx_utils import cosine, ort_session
+
+    m, tok = ref.model, ref.tokenizer
+    a, b = ort_session(fp32_path), ort_session(int8_path)
+    cfg = m.llm.config
+    kvh = cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for step in range(1, steps + 1):
+        past = [rules.ANSWER_SEG] * min(step - 1, rules.NUM_QUERY - 1)
+        ids = tok.encode_prompt(rules.prompt_text("the red circle moving left", past))
+        n_img = ids.count(rules.IMAGE_TOKEN_INDEX)
+        with torch.no_grad():
+            emb = m.embed_prompt(ids, torch.randn(n_img, 64, cfg.hidden_size, generator=g) * 0.5)
+        feeds = {
+            "inputs_embeds": emb.numpy(),
+            "position_ids": np.arange(emb.shape[1], dtype=np.int64)[None],
+            "past_kv": np.zeros((cfg.num_hidden_layers, 2, 1, kvh, 0, hd), np.float32),
+        }
+        out.append(cosine(a.run(["seg_embedding"], feeds)[0], b.run(["seg_embedding"], feeds)[0]))
+    return out
+
+
+# ---- the build ---------------------------------------------------------------------------
+class Builder:
+    def __init__(self, out: Path, precision: str, backend: str, force: bool, progress: bool):
+        self.out, self.precision, self.backend = out, precision, backend
+        self.force, self.progress = force, progress
+        self.state_path = out / STATE
+        self.state = {}
+        if self.state_path.is_file() and not force:
+            try:
+                self.state = json.loads(self.state_path.read_text())
+            except json.JSONDecodeError:
+                self.state = {}
+        self.timings: dict[str, float] = {}
+
+    def log(self, msg: str) -> None:
+        if self.progress:
+            print(msg, flush=True)
+
+    def save_state(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        os.replace(tmp, self.state_path)
+
+    def cached(self, name: str, key: str) -> bool:
+        entry = self.state.get(name)
+        f = self.out / entry["file"] if entry else None
+        return bool(entry and entry["key"] == key and f.is_file() and sha256_file(f) == entry["sha256"])
+
+    def record(self, name: str, key: str, file: str, **extra) -> dict:
+        entry = {"key": key, "file": file, "sha256": sha256_file(self.out / file), **extra}
+        self.state[name] = entry
+        self.save_state()
+        return entry
+
+
+def io_signature(path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def describe(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "shape": shape,
+                        "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+        return out
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def external_files(path: Path) -> list[dict]:
+    side = path.with_name(path.name + ".data")
+    return [{"file": side.name, "sha256": sha256_file(side)}] if side.is_file() else []
+
+
+def model_constants(ref) -> dict:
+    from reference import rules
+
+    m, tok, proc = ref.model, ref.tokenizer, ref.clip_processor
+    cfg = m.llm.config
+    size = proc.size.get("shortest_edge") if hasattr(proc.size, "get") else proc.size.shortest_edge
+    crop = proc.crop_size
+    crop_hw = [crop.get("height"), crop.get("width")] if hasattr(crop, "get") else [crop.height, crop.width]
+    return {
+        "clip": {"image_size": m.clip_image_size, "resize_shortest_edge": int(size),
+                 "crop": crop_hw, "mean": list(map(float, proc.image_mean)),
+                 "std": list(map(float, proc.image_std)), "resample": int(proc.resample)},
+        "sam": {"image_size": m.sam_image_size, "mean": list(rules_imagenet()[0]),
+                "std": list(rules_imagenet()[1]), "feat_sizes": [list(s) for s in m.feat_sizes],
+                "hidden_dim": int(m.sam.hidden_dim), "mem_dim": int(m.sam.mem_dim)},
+        "llm": {"layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
+                "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
+                "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+                "vocab": cfg.vocab_size, "max_positions": cfg.max_position_embeddings,
+                "out_dim": ref.config.out_dim},
+        "tokens": {"bos": tok.bos_id, "eos": tok.eos_id, "seg": tok.seg_id,
+                   "im_start": tok.im_start_id, "im_end": tok.im_end_id,
+                   "image_placeholder": rules.IMAGE_TOKEN_INDEX},
+        "prompt": {"system": rules.SYSTEM, "answer_prefix": rules.ANSWER_PREFIX,
+                   "answer_seg": rules.ANSWER_SEG, "answer_no_seg": rules.ANSWER_NO_SEG,
+                   "context_sentence": rules.CONTEXT_SENTENCE,
+                   "question_template": rules.QUESTION_TEMPLATE, "image_text": rules.IMAGE_TEXT},
+        "num_context": rules.NUM_CONTEXT, "num_query": rules.NUM_QUERY,
+        "mem_stride": rules.MEM_STRIDE, "num_maskmem": rules.NUM_MASKMEM,
+        "tokens_per_image": rules.TOKENS_PER_IMAGE,
+    }
+
+
+def rules_imagenet():
+    from reference.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def check_backend(precision: str, backend: str) -> str | None:
+    """Why the requested backend/precision can't be built here (None if it can)."""
+    if backend == "tensorrt" or precision == "fp16":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            tensorrt = None
+        import onnxruntime as ort
+
+        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        if backend == "tensorrt" and tensorrt is None:
+            return "TensorRT is not installed (pip install '.[gpu]' on a machine with an NVIDIA GPU)"
+        if precision == "fp16" and not has_cuda and tensorrt is None:
+            return "fp16 engines need a GPU (ONNX Runtime CUDA or TensorRT); use fp32 or int8 on the CPU"
+    return None
+
+
+def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str = "onnxruntime",
+          out: str | Path, force: bool = False, progress: bool = True) -> dict:
+    if precision not in PRECISIONS:
+        raise BuildError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if backend not in BACKENDS:
+        raise BuildError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    why = check_backend(precision, backend)
+    if why and precision == "fp16":
+        raise BuildError(why)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise BuildError(f"cannot write to output directory {out}: {e.strerror or e}") from None
+    if checkpoint is None:
+        from .default_model import default_checkpoint
+
+        checkpoint, default_clip = default_checkpoint()
+        clip = clip or default_clip
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise BuildError(f"checkpoint directory not found: {checkpoint}")
+
+    # An old manifest must not outlive a rebuild that may stop half way.
+    (out / MANIFEST).unlink(missing_ok=True)
+    b = Builder(out, precision, backend, force, progress)
+    t_all = time.perf_counter()
+
+    import reference
+    from reference.errors import CheckpointError
+
+    t = time.perf_counter()
+    try:
+        ref = reference.load(checkpoint, clip)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise BuildError(str(e)) from None
+    b.timings["load"] = time.perf_counter() - t
+    source_key = hashlib.sha256((dir_hash(checkpoint) + dir_hash(ref.clip_dir)).encode()).hexdigest()
+    recipe = hashlib.sha256((source_key + code_hash()).encode()).hexdigest()
+    b.log(f"[load] {checkpoint} + {ref.clip_dir} in {b.timings['load']:.1f}s")
+
+    from .llm import embedding_table, llm_spec
+    from .onnx_utils import export_graph
+    from .sam_graphs import sam_constants, sam_specs
+    from .vision import vision_spec
+
+    specs = [vision_spec(ref.model), llm_spec(ref.model), *sam_specs(ref.model)]
+    graphs, parity = {}, {}
+    from tqdm import tqdm
+
+    bar = tqdm(specs, desc="export", unit="graph", disable=not progress)
+    for k, spec in enumerate(bar):
+        bar.set_postfix_str(spec.name)
+        key = hashlib.sha256(f"{recipe}:{spec.name}:fp32".encode()).hexdigest()
+        file = f"{spec.name}.onnx"
+        t = time.perf_counter()
+        if b.cached(spec.name, key):
+            entry = b.state[spec.name]
+            reused = True
+        else:
+            export_graph(spec, out / file)
+            check = graph_parity(spec, out / file, seed=int.from_bytes(os.urandom(4), "little"))
+            entry = b.record(spec.name, key, file, parity=check)
+            reused = False
+        b.timings[spec.name] = time.perf_counter() - t
+        parity[spec.name] = entry["parity"]
+        graphs[spec.name] = {"file": file, "sha256": entry["sha256"], "precision": "fp32",
+                             "quantization": None, "external_data": external_files(out / file),
+                             **io_signature(out / file)}
+        b.log(f"[{spec.name}] {'reused' if reused else 'exported'} in {b.timings[spec.name]:.1f}s,"
+              f" max rel error {entry['parity']['max_rel_error']:.2e}")
+        if entry["parity"]["max_rel_error"] > 1e-4:
+            raise BuildError(f"{spec.name}: ONNX output differs from PyTorch by "
+                             f"{entry['parity']['max_rel_error']:.2e} (> 1e-4); engine not written")
+
+    if precision == "int8":
+        from .quantize import quantize_llm
+
+        t = time.perf_counter()
+        key = hashlib.sha256(f"{recipe}:llm:int8".encode()).hexdigest()
+        file = "llm.int8.onnx"
+        if not b.cached("llm_int8", key):
+            report = quantize_llm(out / "llm.onnx", out / file, method="dynamic-int8")
+            cos = llm_seg_cosines(ref, out / "llm.onnx", out / file)
+            b.record("llm_int8", key, file, report=report, seg_cosines=cos)
+        entry = b.state["llm_int8"]
+        b.timings["quantize"] = time.perf_counter() - t
+        parity["llm_int8"] = {"seg_cosine_min": min(entry["seg_cosines"]), "seg_cosines": entry["seg_cosines"]}
+        graphs["llm"] = {"file": file, "sha256": entry["sha256"], "precision": "int8",
+                         "quantization": entry["report"], "external_data": external_files(out / file),
+                         **io_signature(out / file)}
+        b.log(f"[quantize] llm dynamic int8 in {b.timings['quantize']:.1f}s,"
+              f" [SEG] cosine to fp32 >= {parity['llm_int8']['seg_cosine_min']:.5f}")
+        if parity["llm_int8"]["seg_cosine_min"] < 0.99:
+            raise BuildError(f"int8 LLM [SEG] cosine {parity['llm_int8']['seg_cosine_min']:.4f} < 0.99")
+
+    t = time.perf_counter()
+    arrays = {"embed_tokens": embedding_table(ref.model), **sam_constants(ref.model)}
+    array_entries = {}
+    for name, arr in arrays.items():
+        file = f"{name}.npy"
+        np.save(out / file, np.ascontiguousarray(arr, dtype=np.float32))
+        array_entries[name] = {"file": file, "sha256": sha256_file(out / file),
+                               "shape": list(arr.shape), "dtype": "float32"}
+    from reference.tokenizer import save_fast_tokenizer
+
+    tok_path = save_fast_tokenizer(ref.tokenizer, out)
+    b.timings["arrays+tokenizer"] = time.perf_counter() - t
+
+    trt = None
+    if backend == "tensorrt":
+        if why:
+            b.log(f"[tensorrt] skipped: {why}. The ONNX Runtime engine is complete.")
+            trt = {"built": False, "reason": why}
+        else:
+            from .tensorrt import build_engines
+
+            trt = build_engines(out, graphs, precision)
+
+    manifest = {
+        "schema": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "precision": precision,
+        "source": {"checkpoint": str(checkpoint.resolve()), "clip": str(Path(ref.clip_dir).resolve()),
+                   "content_sha256": source_key,
+                   "fuser_gamma_loaded": ref.report.get("fuser_gamma_loaded", False)},
+        "graphs": graphs,
+        "arrays": array_entries,
+        "tokenizer": {"file": tok_path.name, "sha256": sha256_file(tok_path)},
+        "constants": model_constants(ref),
+        "parity": parity,
+        "tensorrt": trt,
+        "timings_s": {k: round(v, 3) for k, v in b.timings.items()},
+    }
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out / MANIFEST)  # atomic: the directory is an engine only from here on
+    b.timings["total"] = time.perf_counter() - t_all
+    if progress:
+        print_summary(out, manifest, b.timings)
+    return manifest
+
+
+def print_summary(out: Path, manifest: dict, timings: dict) -> None:
+    print(f"\nengine written to {out} (precision {manifest['precision']})")
+    print(f"{'graph':<18}{'file':<24}{'MB':>8}  parity")
+    for name, g in manifest["graphs"].items():
+        size = sum((out / f["file"]).stat().st_size for f in [g, *g["external_data"]]) / 1e6
+        p = manifest["parity"].get(name, {})
+        fig = f"rel err {p['max_rel_error']:.1e}" if "max_rel_error" in p else ""
+        if name == "llm" and "llm_int8" in manifest["parity"]:
+            fig = f"int8, [SEG] cos >= {manifest['parity']['llm_int8']['seg_cosine_min']:.5f}"
+        print(f"{name:<18}{g['file']:<24}{size:>8.2f}  {fig}")
+    total = sum(f.stat().st_size for f in out.iterdir() if f.is_file() and not f.name.startswith("."))
+    print(f"total {total / 1e6:.1f} MB; build time {timings['total']:.1f}s")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.build", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", help="GLUS checkpoint directory (default: the project's default model)")
+    p.add_argument("--clip", help="CLIP ViT directory (default: config.json's vision_tower)")
+    p.add_argument("--precision", default="fp32", help="fp32, fp16 (GPU) or int8")
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime or tensorrt")
+    p.add_argument("--out", required=True, help="engine directory to write")
+    p.add_argument("--force", action="store_true", help="rebuild every graph, ignoring the cache")
+    a = p.parse_args(argv)
+    if a.clip and not a.checkpoint:
+        p.error("--clip needs --checkpoint")
+    try:
+        build(a.checkpoint, a.clip, precision=a.precision, backend=a.backend, out=a.out, force=a.force)
+    except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the engine directory has no manifest and will not be used", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

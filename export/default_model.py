@@ -1,0 +1,36 @@
+"""The project's default model: what `export.build` and `runtime.segment` use without --checkpoint.
+
+Until a trained small GLUS is shipped, it is the seeded tiny random GLUS written by
+`reference.make_tiny` (seed 0) into a cache directory: deterministic, built on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "models" / "glus-tiny"  # a trained default, when the project ships one
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GLUS_CACHE", Path.home() / ".cache" / "glus-edge"))
+
+
+def default_engine_dir(precision: str = "int8") -> Path:
+    return cache_dir() / f"engine-default-{precision}"
+
+
+def default_checkpoint() -> tuple[Path, Path]:
+    """(glus_dir, clip_dir) of the default model, writing the tiny random one if needed."""
+    if (SHIPPED / "glus" / "config.json").is_file():
+        return SHIPPED / "glus", SHIPPED / "clip"
+    out = cache_dir() / "tiny-random-seed0"
+    glus_dir, clip_dir = out / "glus", out / "clip"
+    done = out / ".complete"
+    if not done.is_file():
+        from reference.make_tiny import make_tiny
+
+        make_tiny(out, seed=0)
+        done.write_text("ok\n")
+    return glus_dir, clip_dir
