@@ -25,6 +25,9 @@ from evalkit.formats import (
     write_ytvos,
 )
 
+# pycocotools' own numpy-2 deprecation noise when the tests decode RLEs directly
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 H, W = 24, 32
 
 
