@@ -29,7 +29,7 @@ ADDED_TOKENS = (rules.SEG_TOKEN, rules.IM_START, rules.IM_END)
 class GlusTokenizer:
     """Thin wrapper exposing the ids GLUS's prompts need.
 
-    ``hf`` is the transformers tokenizer (loaded with AutoTokenizer from the directory).
+    ``hf`` is the transformers tokenizer (LlamaTokenizer.from_pretrained of the directory).
     """
 
     def __init__(self, hf, base_vocab_size: int):
@@ -90,7 +90,7 @@ def load_tokenizer(path) -> GlusTokenizer:
     if missing:
         raise FileNotFoundError(f"tokenizer directory {path} lacks {', '.join(missing)}")
     import sentencepiece as spm
-    from transformers import AutoTokenizer
+    from transformers import LlamaTokenizer
 
     sp = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
     base = sp.get_piece_size()
@@ -98,9 +98,11 @@ def load_tokenizer(path) -> GlusTokenizer:
     expected = {t: base + k for k, t in enumerate(ADDED_TOKENS)}
     if added != expected:
         raise ValueError(f"added_tokens.json {added} is not the GLUS layout {expected}")
-    # FINDINGS.md: AutoTokenizer on the directory converts tokenizer.model correctly;
-    # LlamaTokenizer(vocab_file=...) does not.
-    hf = AutoTokenizer.from_pretrained(str(path))
+    # Not AutoTokenizer: next to GLUS's config.json (model_type "llava") transformers 5.23
+    # picks a generic TokenizersBackend whose conversion drops the dummy prefix. Not
+    # LlamaTokenizer(vocab_file=...) either (FINDINGS.md: broken added tokens).
+    # LlamaTokenizer.from_pretrained(dir) converts tokenizer.model correctly.
+    hf = LlamaTokenizer.from_pretrained(str(path))
     hf.pad_token = hf.unk_token  # GLUS: pad = unk
     tok = GlusTokenizer(hf, base)
     # Guard against a transformers conversion that drifts from sentencepiece (another

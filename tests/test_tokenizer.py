@@ -129,6 +129,16 @@ def test_wrong_added_ids(tiny_dir, tmp_path, sp):
         load_tokenizer(d)
 
 
+def test_loads_next_to_glus_config_json(tiny_dir, tmp_path, sp):
+    # a real checkpoint directory also holds config.json with model_type "llava"; AutoTokenizer
+    # would then build a tokenizer without the dummy prefix
+    d = tmp_path / "with_config"
+    shutil.copytree(tiny_dir, d)
+    (d / "config.json").write_text(json.dumps({"model_type": "llava", "vocab_size": 1003}))
+    text = prompt_for_step(2)
+    assert load_tokenizer(d).encode_prompt(text) == sp_ids(text, sp)
+
+
 def test_conversion_drift_is_caught(tiny_dir, tmp_path):
     # a config that makes transformers drop the dummy prefix must not load silently
     d = tmp_path / "noprefix"
