@@ -9,6 +9,7 @@ beyond the standard library. Every rule restates what GLUS's published inference
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +248,7 @@ def prefix_text() -> str:
 
 
 def split_prefix(prompt: str) -> tuple[str, str]:
-    """Split a prompt into (prefix_text(), rest) with prefix + rest == prompt.
+    r"""Split a prompt into (prefix_text(), rest) with prefix + rest == prompt.
 
     The cut falls before the "\n<im_start>" of the first query frame, i.e. between two pieces
     the tokenizer encodes separately anyway: in the chunk
@@ -280,20 +281,17 @@ def split_added_tokens(
     ``unstripped`` leave their neighbours alone. Text pieces emptied by stripping vanish.
     """
     tokens = sorted(set(stripped) | set(unstripped), key=len, reverse=True)
-    if any(not t for t in tokens):
+    if any(not isinstance(t, str) or not t for t in tokens):
         raise ValueError("added tokens must be non-empty strings")
+    # Alternation tries longer tokens first at each position; the scan is leftmost-first.
+    pattern = re.compile("|".join(re.escape(t) for t in tokens))
     parts: list[list] = []  # [piece, is_token]
-    pos, start = 0, 0
-    while pos < len(text):
-        match = next((t for t in tokens if text.startswith(t, pos)), None)
-        if match is None:
-            pos += 1
-            continue
-        if pos > start:
-            parts.append([text[start:pos], False])
-        parts.append([match, True])
-        pos += len(match)
-        start = pos
+    start = 0
+    for m in pattern.finditer(text):
+        if m.start() > start:
+            parts.append([text[start:m.start()], False])
+        parts.append([m.group(), True])
+        start = m.end()
     if start < len(text):
         parts.append([text[start:], False])
 

@@ -115,7 +115,9 @@ def load_tokenizer(path) -> GlusTokenizer:
     return tok
 
 
-_PROBES = ("USER:", "Sure, the segmentation result is ", " x", "a  b\n\tc", "caf\u00e9 2025 \U0001f642")
+_PROBES = (
+    "USER:", "Sure, the segmentation result is ", " x", "a  b\n\tc", "caf\u00e9 2025 \U0001f642",
+)
 
 
 def save_fast_tokenizer(tok: GlusTokenizer, out_dir) -> Path:

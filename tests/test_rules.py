@@ -167,7 +167,9 @@ def test_normalize_expression():
     assert rules.normalize_expression("car. ") == "car. "  # '.' not last: kept
 
 
-@pytest.mark.parametrize("bad", ["", "   ", "\n\t", ".", " .", None, 3, b"car", "the <image> car", "a [SEG] car"])
+@pytest.mark.parametrize(
+    "bad", ["", "   ", "\n\t", ".", " .", None, 3, b"car", "the <image> car", "a [SEG] car"]
+)
 def test_normalize_expression_rejects(bad):
     with pytest.raises(ValueError):
         rules.normalize_expression(bad)
