@@ -1,0 +1,92 @@
+"""Running one graph of the engine: ONNX Runtime (CPU or CUDA), or a TensorRT engine.
+
+Each backend exposes `run(*arrays) -> list[np.ndarray]` with inputs in the graph's order, so the
+engine does not care which one it drives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BackendError
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    if device == "cpu":
+        return "cpu", 0
+    if device.startswith("cuda"):
+        _, _, idx = device.partition(":")
+        if idx and not idx.isdigit():
+            raise BackendError(f"bad device {device!r}: use 'cpu' or 'cuda:N'")
+        return "cuda", int(idx or 0)
+    raise BackendError(f"unknown device {device!r}: use 'cpu' or 'cuda:N'")
+
+
+def tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OrtGraph:
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        kind, index = parse_device(device)
+        providers = ["CPUExecutionProvider"]
+        if kind == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendError(
+                    f"device {device} requested but ONNX Runtime has no CUDA provider here"
+                    " (install onnxruntime-gpu on a machine with an NVIDIA GPU, or use device='cpu')"
+                )
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:  # a corrupt graph that still matched its hash is a build bug
+            raise BackendError(f"ONNX Runtime cannot load {path}: {e}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        if len(arrays) != len(self.input_names):
+            raise ValueError(f"graph takes {len(self.input_names)} inputs, got {len(arrays)}")
+        return self.session.run(None, dict(zip(self.input_names, arrays)))
+
+
+def open_graph(path: Path, backend: str, device: str, threads: int | None):
+    if backend == "onnxruntime":
+        return OrtGraph(path, device, threads)
+    if backend == "tensorrt":
+        from .tensorrt_backend import TrtGraph
+
+        return TrtGraph(path.with_suffix(".plan"), device)
+    raise BackendError(f"unknown backend {backend!r}: use 'auto', 'onnxruntime' or 'tensorrt'")
+
+
+def resolve_backend(backend: str, device: str, has_trt_engines: bool) -> str:
+    kind, _ = parse_device(device)
+    if backend == "auto":
+        if kind == "cuda" and has_trt_engines and tensorrt_available():
+            return "tensorrt"
+        return "onnxruntime"
+    if backend == "tensorrt":
+        if kind != "cuda":
+            raise BackendError("the TensorRT backend needs device='cuda:N'")
+        if not tensorrt_available():
+            raise BackendError("TensorRT is not installed here (pip install '.[gpu]' on a GPU machine)")
+        if not has_trt_engines:
+            raise BackendError("this engine directory has no TensorRT engines: build with --backend tensorrt")
+        return "tensorrt"
+    if backend != "onnxruntime":
+        raise BackendError(f"unknown backend {backend!r}: use 'auto', 'onnxruntime' or 'tensorrt'")
+    return backend

@@ -1,0 +1,136 @@
+"""Streaming GLUS for cameras and robots: push frames one by one, get that frame's masks.
+
+GLUS picks its 4 context frames evenly over the whole video, which a live camera does not have.
+Causal policy used here (unless fixed `context_frames` are given):
+- a pool of at most `pool_size` frames already seen keeps their CLIP tokens, evenly spaced: every
+  frame is added while the pool has room; when it overflows, every other pooled frame is dropped
+  and the sampling stride doubles (so the pool always spans the whole stream so far);
+- the context is GLUS's own rule applied to the pool (rules.context_frame_indices), refreshed at
+  each of the first 4 frames and then every `refresh_every` frames; a refresh re-runs the prefix
+  once (shared by all expressions). Frame 1 alone is its own context, as GLUS does for a
+  one-frame video.
+Everything the stream holds is of fixed size: the prefix KV cache, Q window tokens, the pool,
+and one 7-slot memory bank per expression.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from reference import rules
+
+from .errors import InputError
+
+
+class Stream:
+    def __init__(self, engine, expressions=(), *, context_frames=None, refresh_every: int = 16,
+                 pool_size: int = 16, force_seg: bool = False, use_memory: bool = True):
+        if refresh_every < 1:
+            raise InputError(f"refresh_every must be >= 1, got {refresh_every}")
+        if pool_size < rules.NUM_CONTEXT:
+            raise InputError(f"pool_size must be >= {rules.NUM_CONTEXT}, got {pool_size}")
+        self.engine = engine
+        self.refresh_every = refresh_every
+        self.pool_size = pool_size
+        self.force_seg = force_seg
+        self.use_memory = use_memory
+        self.tracks: dict = {}
+        self.window: deque = deque(maxlen=rules.NUM_QUERY)
+        self.pool: list[tuple[int, np.ndarray]] = []
+        self.stride = 1
+        self.frames_seen = 0
+        self.hw: tuple[int, int] | None = None
+        self.prefix = None
+        self.fixed_context = context_frames is not None
+        self.last_steps: dict = {}
+        if self.fixed_context:
+            frames = [engine.check_frame(f) for f in context_frames]
+            if len(frames) != rules.NUM_CONTEXT:
+                raise InputError(f"context_frames must hold {rules.NUM_CONTEXT} frames, got {len(frames)}")
+            self.prefix = engine.prefix(engine.clip_tokens(frames))
+        if isinstance(expressions, str):
+            expressions = [expressions]
+        for e in expressions:
+            self.add(e)
+
+    # ---- expressions ---------------------------------------------------------------------
+    @property
+    def expressions(self) -> list[str]:
+        return list(self.tracks)
+
+    def add(self, expression: str) -> None:
+        """Start following an expression from the next frame (fresh conversation and memory)."""
+        from .engine import _Track
+
+        expr = self.engine.check_expression(expression)
+        if expression in self.tracks:
+            raise InputError(f"expression already in the stream: {expression!r}")
+        self.tracks[expression] = _Track(expr, self.engine._bank(self.use_memory))
+
+    def remove(self, expression: str) -> None:
+        if expression not in self.tracks:
+            raise InputError(f"expression not in the stream: {expression!r}")
+        del self.tracks[expression]
+
+    # ---- context -------------------------------------------------------------------------
+    def _update_context(self, index: int, tokens: np.ndarray) -> None:
+        if index % self.stride == 0:
+            self.pool.append((index, tokens))
+            if len(self.pool) > self.pool_size:
+                self.stride *= 2
+                self.pool = [(i, t) for i, t in self.pool if i % self.stride == 0]
+        n = self.frames_seen
+        if self.prefix is None or n <= rules.NUM_CONTEXT or n % self.refresh_every == 0:
+            picks = rules.context_frame_indices(len(self.pool))
+            self.context_indices = [self.pool[p][0] for p in picks]
+            self.prefix = self.engine.prefix(np.stack([self.pool[p][1] for p in picks]))
+
+    # ---- frames --------------------------------------------------------------------------
+    def push(self, frame) -> dict[str, np.ndarray]:
+        """The masks (bool, frame size) of this frame for every expression in the stream.
+
+        A bad frame raises InputError and leaves the stream as it was.
+        """
+        engine = self.engine
+        frame = engine.check_frame(frame)
+        hw = frame.shape[:2]
+        if self.hw is not None and hw != self.hw:
+            raise InputError(f"frame size changed mid-stream from {self.hw} to {hw}")
+        tokens = engine.clip_tokens([frame])[0]
+        self.hw = hw
+        index = self.frames_seen
+        self.frames_seen += 1
+        if not self.fixed_context:
+            self._update_context(index, tokens)
+        self.window.append(tokens)
+        cache: list = []
+
+        def feats_fn():
+            if not cache:
+                cache.append(engine.sam_features(frame))
+            return cache[0]
+
+        # Tracks added at different times have windows of different lengths: one call each.
+        by_len: dict[int, list] = {}
+        for name, tr in self.tracks.items():
+            by_len.setdefault(min(tr.t + 1, rules.NUM_QUERY), []).append(name)
+        masks, self.last_steps = {}, {}
+        for n, names in by_len.items():
+            window = list(self.window)[-n:]
+            steps = engine._frame_step([self.tracks[k] for k in names], index, frame, feats_fn,
+                                       self.prefix, window, self.force_seg, details=False)
+            for name, (mask, info) in zip(names, steps):
+                masks[name] = mask
+                self.last_steps[name] = info
+        return masks
+
+    def state_nbytes(self) -> dict[str, int]:
+        """Bytes held per kind of state: flat over a stream of any length."""
+        return {
+            "prefix_kv": 0 if self.prefix is None else int(self.prefix.kv.nbytes),
+            "window": int(sum(t.nbytes for t in self.window)),
+            "pool": int(sum(t.nbytes for _, t in self.pool)),
+            "memory": int(sum(tr.bank.nbytes for tr in self.tracks.values() if tr.bank is not None)),
+        }
