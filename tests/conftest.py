@@ -36,3 +36,25 @@ def tiny_ref(tiny_dirs):
 @pytest.fixture
 def video():
     return moving_square_video()
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_dir(tiny_dirs, tmp_path_factory):
+    """fp32 engine directory of the tiny checkpoint, built once per session."""
+    from export.build import build
+
+    out = tmp_path_factory.mktemp("engine-fp32")
+    build(*tiny_dirs, precision="fp32", out=out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_engine_dir):
+    from runtime import GlusEngine
+
+    return GlusEngine.load(tiny_engine_dir)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
