@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -31,6 +31,7 @@ from .common import (
 )
 
 DEFAULT_SPLIT = "valid"
+LABEL_CACHE_SIZE = 128
 
 
 def palette_paths(root: Path, split: str) -> dict[str, Path]:
@@ -42,8 +43,7 @@ def palette_paths(root: Path, split: str) -> dict[str, Path]:
     }
 
 
-@lru_cache(maxsize=128)
-def read_label_png(path: str) -> np.ndarray:
+def read_label_png(path: str | Path) -> np.ndarray:
     """Object-id map of an annotation PNG: palette indices, or grey values for an 'L' PNG."""
     p = Path(path)
     if not p.is_file():
@@ -69,6 +69,8 @@ class PaletteDataset(Dataset):
         p = palette_paths(root, split)
         self.meta_path = p["meta"]
         self.annotation_root = p["annotations"]
+        # Recently read label maps: the expressions of a video share their annotation PNGs.
+        self._label_cache: OrderedDict[Path, np.ndarray] = OrderedDict()
         videos = videos_section(read_json(self.meta_path), self.meta_path)
         for vid in videos:
             frames, exps = video_entry(videos, vid, self.meta_path)
@@ -86,7 +88,16 @@ class PaletteDataset(Dataset):
         return self.annotation_root / video / f"{frame}.png"
 
     def _labels(self, expression: Expression, frame_index: int) -> np.ndarray:
-        return read_label_png(str(self.annotation_path(expression.video, expression.frames[frame_index])))
+        path = self.annotation_path(expression.video, expression.frames[frame_index])
+        labels = self._label_cache.get(path)
+        if labels is None:
+            labels = read_label_png(path)
+            self._label_cache[path] = labels
+            if len(self._label_cache) > LABEL_CACHE_SIZE:
+                self._label_cache.popitem(last=False)
+        else:
+            self._label_cache.move_to_end(path)
+        return labels
 
     def _object_masks(self, expression: Expression, frame_index: int) -> Iterable[np.ndarray | None]:
         if not expression.obj_ids:
@@ -98,7 +109,7 @@ class PaletteDataset(Dataset):
     def _find_size(self, video: str) -> tuple[int, int]:
         frames = self._frames[video]
         if self.has_gt and frames:
-            return tuple(read_label_png(str(self.annotation_path(video, frames[0]))).shape)
+            return tuple(read_label_png(self.annotation_path(video, frames[0])).shape)
         size = self._image_size(video)
         if size is None:
             raise FormatError(f"cannot tell the frame size of video {video}: no annotation and no image")
