@@ -223,16 +223,15 @@ def rules_imagenet():
 def check_backend(precision: str, backend: str) -> str | None:
     """Why the requested backend/precision can't be built here (None if it can)."""
     if backend == "tensorrt" or precision == "fp16":
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            tensorrt = None
+        from runtime.backends import tensorrt_available
+
         import onnxruntime as ort
 
         has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-        if backend == "tensorrt" and tensorrt is None:
-            return "TensorRT is not installed (pip install '.[gpu]' on a machine with an NVIDIA GPU)"
-        if precision == "fp16" and not has_cuda and tensorrt is None:
+        if backend == "tensorrt" and not tensorrt_available():
+            return ("no GPU with ONNX Runtime's TensorRT provider here (pip install '.[gpu]' on a"
+                    " machine with an NVIDIA GPU)")
+        if precision == "fp16" and not has_cuda:
             return "fp16 engines need a GPU (ONNX Runtime CUDA or TensorRT); use fp32 or int8 on the CPU"
     return None
 

@@ -25,20 +25,25 @@ def parse_device(device: str) -> tuple[str, int]:
 
 
 def tensorrt_available() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """TensorRT runs through ONNX Runtime's TensorRT execution provider (onnxruntime-gpu)."""
+    import onnxruntime as ort
+
+    return "TensorrtExecutionProvider" in ort.get_available_providers()
 
 
 class OrtGraph:
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None,
+                 tensorrt: dict | None = None):
         import onnxruntime as ort
 
         kind, index = parse_device(device)
         providers = ["CPUExecutionProvider"]
-        if kind == "cuda":
+        if tensorrt is not None:
+            # TensorRT builds (and caches in the engine directory) an engine per graph; nodes
+            # it cannot take fall back to CUDA, then CPU.
+            providers = [("TensorrtExecutionProvider", {"device_id": index, **tensorrt}),
+                         ("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        elif kind == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendError(
                     f"device {device} requested but ONNX Runtime has no CUDA provider here"
@@ -63,13 +68,18 @@ class OrtGraph:
         return self.session.run(None, dict(zip(self.input_names, arrays)))
 
 
-def open_graph(path: Path, backend: str, device: str, threads: int | None):
+def tensorrt_options(engine_dir: Path, fp16: bool) -> dict:
+    cache = engine_dir / "trt_cache"
+    return {"trt_fp16_enable": fp16, "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache)}
+
+
+def open_graph(path: Path, backend: str, device: str, threads: int | None, fp16: bool = False):
     if backend == "onnxruntime":
         return OrtGraph(path, device, threads)
     if backend == "tensorrt":
-        from .tensorrt_backend import TrtGraph
-
-        return TrtGraph(path.with_suffix(".plan"), device)
+        return OrtGraph(path, device, threads, tensorrt=tensorrt_options(path.parent, fp16))
     raise BackendError(f"unknown backend {backend!r}: use 'auto', 'onnxruntime' or 'tensorrt'")
 
 
@@ -83,9 +93,8 @@ def resolve_backend(backend: str, device: str, has_trt_engines: bool) -> str:
         if kind != "cuda":
             raise BackendError("the TensorRT backend needs device='cuda:N'")
         if not tensorrt_available():
-            raise BackendError("TensorRT is not installed here (pip install '.[gpu]' on a GPU machine)")
-        if not has_trt_engines:
-            raise BackendError("this engine directory has no TensorRT engines: build with --backend tensorrt")
+            raise BackendError("ONNX Runtime's TensorRT provider is not available here"
+                               " (pip install '.[gpu]' on a machine with an NVIDIA GPU)")
         return "tensorrt"
     if backend != "onnxruntime":
         raise BackendError(f"unknown backend {backend!r}: use 'auto', 'onnxruntime' or 'tensorrt'")

@@ -122,7 +122,8 @@ class GlusEngine:
         manifest = read_manifest(engine_dir, verify_hashes=verify)
         trt = manifest.data.get("tensorrt") or {}
         backend = resolve_backend(backend, device, bool(trt.get("built")))
-        graphs = {name: open_graph(manifest.graph_path(name), backend, device, threads)
+        fp16 = manifest.precision == "fp16"
+        graphs = {name: open_graph(manifest.graph_path(name), backend, device, threads, fp16)
                   for name in manifest.graphs}
         arrays = {}
         for name, entry in manifest.arrays.items():
