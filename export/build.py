@@ -200,6 +200,8 @@ def model_constants(ref) -> dict:
                 "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
                 "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
                 "vocab": cfg.vocab_size, "max_positions": cfg.max_position_embeddings,
+                "rope_theta": float(rope_params(cfg)["rope_theta"]),
+                "rope_type": rope_params(cfg).get("rope_type", "default"),
                 "out_dim": ref.config.out_dim},
         "tokens": {"bos": tok.bos_id, "eos": tok.eos_id, "seg": tok.seg_id,
                    "im_start": tok.im_start_id, "im_end": tok.im_end_id,
@@ -212,6 +214,14 @@ def model_constants(ref) -> dict:
         "mem_stride": rules.MEM_STRIDE, "num_maskmem": rules.NUM_MASKMEM,
         "tokens_per_image": rules.TOKENS_PER_IMAGE,
     }
+
+
+def rope_params(cfg) -> dict:
+    """transformers 5 keeps RoPE settings in `rope_parameters`; older configs in rope_theta."""
+    params = getattr(cfg, "rope_parameters", None) or {}
+    if "rope_theta" not in params:
+        params = {"rope_theta": getattr(cfg, "rope_theta", 10000.0), **params}
+    return params
 
 
 def rules_imagenet():

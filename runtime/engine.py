@@ -82,6 +82,11 @@ class _Track:
         self.answers: deque = deque(maxlen=rules.NUM_QUERY - 1)
         self.t = 0  # position of the next query frame in this pass (its memory key)
         self.pass_name = pass_name
+        # kv_policy="incremental": this track's own KV cache (prefix + window rounds), the
+        # prefix it was built on, and where each round's <im_start> sits in it.
+        self.kv: np.ndarray | None = None
+        self.kv_prefix: Prefix | None = None
+        self.round_starts: list[int] = []
 
     def past_answers(self, i: int) -> list[str]:
         """Answers of the earlier rounds in step i's window (rules.window_positions)."""
@@ -232,6 +237,53 @@ class GlusEngine:
         seg, logits, _ = self._llm(emb, prefix.length, prefix.kv)
         return seg[0], int(np.argmax(logits[0]))
 
+    def _im_start_positions(self, ids: list[int]) -> list[int]:
+        """Sequence positions (image tokens expanded) of each <im_start> in ids."""
+        out, pos = [], 0
+        for t in ids:
+            if t == self.tokenizer.im_start_id:
+                out.append(pos)
+            pos += rules.TOKENS_PER_IMAGE if t == rules.IMAGE_TOKEN_INDEX else 1
+        return out
+
+    def llm_step_incremental(self, tr: "_Track", prefix: Prefix, past: list[str],
+                             window_tokens: list[np.ndarray]) -> tuple[np.ndarray, int]:
+        """Approximate window (kv_policy="incremental"): keep the cached rounds when the window
+        slides instead of re-running them; only the newest round's tokens are computed.
+
+        Until the window first slides this equals the exact step (earlier rounds never attend
+        to later ones). On a slide the oldest round is cut out of the cache and the later keys
+        are rotated back to the positions they would have (kernels.rope_shift); their values
+        still carry attention to the dropped round: that is the approximation.
+        """
+        from kernels.rope_shift import shift_keys
+
+        ids = self.tokenizer.encode_prompt(rules.prompt_text(tr.expression, past))
+        n = len(prefix.ids)
+        if ids[:n] != prefix.ids:
+            raise RuntimeError("prompt does not start with the cached prefix tokens")
+        rest = ids[n:]
+        if tr.kv is None or tr.kv_prefix is not prefix:  # first step, or a new context
+            seg, logits, kv = self._llm(self._embed(rest, window_tokens), prefix.length, prefix.kv)
+            tr.kv, tr.kv_prefix = kv, prefix
+            tr.round_starts = [prefix.length + p for p in self._im_start_positions(rest)]
+            return seg[0], int(np.argmax(logits[0]))
+        eos = len(rest) - 1 - rest[::-1].index(self.tokenizer.eos_id)
+        prev_seg = eos - 1 - rest[:eos][::-1].index(self.seg_id)
+        tail = rest[prev_seg:]  # "[SEG] ▁. </s> ▁USER : <im_start> <image> ... ▁is ▁"
+        kv = tr.kv[..., :-1, :]  # the trailing "▁" after "is" vanishes once [SEG] follows
+        if len(tr.round_starts) >= rules.NUM_QUERY:  # slide: drop the oldest round
+            p0, p1 = prefix.length, tr.round_starts[1]
+            later = kv[..., p1:, :].copy()
+            later[:, 0] = shift_keys(later[:, 0], p0 - p1, self.llm_c["rope_theta"])
+            kv = np.concatenate([kv[..., :p0, :], later], axis=-2)
+            tr.round_starts = [s - (p1 - p0) for s in tr.round_starts[1:]]
+        start = kv.shape[-2]
+        seg, logits, present = self._llm(self._embed(tail, window_tokens[-1:]), start, kv)
+        tr.round_starts.append(start + self._im_start_positions(tail)[0])
+        tr.kv = present
+        return seg[0], int(np.argmax(logits[0]))
+
     def condition(self, feats: list[np.ndarray], memories: np.ndarray | None) -> np.ndarray:
         image_feat = feats[2]
         if memories is None:
@@ -241,14 +293,17 @@ class GlusEngine:
     # ---- one frame for a set of tracks -----------------------------------------------------
     def _frame_step(self, tracks: list[_Track], frame_index: int, frame: np.ndarray,
                     feats_fn, prefix: Prefix, window_tokens: list[np.ndarray], force_seg: bool,
-                    details: bool) -> list[tuple[np.ndarray, StepInfo]]:
+                    details: bool, kv_policy: str = "exact") -> list[tuple[np.ndarray, StepInfo]]:
         """Advance every track by one query frame; SAM2 work is batched across tracks."""
         h, w = frame.shape[:2]
         out: list = [None] * len(tracks)
         seg_rows, seg_tracks = [], []
         for j, tr in enumerate(tracks):
             i = tr.t + 1
-            seg, tok = self.llm_step(prefix, tr.expression, tr.past_answers(i), window_tokens)
+            if kv_policy == "incremental":
+                seg, tok = self.llm_step_incremental(tr, prefix, tr.past_answers(i), window_tokens)
+            else:
+                seg, tok = self.llm_step(prefix, tr.expression, tr.past_answers(i), window_tokens)
             is_seg = tok == self.seg_id
             info = StepInfo(frame_index, i, tok, is_seg, seg, pass_name=tr.pass_name)
             if is_seg or force_seg:
@@ -293,7 +348,8 @@ class GlusEngine:
 
     # ---- offline ---------------------------------------------------------------------------
     def _run_pass(self, frames, order: list[int], exprs: list[str], prefix: Prefix, *,
-                  pass_name: str, force_seg: bool, use_memory: bool, details: bool):
+                  pass_name: str, force_seg: bool, use_memory: bool, details: bool,
+                  kv_policy: str = "exact"):
         tracks = [_Track(e, self._bank(use_memory), pass_name) for e in exprs]
         window: deque = deque(maxlen=rules.NUM_QUERY)  # CLIP tokens of the window's frames
         results = [dict() for _ in exprs]
@@ -307,13 +363,13 @@ class GlusEngine:
                 return cache[0]
 
             steps = self._frame_step(tracks, idx, frames[idx], feats_fn, prefix, list(window),
-                                     force_seg, details)
+                                     force_seg, details, kv_policy)
             for j, (mask, info) in enumerate(steps):
                 results[j][idx] = (mask, info)
         return results
 
     def segment_video(self, frames, expressions, key_frames=None, *, kf: str | None = None,
-                      force_seg: bool = False, use_memory: bool = True,
+                      force_seg: bool = False, use_memory: bool = True, kv_policy: str = "exact",
                       details: bool = False) -> list[ExpressionResult]:
         """Masks for every frame and every expression, as the reference loop computes them.
 
@@ -322,7 +378,10 @@ class GlusEngine:
         mode (forward from k, then backward from k with a fresh memory and conversation).
         kf="auto": self-refined key frames: a first forward pass scores every frame by the mask
         decoder's IoU x object probability, the best frame becomes the key frame.
+        kv_policy: "exact" (default: the reference's results) or "incremental" (approximate,
+        faster: see llm_step_incremental).
         """
+        self.check_kv_policy(kv_policy)
         if isinstance(expressions, str):
             expressions = [expressions]
         exprs = [self.check_expression(e) for e in expressions]
@@ -347,7 +406,7 @@ class GlusEngine:
 
         context = rules.context_frame_indices(n)
         prefix = self.prefix(self.clip_tokens([frames[i] for i in context]))
-        opts = dict(force_seg=force_seg, use_memory=use_memory)
+        opts = dict(force_seg=force_seg, use_memory=use_memory, kv_policy=kv_policy)
         if kf == "auto":
             first = self._run_pass(frames, list(range(n)), exprs, prefix, pass_name="score",
                                    details=False, **opts)
@@ -369,12 +428,21 @@ class GlusEngine:
                 for j in range(len(exprs))]
 
     # ---- streaming -------------------------------------------------------------------------
+    def check_kv_policy(self, kv_policy: str) -> None:
+        if kv_policy not in ("exact", "incremental"):
+            raise InputError(f"kv_policy must be 'exact' or 'incremental', got {kv_policy!r}")
+        if kv_policy == "incremental" and self.llm_c.get("rope_type", "default") != "default":
+            raise InputError("kv_policy='incremental' supports LLaMA's default RoPE only")
+
     def stream(self, expressions=(), *, context_frames=None, refresh_every: int = 16,
-               pool_size: int = 16, force_seg: bool = False, use_memory: bool = True):
+               pool_size: int = 16, force_seg: bool = False, use_memory: bool = True,
+               kv_policy: str = "exact"):
         from .stream import Stream
 
+        self.check_kv_policy(kv_policy)
         return Stream(self, expressions, context_frames=context_frames, refresh_every=refresh_every,
-                      pool_size=pool_size, force_seg=force_seg, use_memory=use_memory)
+                      pool_size=pool_size, force_seg=force_seg, use_memory=use_memory,
+                      kv_policy=kv_policy)
 
 
 __all__ = ["GlusEngine", "ExpressionResult", "StepInfo", "BackendError", "EngineDirError", "InputError"]

@@ -26,7 +26,8 @@ from .errors import InputError
 
 class Stream:
     def __init__(self, engine, expressions=(), *, context_frames=None, refresh_every: int = 16,
-                 pool_size: int = 16, force_seg: bool = False, use_memory: bool = True):
+                 pool_size: int = 16, force_seg: bool = False, use_memory: bool = True,
+                 kv_policy: str = "exact"):
         if refresh_every < 1:
             raise InputError(f"refresh_every must be >= 1, got {refresh_every}")
         if pool_size < rules.NUM_CONTEXT:
@@ -36,6 +37,7 @@ class Stream:
         self.pool_size = pool_size
         self.force_seg = force_seg
         self.use_memory = use_memory
+        self.kv_policy = kv_policy
         self.tracks: dict = {}
         self.window: deque = deque(maxlen=rules.NUM_QUERY)
         self.pool: list[tuple[int, np.ndarray]] = []
@@ -120,7 +122,8 @@ class Stream:
         for n, names in by_len.items():
             window = list(self.window)[-n:]
             steps = engine._frame_step([self.tracks[k] for k in names], index, frame, feats_fn,
-                                       self.prefix, window, self.force_seg, details=False)
+                                       self.prefix, window, self.force_seg, details=False,
+                                       kv_policy=self.kv_policy)
             for name, (mask, info) in zip(names, steps):
                 masks[name] = mask
                 self.last_steps[name] = info
@@ -133,4 +136,5 @@ class Stream:
             "window": int(sum(t.nbytes for t in self.window)),
             "pool": int(sum(t.nbytes for _, t in self.pool)),
             "memory": int(sum(tr.bank.nbytes for tr in self.tracks.values() if tr.bank is not None)),
+            "track_kv": int(sum(tr.kv.nbytes for tr in self.tracks.values() if tr.kv is not None)),
         }

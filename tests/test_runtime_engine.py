@@ -204,3 +204,24 @@ def test_unavailable_backend_or_device(tiny_engine_dir):
         GlusEngine.load(tiny_engine_dir, backend="tensorrt")
     with pytest.raises(BackendError):
         GlusEngine.load(tiny_engine_dir, device="tpu")
+
+
+def test_incremental_window_is_exact_until_it_slides(tiny_engine, frames):
+    exact = tiny_engine.segment_video(frames, EXPRS[0])[0]
+    inc = tiny_engine.segment_video(frames, EXPRS[0], kv_policy="incremental")[0]
+    for a, b in zip(exact.steps[:rules.NUM_QUERY], inc.steps[:rules.NUM_QUERY]):
+        cos = a.seg_embedding @ b.seg_embedding / (np.linalg.norm(a.seg_embedding) * np.linalg.norm(b.seg_embedding))
+        assert cos >= 0.9999 and a.next_token == b.next_token
+    assert len(inc.masks) == len(frames)
+
+
+def test_incremental_stream_state_is_bounded(tiny_engine):
+    stream = tiny_engine.stream(["the red square"], kv_policy="incremental", refresh_every=1000)
+    sizes = []
+    for k, f in enumerate(moving_square_video(14, 32, 32)):
+        stream.push(f)
+        if k >= rules.NUM_QUERY + 2:
+            sizes.append(stream.state_nbytes()["track_kv"])
+    assert max(sizes) <= min(sizes) * 1.05  # rounds differ by a token or two at most
+    with pytest.raises(InputError):
+        tiny_engine.stream(["a"], kv_policy="sometimes")
