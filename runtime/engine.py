@@ -326,7 +326,7 @@ class GlusEngine:
             hr1 = np.repeat(feats[1], b, 0)
             segs = np.stack([info.seg_embedding for _, info in seg_tracks]).astype(np.float32)
             low, iou, obj = self.graphs["mask_decoder"].run(cond, hr0, hr1, segs)
-            masks = preprocess.logits_to_masks(low, (h, w))
+            masks = preprocess.logits_to_masks(low, (h, w))[:, 0]  # [B, H, W]
             if any(tr.bank is not None for tr, _ in seg_tracks):
                 mems = self.graphs["memory_encoder"].run(cond, low)[0]
             for r, (j, (tr, info)) in enumerate(zip(seg_rows, seg_tracks)):
