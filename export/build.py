@@ -140,7 +140,9 @@ class Builder:
 
     def log(self, msg: str) -> None:
         if self.progress:
-            print(msg, flush=True)
+            from tqdm import tqdm
+
+            tqdm.write(msg)  # keeps the progress bar intact
 
     def save_state(self) -> None:
         tmp = self.state_path.with_suffix(".tmp")

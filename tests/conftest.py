@@ -58,3 +58,12 @@ def tiny_engine(tiny_engine_dir):
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_engine_dir(tiny_dirs, tmp_path_factory):
+    from export.build import build
+
+    out = tmp_path_factory.mktemp("engine-int8")
+    build(*tiny_dirs, precision="int8", out=out, progress=False)
+    return out
