@@ -210,6 +210,13 @@ class Outputs:
             raise output_error(f"cannot write to the output directory {out}", e) from None
         self.writer = VideoWriter(self.overlay_path, fps)
 
+    def expect(self, total: int) -> None:
+        """The number of frames to come, when known: the contact sheet's frames are then exact."""
+        from runtime.visualize import EvenSampler
+
+        if self.frames == 0:
+            self.sampler = EvenSampler(CONTACT_FRAMES, total=total)
+
     def add(self, name: str, frame: np.ndarray, masks: list[np.ndarray]) -> None:
         from evalkit.formats.predictions import write_prediction
         from runtime.visualize import overlay, thumbnail
@@ -286,6 +293,7 @@ def run_offline(engine, source, outputs: Outputs, args) -> None:
     total = None if args.kf else len(frames)  # kf=auto: a scoring pass, then passes from each key frame
     with _bar(total, "segmenting") as bar, count_steps(engine, bar):
         results = engine.segment_video(frames, outputs.expressions, kf=args.kf)
+    outputs.expect(len(frames))
     with _bar(len(frames), "writing") as bar:
         for i, (name, frame) in enumerate(zip(names, frames)):
             outputs.add(name, frame, [r.masks[i] for r in results])

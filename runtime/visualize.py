@@ -114,14 +114,16 @@ def pick_evenly(n: int, k: int) -> list[int]:
 
 
 class EvenSampler:
-    """Keeps about `k` evenly spaced items of a sequence whose length is not known in advance.
+    """Keeps about `k` evenly spaced items of a sequence, holding at most 2k at any time.
 
-    Every item is kept while at most 2k are held; beyond, every other one is dropped and the
-    stride doubles. `picked()` returns k of those, evenly spread.
+    With `total` (the sequence's length) known, exactly the items pick_evenly(total, k) are kept.
+    Otherwise every item is kept while at most 2k are held; beyond, every other one is dropped
+    and the stride doubles; `picked()` returns k of those, evenly spread.
     """
 
-    def __init__(self, k: int = 6):
+    def __init__(self, k: int = 6, total: int | None = None):
         self.k = k
+        self.wanted = set(pick_evenly(total, k)) if total else None
         self.stride = 1
         self.items: list[tuple[int, object]] = []
         self.seen = 0
@@ -130,7 +132,7 @@ class EvenSampler:
         """The next item of the sequence; `make()` builds it, and is only called if it is kept."""
         i = self.seen
         self.seen += 1
-        if i % self.stride:
+        if (i not in self.wanted) if self.wanted is not None else (i % self.stride):
             return
         self.items.append((i, make()))
         if len(self.items) > 2 * self.k:
