@@ -10,16 +10,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def check_frame(frame) -> np.ndarray:
-    if not isinstance(frame, np.ndarray):
-        raise TypeError(f"a frame must be a numpy array, got {type(frame).__name__}")
-    if frame.dtype != np.uint8:
-        raise ValueError(f"a frame must be uint8 RGB, got dtype {frame.dtype}")
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"a frame must be H x W x 3 (RGB), got shape {frame.shape}")
-    if frame.shape[0] == 0 or frame.shape[1] == 0:
-        raise ValueError(f"a frame must not be empty, got shape {frame.shape}")
-    return frame
+from runtime.preprocess import check_frame  # noqa: E402  (one definition of a valid frame)
 
 
 def clip_pixels(processor, frame: np.ndarray) -> torch.Tensor:

@@ -348,3 +348,26 @@ def expand_image_positions(
             out.append((start, start + tokens_per_image))
             shift += tokens_per_image - 1
     return out
+
+
+class PromptEncoder:
+    """encode_chunk / encode_prompt over a subclass's `_encode_piece` (plain text → ids) and
+    `_token_ids` (added/special token text → id); shared by the reference tokenizer
+    (transformers) and the runtime one (tokenizers) so both split prompts identically."""
+
+    bos_id: int
+    _token_ids: dict
+
+    def _encode_piece(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_chunk(self, text: str) -> list[int]:
+        """Ids of one "<image>"-free chunk, no BOS, as the 4.31 slow tokenizer gives them."""
+        ids: list[int] = []
+        for piece, is_token in split_added_tokens(text):
+            ids.extend([self._token_ids[piece]] if is_token else self._encode_piece(piece))
+        return ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """BOS + chunks joined by IMAGE_TOKEN_INDEX (LLaVA's tokenizer_image_token)."""
+        return tokenize_with_images(text, self.encode_chunk, self.bos_id)

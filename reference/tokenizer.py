@@ -26,7 +26,7 @@ REQUIRED_FILES = (
 ADDED_TOKENS = (rules.SEG_TOKEN, rules.IM_START, rules.IM_END)
 
 
-class GlusTokenizer:
+class GlusTokenizer(rules.PromptEncoder):
     """Thin wrapper exposing the ids GLUS's prompts need.
 
     ``hf`` is the transformers tokenizer (LlamaTokenizer.from_pretrained of the directory).
@@ -61,16 +61,6 @@ class GlusTokenizer:
     def _encode_piece(self, text: str) -> list[int]:
         return list(self.hf.encode(rules.metaspace_input(text), add_special_tokens=False))
 
-    def encode_chunk(self, text: str) -> list[int]:
-        """Ids of one "<image>"-free chunk, no BOS, as the 4.31 slow tokenizer gives them."""
-        ids: list[int] = []
-        for piece, is_token in rules.split_added_tokens(text):
-            ids.extend([self._token_ids[piece]] if is_token else self._encode_piece(piece))
-        return ids
-
-    def encode_prompt(self, text: str) -> list[int]:
-        """BOS + chunks joined by IMAGE_TOKEN_INDEX (LLaVA's tokenizer_image_token)."""
-        return rules.tokenize_with_images(text, self.encode_chunk, self.bos_id)
 
     def decode(self, ids) -> str:
         return self.hf.decode([i for i in ids if i != rules.IMAGE_TOKEN_INDEX],

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from reference import rules
 
 
-class RuntimeTokenizer:
+class RuntimeTokenizer(rules.PromptEncoder):
     """Same ``encode_chunk`` / ``encode_prompt`` API as reference.tokenizer.GlusTokenizer."""
 
     def __init__(self, tokenizer: Tokenizer, *, bos_id: int, eos_id: int, unk_id: int,
@@ -67,16 +67,6 @@ class RuntimeTokenizer:
     def _encode_piece(self, text: str) -> list[int]:
         return self.tokenizer.encode(rules.metaspace_input(text), add_special_tokens=False).ids
 
-    def encode_chunk(self, text: str) -> list[int]:
-        """Ids of one "<image>"-free chunk, no BOS."""
-        ids: list[int] = []
-        for piece, is_token in rules.split_added_tokens(text):
-            ids.extend([self._token_ids[piece]] if is_token else self._encode_piece(piece))
-        return ids
-
-    def encode_prompt(self, text: str) -> list[int]:
-        """BOS + chunks joined by IMAGE_TOKEN_INDEX (LLaVA's tokenizer_image_token)."""
-        return rules.tokenize_with_images(text, self.encode_chunk, self.bos_id)
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode([i for i in ids if i != rules.IMAGE_TOKEN_INDEX],
