@@ -349,7 +349,7 @@ class GlusEngine:
     # ---- offline ---------------------------------------------------------------------------
     def _run_pass(self, frames, order: list[int], exprs: list[str], prefix: Prefix, *,
                   pass_name: str, force_seg: bool, use_memory: bool, details: bool,
-                  kv_policy: str = "exact"):
+                  kv_policy: str = "exact", progress=None):
         tracks = [_Track(e, self._bank(use_memory), pass_name) for e in exprs]
         window: deque = deque(maxlen=rules.NUM_QUERY)  # CLIP tokens of the window's frames
         results = [dict() for _ in exprs]
@@ -366,11 +366,13 @@ class GlusEngine:
                                      force_seg, details, kv_policy)
             for j, (mask, info) in enumerate(steps):
                 results[j][idx] = (mask, info)
+            if progress is not None:
+                progress()
         return results
 
     def segment_video(self, frames, expressions, key_frames=None, *, kf: str | None = None,
                       force_seg: bool = False, use_memory: bool = True, kv_policy: str = "exact",
-                      details: bool = False) -> list[ExpressionResult]:
+                      details: bool = False, progress=None) -> list[ExpressionResult]:
         """Masks for every frame and every expression, as the reference loop computes them.
 
         frames: RGB uint8 H x W x 3 arrays. expressions: a str or a list of str.
@@ -379,7 +381,8 @@ class GlusEngine:
         kf="auto": self-refined key frames: a first forward pass scores every frame by the mask
         decoder's IoU x object probability, the best frame becomes the key frame.
         kv_policy: "exact" (default: the reference's results) or "incremental" (approximate,
-        faster: see llm_step_incremental).
+        faster: see llm_step_incremental). progress: called with no argument after every
+        query-frame step (all expressions of a pass advance together).
         """
         self.check_kv_policy(kv_policy)
         if isinstance(expressions, str):
@@ -406,7 +409,7 @@ class GlusEngine:
 
         context = rules.context_frame_indices(n)
         prefix = self.prefix(self.clip_tokens([frames[i] for i in context]))
-        opts = dict(force_seg=force_seg, use_memory=use_memory, kv_policy=kv_policy)
+        opts = dict(force_seg=force_seg, use_memory=use_memory, kv_policy=kv_policy, progress=progress)
         if kf == "auto":
             first = self._run_pass(frames, list(range(n)), exprs, prefix, pass_name="score",
                                    details=False, **opts)

@@ -35,7 +35,6 @@ import argparse
 import json
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -141,29 +140,6 @@ def describe_source(source) -> str:
     count = f", {source.expected} frames" if source.expected else ""
     fps = f" at {source.fps:g} fps" if source.fps else ""
     return f"{source.name} ({kind}{count}{fps})"
-
-
-@contextmanager
-def count_steps(engine, bar):
-    """Tick `bar` at each query-frame step of segment_video, which has no progress hook of its own.
-
-    Wraps the instance's step method for the call only; without it, there is just no progress.
-    """
-    inner = getattr(engine, "_frame_step", None)
-    if inner is None:
-        yield
-        return
-
-    def step(*a, **k):
-        out = inner(*a, **k)
-        bar.update(1)
-        return out
-
-    engine._frame_step = step
-    try:
-        yield
-    finally:
-        del engine._frame_step  # back to the class's method
 
 
 # ---- outputs -------------------------------------------------------------------------------
@@ -291,8 +267,9 @@ def run_offline(engine, source, outputs: Outputs, args) -> None:
     if not frames:
         raise CliError(f"no frame of {args.source} could be decoded", EXIT_SOURCE)
     total = None if args.kf else len(frames)  # kf=auto: a scoring pass, then passes from each key frame
-    with _bar(total, "segmenting") as bar, count_steps(engine, bar):
-        results = engine.segment_video(frames, outputs.expressions, kf=args.kf)
+    with _bar(total, "segmenting") as bar:
+        results = engine.segment_video(frames, outputs.expressions, kf=args.kf,
+                                       progress=lambda: bar.update(1))
     outputs.expect(len(frames))
     with _bar(len(frames), "writing") as bar:
         for i, (name, frame) in enumerate(zip(names, frames)):
