@@ -1,7 +1,7 @@
 """Turn a GLUS checkpoint into an engine directory that `runtime.GlusEngine` runs without torch.
 
     python -m export.build [--checkpoint DIR --clip DIR] --precision {fp32,fp16,int8}
-                           [--backend onnxruntime|tensorrt] --out DIR [--force]
+                           [--backend onnxruntime|tensorrt] [--out DIR] [--force]
 
 Stages: load the reference → export each graph (vision, llm, sam_image, memory_attention,
 mask_decoder, memory_encoder) and check it against the PyTorch module on fresh random inputs →
@@ -414,11 +414,18 @@ def main(argv=None) -> int:
     p.add_argument("--clip", help="CLIP ViT directory (default: config.json's vision_tower)")
     p.add_argument("--precision", default="fp32", help="fp32, fp16 (GPU) or int8")
     p.add_argument("--backend", default="onnxruntime", help="onnxruntime or tensorrt")
-    p.add_argument("--out", required=True, help="engine directory to write")
+    p.add_argument("--out", help="engine directory to write (default, for the default model: the"
+                   " directory runtime.segment uses, ~/.cache/glus-edge/engine-default-PRECISION)")
     p.add_argument("--force", action="store_true", help="rebuild every graph, ignoring the cache")
     a = p.parse_args(argv)
     if a.clip and not a.checkpoint:
         p.error("--clip needs --checkpoint")
+    if a.out is None:
+        if a.checkpoint:
+            p.error("--out is required with --checkpoint")
+        from .default_model import default_engine_dir
+
+        a.out = str(default_engine_dir(a.precision))
     try:
         build(a.checkpoint, a.clip, precision=a.precision, backend=a.backend, out=a.out, force=a.force)
     except BuildError as e:
