@@ -347,14 +347,17 @@ class GlusEngine:
                           num_slots=rules.NUM_MASKMEM, mem_stride=int(self.c["mem_stride"]))
 
     # ---- offline ---------------------------------------------------------------------------
-    def _run_pass(self, frames, order: list[int], exprs: list[str], prefix: Prefix, *,
+    def _run_pass(self, frames, order: list[int], exprs: list[str], prefix: Prefix,
+                  known_tokens: dict[int, np.ndarray], *,
                   pass_name: str, force_seg: bool, use_memory: bool, details: bool,
                   kv_policy: str = "exact", progress=None):
         tracks = [_Track(e, self._bank(use_memory), pass_name) for e in exprs]
         window: deque = deque(maxlen=rules.NUM_QUERY)  # CLIP tokens of the window's frames
         results = [dict() for _ in exprs]
         for idx in order:
-            window.append(self.clip_tokens([frames[idx]])[0])
+            # Context frames were encoded for the prefix already: encode each frame once.
+            tokens = known_tokens.get(idx)
+            window.append(tokens if tokens is not None else self.clip_tokens([frames[idx]])[0])
             cache: list = []
 
             def feats_fn(idx=idx, cache=cache):
@@ -408,10 +411,12 @@ class GlusEngine:
                 raise InputError(f"key frame {k!r} is outside the video (0..{n - 1})")
 
         context = rules.context_frame_indices(n)
-        prefix = self.prefix(self.clip_tokens([frames[i] for i in context]))
+        context_tokens = self.clip_tokens([frames[i] for i in context])
+        prefix = self.prefix(context_tokens)
+        known = dict(zip(context, context_tokens))
         opts = dict(force_seg=force_seg, use_memory=use_memory, kv_policy=kv_policy, progress=progress)
         if kf == "auto":
-            first = self._run_pass(frames, list(range(n)), exprs, prefix, pass_name="score",
+            first = self._run_pass(frames, list(range(n)), exprs, prefix, known, pass_name="score",
                                    details=False, **opts)
             key_frames = [max(range(n), key=lambda i, r=r: r[i][1].score) for r in first]
         ks = [int(k or 0) for k in key_frames]
@@ -419,9 +424,9 @@ class GlusEngine:
         for k in sorted(set(ks)):
             members = [j for j, kj in enumerate(ks) if kj == k]
             group = [exprs[j] for j in members]
-            fwd = self._run_pass(frames, list(range(k, n)), group, prefix, pass_name="forward",
+            fwd = self._run_pass(frames, list(range(k, n)), group, prefix, known, pass_name="forward",
                                  details=details, **opts)
-            bwd = (self._run_pass(frames, list(range(k, -1, -1)), group, prefix, pass_name="backward",
+            bwd = (self._run_pass(frames, list(range(k, -1, -1)), group, prefix, known, pass_name="backward",
                                   details=details, **opts) if k > 0 else [dict() for _ in group])
             for j, f, b in zip(members, fwd, bwd):
                 merged[j].update(f)
