@@ -80,7 +80,7 @@ def fresh_inputs(example: dict, seed: int) -> dict:
     return out
 
 
-def graph_parity(spec, path: Path, seed: int) -> dict:
+def graph_parity(spec, path: Path, seed: int, providers=None) -> dict:
     import torch
 
     from .onnx_utils import ort_session, rel_error, run_ort
@@ -89,7 +89,7 @@ def graph_parity(spec, path: Path, seed: int) -> dict:
     with torch.no_grad():
         want = spec.module(*inputs.values())
     want = want if isinstance(want, (tuple, list)) else (want,)
-    got = run_ort(ort_session(path), inputs)
+    got = run_ort(ort_session(path, providers=providers), inputs)
     errors = {n: rel_error(g, w.float().numpy()) for n, g, w in zip(spec.outputs, got, want)}
     return {"max_rel_error": max(errors.values()), "per_output": errors}
 
@@ -325,6 +325,28 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
         if entry["parity"]["max_rel_error"] > 1e-4:
             raise BuildError(f"{spec.name}: ONNX output differs from PyTorch by "
                              f"{entry['parity']['max_rel_error']:.2e} (> 1e-4); engine not written")
+
+    if precision == "fp16":  # GPU only (check_backend): parity measured on CUDA
+        from .fp16 import convert_fp16
+
+        for spec in specs:
+            t = time.perf_counter()
+            key = hashlib.sha256(f"{recipe}:{spec.name}:fp16".encode()).hexdigest()
+            file = f"{spec.name}.fp16.onnx"
+            if not b.cached(f"{spec.name}_fp16", key):
+                report = convert_fp16(out / f"{spec.name}.onnx", out / file)
+                check = graph_parity(spec, out / file, seed=int.from_bytes(os.urandom(4), "little"),
+                                     providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                b.record(f"{spec.name}_fp16", key, file, parity=check, report=report)
+            entry = b.state[f"{spec.name}_fp16"]
+            parity[f"{spec.name}_fp16"] = entry["parity"]
+            graphs[spec.name] = {"file": file, "sha256": entry["sha256"], "precision": "fp16",
+                                 "quantization": entry["report"], "external_data": external_files(out / file),
+                                 **io_signature(out / file)}
+            b.timings[f"{spec.name}_fp16"] = time.perf_counter() - t
+            b.log(f"[fp16] {spec.name}: max rel error on CUDA {entry['parity']['max_rel_error']:.2e}")
+            if entry["parity"]["max_rel_error"] > 5e-2:
+                raise BuildError(f"{spec.name} in fp16 is off by {entry['parity']['max_rel_error']:.2e}")
 
     if precision == "int8":
         from .quantize import quantize_llm
