@@ -249,7 +249,8 @@ def check_backend(precision: str, backend: str) -> str | None:
 
 
 def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str = "onnxruntime",
-          out: str | Path, force: bool = False, progress: bool = True) -> dict:
+          out: str | Path, force: bool = False, progress: bool = True,
+          int8_method: str = "dynamic-int8", accuracy_level: int = 4) -> dict:
     if precision not in PRECISIONS:
         raise BuildError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     if backend not in BACKENDS:
@@ -352,10 +353,11 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
         from .quantize import quantize_llm
 
         t = time.perf_counter()
-        key = hashlib.sha256(f"{recipe}:llm:int8".encode()).hexdigest()
+        key = hashlib.sha256(f"{recipe}:llm:int8:{int8_method}:{accuracy_level}".encode()).hexdigest()
         file = "llm.int8.onnx"
         if not b.cached("llm_int8", key):
-            report = quantize_llm(out / "llm.onnx", out / file, method="dynamic-int8")
+            report = quantize_llm(out / "llm.onnx", out / file, method=int8_method,
+                                  **({"accuracy_level": accuracy_level} if int8_method == "nbits8" else {}))
             cos = llm_seg_cosines(ref, out / "llm.onnx", out / file)
             b.record("llm_int8", key, file, report=report, seg_cosines=cos)
         entry = b.state["llm_int8"]
@@ -364,7 +366,7 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
         graphs["llm"] = {"file": file, "sha256": entry["sha256"], "precision": "int8",
                          "quantization": entry["report"], "external_data": external_files(out / file),
                          **io_signature(out / file)}
-        b.log(f"[quantize] llm dynamic int8 in {b.timings['quantize']:.1f}s,"
+        b.log(f"[quantize] llm {int8_method} in {b.timings['quantize']:.1f}s,"
               f" [SEG] cosine to fp32 >= {parity['llm_int8']['seg_cosine_min']:.5f}")
         if parity["llm_int8"]["seg_cosine_min"] < 0.99:
             raise BuildError(f"int8 LLM [SEG] cosine {parity['llm_int8']['seg_cosine_min']:.4f} < 0.99")
@@ -439,6 +441,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="engine directory to write (default, for the default model: the"
                    " directory runtime.segment uses, ~/.cache/glus-edge/engine-default-PRECISION)")
     p.add_argument("--force", action="store_true", help="rebuild every graph, ignoring the cache")
+    p.add_argument("--int8-method", default="dynamic-int8", choices=["dynamic-int8", "nbits8"],
+                   help="LLM int8: ONNX Runtime dynamic int8 (MatMulInteger, best on x86 CPUs) or"
+                        " 8-bit weight-only MatMulNBits")
+    p.add_argument("--accuracy-level", type=int, default=4,
+                   help="MatMulNBits accuracy_level (4 = int8 compute, the fast one on CPUs)")
     a = p.parse_args(argv)
     if a.clip and not a.checkpoint:
         p.error("--clip needs --checkpoint")
@@ -449,7 +456,8 @@ def main(argv=None) -> int:
 
         a.out = str(default_engine_dir(a.precision))
     try:
-        build(a.checkpoint, a.clip, precision=a.precision, backend=a.backend, out=a.out, force=a.force)
+        build(a.checkpoint, a.clip, precision=a.precision, backend=a.backend, out=a.out, force=a.force,
+              int8_method=a.int8_method, accuracy_level=a.accuracy_level)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
