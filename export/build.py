@@ -350,7 +350,12 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
                 raise BuildError(f"{spec.name} in fp16 is off by {entry['parity']['max_rel_error']:.2e}")
 
     if precision == "int8":
+        import logging
+
         from .quantize import quantize_llm
+
+        # onnxruntime.quantization logs every node at INFO through the root logger.
+        logging.getLogger().setLevel(logging.WARNING)
 
         t = time.perf_counter()
         key = hashlib.sha256(f"{recipe}:llm:int8:{int8_method}:{accuracy_level}".encode()).hexdigest()
