@@ -354,15 +354,17 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
 
         from .quantize import quantize_llm
 
-        # onnxruntime.quantization logs every node at INFO through the root logger.
-        logging.getLogger().setLevel(logging.WARNING)
 
         t = time.perf_counter()
         key = hashlib.sha256(f"{recipe}:llm:int8:{int8_method}:{accuracy_level}".encode()).hexdigest()
         file = "llm.int8.onnx"
         if not b.cached("llm_int8", key):
-            report = quantize_llm(out / "llm.onnx", out / file, method=int8_method,
-                                  **({"accuracy_level": accuracy_level} if int8_method == "nbits8" else {}))
+            logging.disable(logging.INFO)  # onnxruntime.quantization logs every node at INFO
+            try:
+                report = quantize_llm(out / "llm.onnx", out / file, method=int8_method,
+                                      **({"accuracy_level": accuracy_level} if int8_method == "nbits8" else {}))
+            finally:
+                logging.disable(logging.NOTSET)
             cos = llm_seg_cosines(ref, out / "llm.onnx", out / file)
             b.record("llm_int8", key, file, report=report, seg_cosines=cos)
         entry = b.state["llm_int8"]
