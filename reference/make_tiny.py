@@ -30,6 +30,17 @@ SHAPES = {
                      num_heads=1, mem_layers=2, mem_ffn=512),
         "dtype": torch.float32,
     },
+    # Benchmarks: per-frame FLOPs of the reference loop split like GLUS-7B's (~70% LLM, 10% the
+    # 8 CLIP encodes, 20% SAM2; see benchmarks/flops.py), small enough for a 2-core CPU.
+    "medium": {
+        "llama": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=4,
+                      num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=2048),
+        "clip": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=5,
+                     num_attention_heads=4, projection_dim=64),
+        "sam2": dict(image_size=256, embed_dim=80, stages=[1, 2, 4, 1], global_att_blocks=[5],
+                     num_heads=2, mem_layers=2, mem_ffn=1024),
+        "dtype": torch.float32,
+    },
     "glus-7b": {
         "llama": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048),
