@@ -228,3 +228,23 @@ def test_incremental_stream_state_is_bounded(tiny_engine):
     assert max(sizes) <= min(sizes) * 1.05  # rounds differ by a token or two at most
     with pytest.raises(InputError):
         tiny_engine.stream(["a"], kv_policy="sometimes")
+
+
+@pytest.mark.slow
+def test_stream_state_is_flat_over_2000_frames(tiny_engine):
+    """KV buffer, window, pool and memory bank sizes over a 2,000-frame stream (pytest -m slow)."""
+    import resource
+
+    stream = tiny_engine.stream(["the red square", "the moving thing"], pool_size=8)
+    base = moving_square_video(40, 24, 32)
+    sizes, rss = [], []
+    for k in range(2000):
+        stream.push(base[k % len(base)])
+        if k >= 100 and k % 50 == 0:
+            sizes.append(stream.state_nbytes())
+            rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        assert all(len(tr.bank) <= rules.NUM_MASKMEM for tr in stream.tracks.values())
+    for key in ("prefix_kv", "window", "memory"):
+        assert len({s[key] for s in sizes}) == 1, key
+    assert max(s["pool"] for s in sizes) <= 8 * stream.window[0].nbytes
+    assert rss[-1] - rss[0] < 50_000  # KiB: no growth beyond allocator noise
