@@ -1,0 +1,815 @@
+"""Train a small GLUS on synthetic referring videos, the way GLUS trains (model/GLUS.py), on a CPU.
+
+    python -m reference.train --out models/glus-tiny [--seed 0] [--steps N] [--minutes M] [--eval]
+
+Same topology as GLUS (CLIP-style ViT at 224/14 → 64 pooled tokens per frame → LLaMA → [SEG]
+hidden state → text_hidden_fcs → SAM2 mask decoder, SAM2 memory bank), same prompt (4 context
+frames, then a window of up to 4 query rounds in the llava_v1 template with past answers
+"Sure, the segmentation result is [SEG]."), and the paper's losses:
+
+- ce: token cross-entropy on the assistant answers, including the [SEG] token the current
+  round must produce (GLUS's `ce_loss`, weight 1.0);
+- bce + dice: per query frame, on the low-res mask logits upsampled to the frame size
+  (GLUS's sigmoid_ce_loss x2.0 and dice_loss x0.5);
+- memory: the query frames of a sample run in order through SAM2's memory bank (memory encoder
+  on the conditioned feature and the predicted mask, memory attention for the next frames,
+  GLUS's memory rule), all inside the autograd graph, so the bank is trained end to end;
+- contrastive: the object contrastive loss (GLUS's ContrastiveLoss, tau 0.07, x0.1): the [SEG]
+  embedding of an expression is pulled towards [SEG] embeddings of other expressions of the same
+  object and pushed away from those of the other objects of the same video (among them the
+  same-shape distractor: a hard false positive) and from a bank of recent embeddings.
+
+Everything is trained from scratch (no pretrained CLIP, LLaMA or SAM2 exists at this size);
+unlike GLUS, which freezes CLIP and SAM2's encoder and trains LoRA + the mask decoder. The two
+layer-scale tensors GLUS's loader never loads (memory encoder fuser gamma) stay at their
+constructor value 1e-6 and are not trained, so `reference.load` rebuilds exactly the trained
+model. Besides the main mask, the decoder's three multimask outputs and its IoU head get an
+auxiliary loss: at inference SAM2's dynamic-multimask-via-stability may pick them.
+
+Writes OUT/glus (config.json, tokenizer, sam2_config.yaml, model.safetensors: GLUS key names)
+and OUT/clip (an openai/clip-vit layout: CLIPModel with a minimal text tower), the layout
+`reference.load` reads; also OUT/train_log.json. See models/glus-tiny/TRAINING.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Two OpenMP threads on two cores shared with other jobs: spinning workers waste most of the
+# CPU (measured: 4x slower per step); sleep instead. Only effective before torch starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from . import rules
+from .model import POOL, ImageFeatures
+from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
+
+# ---------------------------------------------------------------------------------------------
+# Model sizes
+# ---------------------------------------------------------------------------------------------
+# name → LLaMA / CLIP vision / SAM2 sizes (the SAM2 keys are reference.make_tiny.write_sam2_yaml's
+# plus a few more edited into the YAML below).
+TRAIN_SHAPES = {
+    "small": {
+        "llama": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048),
+        "clip": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                     num_attention_heads=4, projection_dim=32),
+        "sam2": dict(image_size=128, embed_dim=32, stages=[1, 2, 2, 1], global_att_blocks=[4],
+                     num_heads=1, mem_layers=2, mem_ffn=512, fuser_layers=0,
+                     window_spec=[8, 4, 8, 4]),
+    },
+}
+TRAIN_SHAPES["small256"] = {**TRAIN_SHAPES["small"],
+                             "sam2": dict(TRAIN_SHAPES["small"]["sam2"], image_size=256,
+                                          window_spec=[8, 4, 14, 7])}
+DEFAULT_SHAPE = "small"
+# CLIP's text tower is never used by GLUS; the CLIP directory keeps a minimal one.
+CLIP_TEXT = dict(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                 num_attention_heads=1, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                 pad_token_id=1)
+
+
+@dataclass
+class TrainConfig:
+    shape: str = DEFAULT_SHAPE
+    seed: int = 0
+    steps: int = 2000
+    minutes: float | None = None  # wall-clock cap (then the run is no longer reproducible)
+    frames_min: int = 8  # training video lengths are drawn in [frames_min, frames_max]
+    frames_max: int = 16
+    size: tuple[int, int] = (128, 128)
+    n_query: int = 4  # consecutive query frames per sample (the memory-bank run)
+    exprs: int = 4  # expressions per sample (GLUS num_classes_per_sample: 3)
+    lr: float = 1e-3
+    min_lr_frac: float = 0.05
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    aux_mask_weight: float = 0.25  # multimask outputs 1..3
+    iou_weight: float = 0.5
+    contrastive: bool = True
+    contrastive_weight: float = 0.1
+    tau: float = 0.07
+    bank_size: int = 256
+    bank_negatives: int = 64
+    memory: bool = True
+    exact_context_prob: float = 0.5
+    threads: int = 2
+    ckpt_every: int = 500
+    weights_dtype: str = "float16"  # what the shipped checkpoint stores
+
+    @property
+    def train_data_seed(self) -> int:
+        return TRAIN_DATA_SEED_BASE + self.seed
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and saving the checkpoint (the layout reference.make_tiny writes)
+# ---------------------------------------------------------------------------------------------
+def write_sam2_yaml(path: Path, s: dict) -> None:
+    from omegaconf import OmegaConf
+
+    from .make_tiny import write_sam2_yaml as base
+
+    base(path, s)
+    cfg = OmegaConf.load(str(path))
+    m = cfg.model
+    m.memory_encoder.fuser.num_layers = s.get("fuser_layers", 2)
+    if "window_spec" in s:  # hiera's attention windows, fitted to the smaller feature maps
+        m.image_encoder.trunk.window_spec = list(s["window_spec"])
+    layer = m.memory_attention.layer
+    layer.dropout = 0.0  # no dropout: data is unlimited (inference is unaffected)
+    layer.self_attention.dropout = 0.0
+    layer.cross_attention.dropout = 0.0
+    OmegaConf.save(cfg, str(path))
+
+
+def write_clip_dir(clip_dir: Path, vision_sizes: dict, vision_state: dict | None, dtype) -> None:
+    """openai/clip-vit layout (CLIPModel + preprocessor) with a minimal text tower."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    vision = dict(image_size=224, patch_size=14,
+                  **{k: v for k, v in vision_sizes.items() if k != "projection_dim"})
+    cfg = CLIPConfig(text_config=CLIP_TEXT, vision_config=vision,
+                     projection_dim=vision_sizes["projection_dim"])
+    clip = CLIPModel(cfg)
+    if vision_state is not None:
+        clip.vision_model.load_state_dict(vision_state, strict=True)
+    clip.to(dtype).save_pretrained(str(clip_dir))
+    CLIPImageProcessorPil().save_pretrained(str(clip_dir))
+
+
+def glus_config(tokenizer, shape: dict, vision_tower: str, dtype: str) -> dict:
+    return {
+        "architectures": ["GLUSForCausalLM"],
+        "model_type": "llava",
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": 0,
+        "torch_dtype": dtype,
+        "vocab_size": tokenizer.vocab_size,
+        **shape["llama"],
+        "mm_hidden_size": shape["clip"]["hidden_size"],
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "mm_vision_tower": vision_tower,
+        "vision_tower": vision_tower,
+        "mm_use_im_start_end": True,
+        "mm_use_im_patch_token": False,
+        "out_dim": 256,
+        "train_mask_decoder": True,
+        "sam2_config": "sam2_config.yaml",
+    }
+
+
+def init_checkpoint(out: Path, shape_name: str, seed: int):
+    """A seeded random GLUS of the training shape, written and loaded back with reference.load."""
+    from transformers import CLIPVisionConfig
+
+    from .checkpoint import glus_state_dict, save_glus_weights
+    from .config import read_config
+    from .loader import load
+    from .model import GlusModel
+    from .tokenizer import load_tokenizer, train_tiny_tokenizer
+
+    shape = TRAIN_SHAPES[shape_name]
+    glus_dir, clip_dir = out / "glus", out / "clip"
+    for d in (glus_dir, clip_dir):
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+    train_tiny_tokenizer(glus_dir)
+    tokenizer = load_tokenizer(glus_dir)
+    torch.manual_seed(seed + 1)
+    write_clip_dir(clip_dir, shape["clip"], None, torch.float32)
+    write_sam2_yaml(glus_dir / "sam2_config.yaml", shape["sam2"])
+    config = glus_config(tokenizer, shape, str(clip_dir.resolve()), "float32")
+    (glus_dir / "config.json").write_text(json.dumps(config, indent=2))
+    torch.manual_seed(seed)
+    model = GlusModel(read_config(glus_dir), CLIPVisionConfig.from_pretrained(str(clip_dir)))
+    save_glus_weights(glus_state_dict(model), glus_dir)
+    return load(glus_dir, clip_dir)
+
+
+def save_checkpoint(ref, out: Path, shape_name: str, dtype: str = "float16",
+                    vision_tower: str | None = None) -> tuple[Path, Path]:
+    """OUT/glus + OUT/clip in the released layout (weights cast to `dtype`)."""
+    from .checkpoint import glus_state_dict, save_glus_weights
+
+    shape = TRAIN_SHAPES[shape_name]
+    tdtype = getattr(torch, dtype)
+    out = Path(out)
+    glus_dir, clip_dir = out / "glus", out / "clip"
+    tmp = out / ".saving"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tg, tc = tmp / "glus", tmp / "clip"
+    tg.mkdir(parents=True)
+    tc.mkdir(parents=True)
+    src = ref.checkpoint
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                 "added_tokens.json", "sam2_config.yaml"):
+        shutil.copy2(src / name, tg / name)
+    config = glus_config(ref.tokenizer, shape, vision_tower or str(clip_dir.resolve()), dtype)
+    (tg / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.to(tdtype) for k, v in glus_state_dict(ref.model).items()}
+    save_glus_weights(state, tg)
+    write_clip_dir(tc, shape["clip"], ref.model.clip.state_dict(), tdtype)
+    for final, new in ((glus_dir, tg), (clip_dir, tc)):
+        if final.exists():
+            shutil.rmtree(final)
+        new.rename(final)
+    shutil.rmtree(tmp)
+    return glus_dir, clip_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward pieces (the same modules GlusModel's inference methods call, with grad)
+# ---------------------------------------------------------------------------------------------
+def clip_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
+    """= GlusModel.encode_clip, without running the CLIP layers after the selected one."""
+    vm = getattr(model.clip, "vision_model", model.clip)
+    h = vm.pre_layrnorm(vm.embeddings(pixels))
+    layers = vm.encoder.layers
+    n = len(layers) + 1 + model.cfg.mm_vision_select_layer if model.cfg.mm_vision_select_layer < 0 \
+        else model.cfg.mm_vision_select_layer
+    for layer in layers[:n]:
+        h = layer(h, None)
+        if isinstance(h, tuple):
+            h = h[0]
+    pooled = F.avg_pool1d(h[:, 1:].transpose(1, 2), POOL, POOL).transpose(1, 2)
+    return model.mm_projector(pooled)
+
+
+class PromptCache:
+    """Token ids of GLUS prompts and their answer targets, per (expression, window length)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.marker = tok.encode_chunk(rules.ASSISTANT_ROLE + ":")
+        self._cache: dict = {}
+
+    def prefix_ids(self) -> list[int]:
+        """BOS, system, "USER:", the 4 context images and the context sentence."""
+        if "prefix" not in self._cache:
+            self._cache["prefix"] = self.tok.encode_prompt(rules.prefix_text())
+        return self._cache["prefix"]
+
+    def get(self, expr: str, n_rounds: int):
+        """(ids after the prefix, [(position in the whole prompt, target id)])."""
+        key = (expr, n_rounds)
+        if key not in self._cache:
+            text = rules.prompt_text(expr, [rules.ANSWER_SEG] * (n_rounds - 1))
+            ids = self.tok.encode_prompt(text)
+            prefix, rest = rules.split_prefix(text)
+            rest_ids = rules.tokenize_with_images(rest, self.tok.encode_chunk, None)
+            if self.prefix_ids() + rest_ids != ids:
+                raise AssertionError("prefix + rest tokenisation differs from the whole prompt")
+            self._cache[key] = (rest_ids, self._targets(ids))
+        return self._cache[key]
+
+    def _targets(self, ids: list[int]) -> list[tuple[int, int]]:
+        """[(expanded position whose hidden state predicts, target id)]: every assistant answer
+        token (as GLUS's labels), then [SEG] from the last prompt position (the current round)."""
+        pos, shift = [], 0
+        for t in ids:
+            pos.append(len(pos) + shift)
+            if t == rules.IMAGE_TOKEN_INDEX:
+                shift += rules.TOKENS_PER_IMAGE - 1
+        m = self.marker
+        starts = [k + len(m) for k in range(len(ids) - len(m) + 1) if ids[k:k + len(m)] == m]
+        out = []
+        eos = self.tok.eos_id
+        for s in starts:
+            k = s
+            while k < len(ids):
+                if k == len(ids) - 1 and not self.tok.decode([ids[k]]).strip():
+                    break  # the trailing "▁" of the current round: GLUS never trains on it
+                out.append((pos[k] - 1, ids[k]))
+                if ids[k] == eos:
+                    break
+                k += 1
+        out.append((pos[-1], self.tok.seg_id))
+        return out
+
+
+def decode_all(model, feats: ImageFeatures, conditioned: torch.Tensor, seg: torch.Tensor):
+    """GlusModel.decode, returning all four mask outputs and IoU predictions. `seg`: [B, 256]
+    ([SEG] embeddings, one sparse token each) or [B, N, 256] (other sparse prompts)."""
+    sam = model.sam
+    pe = sam.sam_prompt_encoder
+    b = seg.shape[0]
+    if seg.dim() == 2:
+        seg = seg[:, None]
+    image_embed = model._to_map(conditioned, feats.sizes[-1])
+    high_res = [model._to_map(t, s) for t, s in zip(feats.tokens[:-1], feats.sizes[:-1])]
+    h, w = feats.sizes[-1]
+    dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
+    masks, iou, _, _ = sam.sam_mask_decoder.predict_masks(
+        image_embeddings=image_embed, image_pe=pe.get_dense_pe(),
+        sparse_prompt_embeddings=seg, dense_prompt_embeddings=dense,
+        repeat_image=False, high_res_features=high_res,
+    )
+    return masks, iou
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-mask 1 - Dice of sigmoid(logits), [N, H, W] → [N] (GLUS's dice_loss, per mask)."""
+    p = logits.sigmoid().flatten(1)
+    t = target.flatten(1)
+    return 1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)
+
+
+def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-mask mean pixel BCE, [N, H, W] → [N] (GLUS's sigmoid_ce_loss, per mask)."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+
+
+class SegBank:
+    """Recent detached [SEG] embeddings of other samples (GLUS's segTokenBank)."""
+
+    def __init__(self, size: int):
+        self.items: deque = deque(maxlen=size)
+
+    def add(self, video: str, target: tuple, emb: torch.Tensor) -> None:
+        for e in emb.detach():
+            self.items.append((video, target, e))
+
+    def negatives(self, video: str, n: int, rng: random.Random) -> torch.Tensor | None:
+        pool = [e for v, _, e in self.items if v != video]
+        if not pool:
+            return None
+        pick = pool if len(pool) <= n else rng.sample(pool, n)
+        return torch.stack(pick)
+
+
+def contrastive_loss(seg: torch.Tensor, targets: list[tuple], tau: float,
+                     bank_neg: torch.Tensor | None) -> torch.Tensor | None:
+    """InfoNCE over [SEG] embeddings seg [K, Q, D] of one video (cosine similarity / tau).
+
+    Anchor (e, j): positives are the embeddings of the same target object set (other expressions
+    or other query frames); negatives the embeddings of every other target of the same video
+    (hard false positives: the distractor shares the shape and often the colour) plus the bank.
+    """
+    k, q, d = seg.shape
+    z = F.normalize(seg.reshape(k * q, d), dim=-1)
+    owner = [targets[i // q] for i in range(k * q)]
+    sim = z @ z.t() / tau
+    if bank_neg is not None:
+        zb = F.normalize(bank_neg, dim=-1)
+        sim_b = z @ zb.t() / tau
+    losses = []
+    for a in range(k * q):
+        pos = [b for b in range(k * q) if b != a and owner[b] == owner[a]]
+        neg = [b for b in range(k * q) if owner[b] != owner[a]]
+        if not pos or not neg:
+            continue
+        neg_logits = sim[a, neg]
+        if bank_neg is not None:
+            neg_logits = torch.cat([neg_logits, sim_b[a]])
+        for b in pos:
+            logits = torch.cat([sim[a, b:b + 1], neg_logits])
+            losses.append(torch.logsumexp(logits, 0) - sim[a, b])
+    if not losses:
+        return None
+    return torch.stack(losses).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# One training step
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class StepOut:
+    loss: torch.Tensor
+    parts: dict = field(default_factory=dict)
+
+
+def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
+                   bank: SegBank | None, rng: random.Random, masks_on: bool = True) -> StepOut:
+    from .preprocess import clip_pixels
+
+    model, tok = ref.model, ref.tokenizer
+    video = sample.video
+    exprs = [video.expressions[i] for i in sample.exprs]
+    k, q = len(exprs), len(sample.query)
+
+    # --- LLM: one prompt per (expression, query frame), exactly the inference prompt of that
+    # frame (query order = the video from frame 0: window = the last <= 4 frames).
+    windows = [[f for f in rules.window_positions(t + 1)] for t in sample.query]
+    needed = sorted(set(sample.context) | {f for w in windows for f in w})
+    pixels = torch.stack([clip_pixels(ref.clip_processor, video.frames[f]) for f in needed])
+    tokens = clip_tokens(model, pixels)
+    row = {f: i for i, f in enumerate(needed)}
+    # The prefix (system, context frames, context sentence) is the same for every prompt of the
+    # sample: one prefill, its keys/values shared by all continuations (exact: FINDINGS.md).
+    prefix_ids = prompts.prefix_ids()
+    prefix = model.embed_prompt(prefix_ids, tokens[[row[f] for f in sample.context]])
+    pre = model.llm.model(inputs_embeds=prefix, use_cache=True)
+    n_pre = prefix.shape[1]
+    embeds, lengths, ce_rows, ce_pos, ce_tgt = [], [], [], [], []
+    for text, _ in exprs:
+        for w in windows:
+            ids, targets = prompts.get(text, len(w))
+            e = model.embed_prompt(ids, tokens[[row[f] for f in w]])[0]
+            b = len(embeds)
+            embeds.append(e)
+            lengths.append(e.shape[0])
+            for p, t in targets:
+                ce_rows.append(b)
+                ce_pos.append(p - n_pre)
+                ce_tgt.append(t)
+    bsz, lmax = len(embeds), max(lengths)
+    batch = torch.stack([F.pad(e, (0, 0, 0, lmax - e.shape[0])) for e in embeds])  # right padding
+    from transformers import DynamicCache
+
+    cache = DynamicCache([(layer.keys.expand(bsz, -1, -1, -1), layer.values.expand(bsz, -1, -1, -1))
+                          for layer in pre.past_key_values.layers])
+    pos_ids = torch.arange(n_pre, n_pre + lmax)[None].expand(bsz, -1)
+    hidden = model.llm.model(inputs_embeds=batch, position_ids=pos_ids, past_key_values=cache,
+                             use_cache=True).last_hidden_state
+    logits = model.llm.lm_head(hidden[ce_rows, ce_pos])
+    ce = F.cross_entropy(logits, torch.tensor(ce_tgt))
+    last = hidden[torch.arange(bsz), torch.tensor(lengths) - 1]
+    seg = model.seg_head(last).reshape(k, q, -1)
+    with torch.no_grad():
+        seg_acc = (logits.argmax(-1) == torch.tensor(ce_tgt)).float().mean()
+
+    loss = cfg.ce_weight * ce
+    parts = {"ce": ce.item(), "seg_acc": seg_acc.item()}
+    if masks_on:
+        loss = loss + sam_losses(ref, sample, exprs, seg, cfg, parts)
+    if cfg.contrastive:
+        targets = [tuple(sorted(ids)) for _, ids in exprs]
+        neg = bank.negatives(video.name, cfg.bank_negatives, rng) if bank is not None else None
+        c = contrastive_loss(seg, targets, cfg.tau, neg)
+        if c is not None:
+            loss = loss + cfg.contrastive_weight * c
+            parts["con"] = c.item()
+        if bank is not None:
+            for e, t in zip(seg, targets):
+                bank.add(video.name, t, e)
+    parts["loss"] = loss.item()
+    return StepOut(loss, parts)
+
+
+def sam_losses(ref, sample: Sample, exprs, seg: torch.Tensor, cfg: TrainConfig, parts: dict):
+    """SAM2 over the query frames in order, the memory bank inside the graph; mask losses."""
+    from .preprocess import sam_pixels
+
+    model, video = ref.model, sample.video
+    k, q = seg.shape[:2]
+    sam_in = torch.stack([sam_pixels(video.frames[f], model.sam_image_size) for f in sample.query])
+    feats = model.encode_image(sam_in)
+    gt = torch.from_numpy(np.stack([video.target(ids)[sample.query] for _, ids in exprs])).float()
+    hw = gt.shape[-2:]
+    mem: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    bce_main, dice_main, aux, iou_l = [], [], [], []
+    for j in range(q):
+        fj = ImageFeatures(
+            tokens=[t[:, j:j + 1].expand(-1, k, -1) for t in feats.tokens],
+            pos=[p[:, j:j + 1].expand(-1, k, -1) for p in feats.pos],
+            sizes=feats.sizes,
+        )
+        keys = [m for m in rules.memory_frame_indices(j) if m in mem] if cfg.memory else []
+        cond = model.condition(fj, [mem[m] for m in keys])
+        masks, iou = decode_all(model, fj, cond, seg[:, j])
+        up = F.interpolate(masks, hw, mode="bilinear", align_corners=False)  # [K, 4, H, W]
+        tgt = gt[:, j]
+        bce_main.append(bce_loss(up[:, 0], tgt))
+        dice_main.append(dice_loss(up[:, 0], tgt))
+        if cfg.aux_mask_weight > 0:
+            a_up = up[:, 1:].reshape(-1, *hw)
+            a_t = tgt.repeat_interleave(3, 0)
+            aux.append(cfg.bce_weight * bce_loss(a_up, a_t) + cfg.dice_weight * dice_loss(a_up, a_t))
+        with torch.no_grad():
+            pred = up > 0
+            t4 = tgt[:, None].bool()
+            inter = (pred & t4).flatten(2).sum(-1).float()
+            union = (pred | t4).flatten(2).sum(-1).float()
+            true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        iou_l.append(F.mse_loss(iou, true_iou, reduction="none").mean(-1))
+        if cfg.memory and j + 1 < q:
+            mem[j] = model.encode_memory(fj, cond, masks[:, 0:1])
+    bce = torch.cat(bce_main).mean()
+    dice = torch.cat(dice_main).mean()
+    loss = cfg.bce_weight * bce + cfg.dice_weight * dice
+    parts.update(bce=bce.item(), dice=dice.item())
+    if aux:
+        a = torch.cat(aux).mean()
+        loss = loss + cfg.aux_mask_weight * a
+        parts["aux"] = a.item()
+    il = torch.cat(iou_l).mean()
+    parts["iou"] = il.item()
+    return loss + cfg.iou_weight * il
+
+
+def mask_losses(cfg: TrainConfig, masks: torch.Tensor, iou: torch.Tensor, tgt: torch.Tensor):
+    """bce, dice ([B] each, main output), aux ([B*3], multimask outputs), iou-head loss [B]."""
+    hw = tgt.shape[-2:]
+    up = F.interpolate(masks, hw, mode="bilinear", align_corners=False)  # [B, 4, H, W]
+    bce, dice = bce_loss(up[:, 0], tgt), dice_loss(up[:, 0], tgt)
+    a_up = up[:, 1:].reshape(-1, *hw)
+    a_t = tgt.repeat_interleave(3, 0)
+    aux = cfg.bce_weight * bce_loss(a_up, a_t) + cfg.dice_weight * dice_loss(a_up, a_t)
+    with torch.no_grad():
+        pred = up > 0
+        t4 = tgt[:, None].bool()
+        inter = (pred & t4).flatten(2).sum(-1).float()
+        union = (pred | t4).flatten(2).sum(-1).float()
+        true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return bce, dice, aux, F.mse_loss(iou, true_iou, reduction="none").mean(-1)
+
+
+def forward_sam_pretrain(ref, video, query: list[int], cfg: TrainConfig, rng: np.random.Generator,
+                         click_prob: float = 0.3) -> StepOut:
+    """SAM2-style promptable video segmentation, the stage SAM2 itself is trained with before
+    GLUS uses it: every object of the video is prompted with one positive click on the first
+    query frame (and, with probability `click_prob`, on later ones); the other frames rely on
+    the memory bank (GLUS's memory rule, in the graph)."""
+    from .preprocess import sam_pixels
+
+    model = ref.model
+    s = model.sam_image_size
+    objs = sorted(video.objects)
+    k, q = len(objs), len(query)
+    sam_in = torch.stack([sam_pixels(video.frames[f], s) for f in query])
+    feats = model.encode_image(sam_in)
+    gt_np = np.stack([video.objects[o][query] for o in objs])  # [K, Q, H, W]
+    gt = torch.from_numpy(gt_np).float()
+    h, w = gt.shape[-2:]
+    pe = model.sam.sam_prompt_encoder
+    mem: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    bces, dices, auxs, ious = [], [], [], []
+    for j in range(q):
+        fj = ImageFeatures(
+            tokens=[t[:, j:j + 1].expand(-1, k, -1) for t in feats.tokens],
+            pos=[p[:, j:j + 1].expand(-1, k, -1) for p in feats.pos],
+            sizes=feats.sizes,
+        )
+        coords = torch.zeros(k, 1, 2)
+        labels = -torch.ones(k, 1)
+        for i in range(k):
+            if j > 0 and rng.random() >= click_prob:
+                continue
+            ys, xs = np.nonzero(gt_np[i, j])
+            if len(ys) == 0:
+                continue
+            n = int(rng.integers(len(ys)))
+            coords[i, 0] = torch.tensor([(xs[n] + 0.5) * s / w - 0.5, (ys[n] + 0.5) * s / h - 0.5])
+            labels[i, 0] = 1
+        sparse, _ = pe(points=(coords, labels), boxes=None, masks=None)
+        keys = [m for m in rules.memory_frame_indices(j) if m in mem] if cfg.memory else []
+        cond = model.condition(fj, [mem[m] for m in keys])
+        masks, iou = decode_all(model, fj, cond, sparse)
+        b, d, a, il = mask_losses(cfg, masks, iou, gt[:, j])
+        bces.append(b)
+        dices.append(d)
+        auxs.append(a)
+        ious.append(il)
+        if cfg.memory and j + 1 < q:
+            mem[j] = model.encode_memory(fj, cond, masks[:, 0:1])
+    bce, dice = torch.cat(bces).mean(), torch.cat(dices).mean()
+    aux, il = torch.cat(auxs).mean(), torch.cat(ious).mean()
+    loss = cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.aux_mask_weight * aux + cfg.iou_weight * il
+    return StepOut(loss, {"loss": loss.item(), "bce": bce.item(), "dice": dice.item(),
+                          "aux": aux.item(), "iou": il.item()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loop
+# ---------------------------------------------------------------------------------------------
+def trainable_parameters(model):
+    """Every parameter but the fuser layer scales GLUS's loader never loads (kept at 1e-6)."""
+    params = []
+    for name, p in model.named_parameters():
+        if name.startswith("sam.memory_encoder.fuser.layers.") and name.endswith(".gamma"):
+            p.requires_grad_(False)
+            continue
+        # SAM2 parts GLUS never runs (object pointers, temporal encodings, occlusion, mask input
+        # path) get no gradient anyway; leave them out of the optimizer.
+        params.append((name, p))
+    return params
+
+
+UNUSED_PREFIXES = ("sam.obj_ptr_proj", "sam.obj_ptr_tpos_proj", "sam.maskmem_tpos_enc",
+                   "sam.no_obj_ptr", "sam.no_obj_embed_spatial", "sam.mask_downsample",
+                   "sam.sam_prompt_encoder.point_embeddings", "sam.sam_prompt_encoder.not_a_point_embed",
+                   "sam.sam_prompt_encoder.mask_downscaling", "sam.no_mem_pos_enc",
+                   "sam.sam_mask_decoder.pred_obj_score_head", "sam.sam_mask_decoder.obj_score_token")
+
+
+def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None, eval_fn=None,
+          vision_tower: str | None = None):
+    """Train from a seeded random init; returns (ref, history). Saves OUT/glus + OUT/clip."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    work = out / ".init"
+    ref = init_checkpoint(work, cfg.shape, cfg.seed)
+    model = ref.model
+    model.train()
+    params = [p for n, p in trainable_parameters(model) if not n.startswith(UNUSED_PREFIXES)]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    prompts = PromptCache(ref.tokenizer)
+    bank = SegBank(cfg.bank_size) if cfg.contrastive else None
+    data_rng = np.random.default_rng(cfg.seed)
+    py_rng = random.Random(cfg.seed)
+    history = []
+    t0 = time.time()
+    bar = tqdm(range(cfg.steps), desc="train", disable=not progress, dynamic_ncols=True)
+    ema: dict[str, float] = {}
+    step = 0
+    for step in bar:
+        n_frames = int(data_rng.integers(cfg.frames_min, cfg.frames_max + 1))
+        video = make_train_video(cfg.train_data_seed, step, n_frames, cfg.size)
+        sample = make_sample(data_rng, video, cfg.n_query, cfg.exprs, cfg.exact_context_prob)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg, cfg.steps)
+        res = forward_sample(ref, prompts, sample, cfg, bank, py_rng)
+        opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        parts = dict(res.parts, gnorm=float(gn), lr=opt.param_groups[0]["lr"], step=step,
+                     t=round(time.time() - t0, 1))
+        history.append(parts)
+        for key in ("loss", "ce", "bce", "dice", "con", "seg_acc"):
+            if key in parts:
+                ema[key] = parts[key] if key not in ema else 0.95 * ema[key] + 0.05 * parts[key]
+        bar.set_postfix({k: f"{v:.3f}" for k, v in ema.items()}, refresh=False)
+        if log is not None and step % 50 == 0:
+            log(f"step {step} " + " ".join(f"{k}={v:.4f}" for k, v in ema.items()))
+        if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
+            model.eval()
+            save_checkpoint(ref, out, cfg.shape, cfg.weights_dtype, vision_tower)
+            if eval_fn is not None:
+                eval_fn(step + 1)
+            model.train()
+        if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
+            break
+    bar.close()
+    model.eval()
+    wall = time.time() - t0
+    save_checkpoint(ref, out, cfg.shape, cfg.weights_dtype, vision_tower)
+    shutil.rmtree(work, ignore_errors=True)
+    log_path = out / "train_log.json"
+    log_path.write_text(json.dumps({"config": asdict(cfg), "steps_done": step + 1,
+                                    "train_seconds": round(wall, 1), "history": history}))
+    return ref, history
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out evaluation (reference.segment_video, scored with evalkit)
+# ---------------------------------------------------------------------------------------------
+def evaluate_checkpoint(glus_dir, clip_dir, data: list[tuple[str, str]], *, use_memory: bool = True,
+                        pred_root: str | Path | None = None, threads: int = 2, progress: bool = False,
+                        limit: int | None = None) -> dict:
+    """J&F of reference.segment_video (offline, GLUS's loop) on held-out MeViS-layout sets."""
+    import tempfile
+
+    from PIL import Image
+
+    from evalkit.formats import load_dataset
+    from evalkit.formats.predictions import write_predictions
+    from evalkit.scoring import evaluate, summarize
+
+    from .inference import segment_video
+    from .loader import load
+
+    torch.set_num_threads(threads)
+    ref = load(glus_dir, clip_dir)
+    all_scores = []
+    per_split = {}
+    n_seg = n_steps = 0
+    tmp = None
+    if pred_root is None:
+        tmp = tempfile.TemporaryDirectory()
+        pred_root = tmp.name
+    try:
+        for root, split in data:
+            ds = load_dataset("mevis", root, split)
+            pr = Path(pred_root) / split
+            exprs = ds.expressions[:limit] if limit else ds.expressions
+            cache: dict[str, list[np.ndarray]] = {}
+            for e in exprs:
+                if e.video not in cache:
+                    cache = {e.video: [np.asarray(Image.open(ds.image_path(e.video, f)).convert("RGB"))
+                                       for f in ds.frames(e.video)]}
+                res = segment_video(ref, cache[e.video], e.text, use_memory=use_memory)
+                n_seg += sum(r.is_seg for r in res.frames)
+                n_steps += len(res.frames)
+                write_predictions(pr, e.video, e.exp_id, list(e.frames), res.masks)
+            ds.expressions = list(exprs)
+            r = evaluate(ds, pr)
+            per_split[split] = {"J": r.overall.J, "F": r.overall.F, "JF": r.overall.JF,
+                                "n": r.overall.n_expressions}
+            all_scores += r.expressions
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    s = summarize(all_scores)
+    return {"J": s.J, "F": s.F, "JF": s.JF, "n_expressions": s.n_expressions,
+            "seg_token_rate": n_seg / max(1, n_steps), "splits": per_split,
+            "per_expression": [(x.video, x.exp_id, round(x.J, 4), round(x.F, 4)) for x in all_scores]}
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def main(argv=None) -> None:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m reference.train", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output directory (gets glus/ and clip/)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (not reproducible)")
+    p.add_argument("--shape", choices=sorted(TRAIN_SHAPES), default=d.shape)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--exprs", type=int, default=d.exprs, help="expressions per sample")
+    p.add_argument("--query-frames", type=int, default=d.n_query)
+    p.add_argument("--frames", type=str, default=f"{d.frames_min}-{d.frames_max}",
+                   help="training video length range, e.g. 8-16")
+    p.add_argument("--size", type=str, default=f"{d.size[0]}x{d.size[1]}")
+    p.add_argument("--no-contrastive", action="store_true", help="train without the contrastive loss")
+    p.add_argument("--no-memory", action="store_true", help="train without the memory bank")
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--weights-dtype", choices=["float16", "float32"], default=d.weights_dtype)
+    p.add_argument("--vision-tower", default=None,
+                   help="value written to config.json's vision_tower (default: the absolute CLIP dir)")
+    p.add_argument("--eval", action="store_true", help="score the result on the held-out set")
+    p.add_argument("--eval-videos", type=int, default=24)
+    p.add_argument("--eval-frames", type=int, default=12)
+    p.add_argument("--eval-size", type=str, default="128x128")
+    p.add_argument("--eval-data", default=None, help="where the held-out set is written")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    fmin, _, fmax = a.frames.partition("-")
+    h, _, w = a.size.partition("x")
+    cfg = TrainConfig(
+        shape=a.shape, seed=a.seed, steps=a.steps, minutes=a.minutes, lr=a.lr, warmup=a.warmup,
+        exprs=a.exprs, n_query=a.query_frames, frames_min=int(fmin), frames_max=int(fmax or fmin),
+        size=(int(h), int(w)), contrastive=not a.no_contrastive, memory=not a.no_memory,
+        threads=a.threads, ckpt_every=a.ckpt_every, weights_dtype=a.weights_dtype,
+    )
+    out = Path(a.out)
+    t0 = time.time()
+    ref, hist = train(cfg, out, progress=not a.no_progress, vision_tower=a.vision_tower,
+                      log=print if a.no_progress else None)
+    print(f"trained {len(hist)} steps in {time.time() - t0:.0f} s → {out / 'glus'}, {out / 'clip'}")
+    if a.eval:
+        from .train_data import write_heldout
+
+        eh, _, ew = a.eval_size.partition("x")
+        data_dir = Path(a.eval_data) if a.eval_data else out / ".heldout"
+        data = write_heldout(data_dir, a.eval_videos, a.eval_frames, (int(eh), int(ew)))
+        results = {}
+        for name, mem in (("offline", True), ("no_memory", False)):
+            t1 = time.time()
+            r = evaluate_checkpoint(out / "glus", out / "clip", data, use_memory=mem, threads=a.threads)
+            r["seconds"] = round(time.time() - t1, 1)
+            results[name] = r
+            print(f"held-out {name}: J {r['J']:.4f} F {r['F']:.4f} J&F {r['JF']:.4f} "
+                  f"({r['n_expressions']} expressions, [SEG] rate {r['seg_token_rate']:.3f})")
+        (out / "eval.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
