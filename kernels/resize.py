@@ -34,7 +34,8 @@ import numpy as np
 __all__ = ["resize_weights", "resize_bilinear"]
 
 
-def _check_size(name: str, value) -> int:
+def positive_int(name: str, value) -> int:
+    """An int >= 1 (bools and floats refused), or a TypeError/ValueError naming `name`."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     try:
@@ -128,8 +129,8 @@ def resize_weights(in_size: int, out_size: int, antialias: bool) -> tuple[np.nda
     ``sum_t weights[i, t] * x[indices[i, t]]``.  ``taps`` is 2 without antialias and
     ``2 * ceil(max(in/out, 1)) + 1`` with it; unused taps have weight 0 and a valid index.
     """
-    in_size = _check_size("in_size", in_size)
-    out_size = _check_size("out_size", out_size)
+    in_size = positive_int("in_size", in_size)
+    out_size = positive_int("out_size", out_size)
     if not isinstance(antialias, (bool, np.bool_)):
         raise TypeError(f"antialias must be a bool, got {type(antialias).__name__}")
     return _cached_weights(in_size, out_size, bool(antialias))
@@ -175,8 +176,8 @@ def resize_bilinear(x: np.ndarray, out_hw, antialias: bool = False) -> np.ndarra
         oh, ow = out_hw
     except (TypeError, ValueError):
         raise TypeError(f"out_hw must be a pair (height, width), got {out_hw!r}") from None
-    oh = _check_size("output height", oh)
-    ow = _check_size("output width", ow)
+    oh = positive_int("output height", oh)
+    ow = positive_int("output width", ow)
     if not isinstance(antialias, (bool, np.bool_)):
         raise TypeError(f"antialias must be a bool, got {type(antialias).__name__}")
     x = np.asarray(x, dtype=np.float32)

@@ -20,7 +20,7 @@ import operator
 import numpy as np
 from PIL import Image
 
-from kernels.resize import resize_bilinear
+from kernels.resize import positive_int, resize_bilinear
 
 __all__ = [
     "CLIP_MEAN",
@@ -70,25 +70,13 @@ def check_frame(frame) -> np.ndarray:
     return frame
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if v < 1:
-        raise ValueError(f"{name} must be >= 1, got {v}")
-    return v
-
-
 def _hw(name: str, value) -> tuple[int, int]:
     """An int ``n`` (meaning n x n) or a pair ``(height, width)`` of positive ints."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
-        return _positive_int(f"{name} height", value[0]), _positive_int(f"{name} width", value[1])
-    v = _positive_int(name, value)
+        return positive_int(f"{name} height", value[0]), positive_int(f"{name} width", value[1])
+    v = positive_int(name, value)
     return v, v
 
 
@@ -130,9 +118,9 @@ def clip_resize_shape(height: int, width: int, size: int) -> tuple[int, int]:
     truncated, not rounded, as ``get_resize_output_image_size`` does (square frames: both
     sides ``size``).
     """
-    height = _positive_int("height", height)
-    width = _positive_int("width", width)
-    size = _positive_int("size", size)
+    height = positive_int("height", height)
+    width = positive_int("width", width)
+    size = positive_int("size", size)
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = size, int(size * long / short)
     return (new_long, new_short) if width <= height else (new_short, new_long)
@@ -180,7 +168,7 @@ def clip_preprocess(
     channels-first; here a frame is always ``H x W x 3``.)
     """
     frame = check_frame(frame)
-    size = _positive_int("size", size)
+    size = positive_int("size", size)
     crop_h, crop_w = _hw("crop", crop)
     mean32 = _channel_stats("mean", mean)
     std32 = _channel_stats("std", std, nonzero=True)
@@ -212,7 +200,7 @@ def sam_preprocess(frame: np.ndarray, size: int) -> np.ndarray:
     only float rounding differs, ~1e-7.)
     """
     frame = check_frame(frame)
-    size = _positive_int("size", size)
+    size = positive_int("size", size)
     x = np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.float32)
     y = resize_bilinear(x, (size, size), antialias=True)
     y /= np.float32(255.0)
