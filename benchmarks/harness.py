@@ -37,8 +37,8 @@ class Settings:
 
 def settings(full: bool) -> Settings:
     if full:
-        return Settings(True, e2e_frames=24, e2e_repeats=5, frame_size=(96, 128), synth_videos=6,
-                        synth_frames=24, synth_expressions_per_video=None, drift_models=MODELS,
+        return Settings(True, e2e_frames=24, e2e_repeats=5, frame_size=(96, 128), synth_videos=4,
+                        synth_frames=24, synth_expressions_per_video=3, drift_models=MODELS,
                         stream_frames=1000, stage_budget_s=3.0)
     return Settings(False, e2e_frames=8, e2e_repeats=3, frame_size=(96, 128), synth_videos=3,
                     synth_frames=12, synth_expressions_per_video=1, drift_models=("tiny",),

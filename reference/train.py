@@ -75,6 +75,15 @@ TRAIN_SHAPES = {
 TRAIN_SHAPES["small256"] = {**TRAIN_SHAPES["small"],
                              "sam2": dict(TRAIN_SHAPES["small"]["sam2"], image_size=256,
                                           window_spec=[8, 4, 14, 7])}
+# For tests only: the same code path in seconds.
+TRAIN_SHAPES["test"] = {
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=2048),
+    "clip": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 projection_dim=16),
+    "sam2": dict(image_size=64, embed_dim=8, stages=[1, 1, 2, 1], global_att_blocks=[3],
+                 num_heads=1, mem_layers=1, mem_ffn=64, fuser_layers=0, window_spec=[4, 2, 2, 1]),
+}
 DEFAULT_SHAPE = "small"
 # CLIP's text tower is never used by GLUS; the CLIP directory keeps a minimal one.
 CLIP_TEXT = dict(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
@@ -105,6 +114,16 @@ class TrainConfig:
     iou_weight: float = 0.5
     contrastive: bool = True
     contrastive_weight: float = 0.1
+    # From scratch, a random LLM gives every expression nearly the same [SEG] embedding and the
+    # decoder learns to ignore its prompt (it segments every object: a saddle it stays in for
+    # hundreds of steps). Two remedies, both about the start of training: text_hidden_fcs' output
+    # layer starts `seg_init_scale` times larger (a [SEG] token as strong as SAM's own tokens),
+    # and for the first `mask_warmup` steps only the LLM side trains (ce + contrastive at
+    # `contrastive_weight_warmup`), so [SEG] embeddings already tell objects apart when the
+    # mask losses start.
+    seg_init_scale: float = 15.0
+    mask_warmup: int = 150
+    contrastive_weight_warmup: float = 1.0
     tau: float = 0.07
     bank_size: int = 256
     bank_negatives: int = 64
@@ -643,6 +662,10 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     work = out / ".init"
     ref = init_checkpoint(work, cfg.shape, cfg.seed)
     model = ref.model
+    with torch.no_grad():
+        out_layer = model.text_hidden_fcs[0][2]
+        out_layer.weight.mul_(cfg.seg_init_scale)
+        out_layer.bias.mul_(cfg.seg_init_scale)
     model.train()
     params = [p for n, p in trainable_parameters(model) if not n.startswith(UNUSED_PREFIXES)]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -661,7 +684,13 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         sample = make_sample(data_rng, video, cfg.n_query, cfg.exprs, cfg.exact_context_prob)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, cfg.steps)
-        res = forward_sample(ref, prompts, sample, cfg, bank, py_rng)
+        warm = step < cfg.mask_warmup
+        step_cfg = cfg
+        if warm and cfg.contrastive:
+            from dataclasses import replace
+
+            step_cfg = replace(cfg, contrastive_weight=cfg.contrastive_weight_warmup)
+        res = forward_sample(ref, prompts, sample, step_cfg, bank, py_rng, masks_on=not warm)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

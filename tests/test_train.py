@@ -1,0 +1,106 @@
+"""reference.train: a few steps learn and are reproducible; the shipped trained model segments."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reference import train as T
+from reference.train_data import make_sample, make_train_video
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "models" / "glus-tiny"
+
+TEST_CFG = T.TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, exprs=3,
+                         mask_warmup=0, warmup=1, ckpt_every=0, threads=1)
+
+
+def _overfit(tmp: Path, steps: int) -> list[float]:
+    """`steps` optimiser steps on one fixed sample, from the seeded random init."""
+    T.seed_everything(0)
+    ref = T.init_checkpoint(tmp, "test", 0)
+    model = ref.model
+    model.train()
+    params = [p for n, p in T.trainable_parameters(model) if not n.startswith(T.UNUSED_PREFIXES)]
+    opt = torch.optim.AdamW(params, lr=2e-3)
+    video = make_train_video(7, 0, 8, (64, 64))
+    sample = make_sample(np.random.default_rng(0), video, 4, 3)
+    prompts, bank = T.PromptCache(ref.tokenizer), T.SegBank(64)
+    losses = []
+    for _ in range(steps):
+        out = T.forward_sample(ref, prompts, sample, TEST_CFG, bank, random.Random(0))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.parts)
+    return losses
+
+
+def test_training_steps_reduce_every_loss_and_repeat_exactly(tmp_path):
+    torch.set_num_threads(1)
+    a = _overfit(tmp_path / "a", 8)
+    b = _overfit(tmp_path / "b", 8)
+    assert [x["loss"] for x in a] == [x["loss"] for x in b]  # same seed, same numbers
+    first, last = a[0], a[-1]
+    assert last["loss"] < 0.8 * first["loss"]
+    for key in ("ce", "bce", "dice"):
+        assert last[key] < first[key], key
+    assert {"ce", "bce", "dice", "aux", "iou", "con", "seg_acc"} <= set(first)
+
+
+def test_train_writes_a_loadable_checkpoint_deterministically(tmp_path):
+    import reference
+    from safetensors.torch import load_file
+
+    cfg = replace(TEST_CFG, steps=3, mask_warmup=1, weights_dtype="float32")
+    for name in ("a", "b"):
+        T.train(cfg, tmp_path / name, progress=False)
+    wa = load_file(str(tmp_path / "a" / "glus" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "glus" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    init = T.init_checkpoint(tmp_path / "init", "test", 0)  # training moved the weights
+    w0 = load_file(str(init.checkpoint / "model.safetensors"))
+    assert any(not torch.equal(w0[k], wa[k]) for k in wa)
+
+    ref = reference.load(tmp_path / "a" / "glus", tmp_path / "a" / "clip")
+    video = make_train_video(9, 0, 6, (64, 64))
+    res = reference.segment_video(ref, video.frames, video.expressions[0][0])
+    assert len(res.masks) == 6 and res.masks[0].shape == (64, 64)
+    # the shipped layout: GLUS keys only in glus/, a CLIPModel directory in clip/
+    assert not any(k.startswith("model.vision_tower") for k in wa)
+    assert (tmp_path / "a" / "clip" / "preprocessor_config.json").is_file()
+
+
+def _jf(gt: np.ndarray, pred: np.ndarray) -> float:
+    from evalkit.metrics import boundary_f, region_similarity
+
+    return (region_similarity(gt, pred) + boundary_f(gt, pred)) / 2
+
+
+@pytest.mark.skipif(not (SHIPPED / "glus" / "config.json").is_file(), reason="no shipped model")
+def test_shipped_model_segments_the_described_object():
+    """On a held-out synthetic video, the shipped model beats 'segment every object' by far."""
+    import reference
+    from reference.train_data import HELDOUT_SEEDS
+
+    torch.set_num_threads(2)
+    ref = reference.load(SHIPPED / "glus", SHIPPED / "clip")
+    video = make_train_video(HELDOUT_SEEDS[0] + 17, 0, 8, (128, 128))
+    everything = np.zeros_like(next(iter(video.objects.values())))
+    for m in video.objects.values():
+        everything |= m
+    single = [(text, ids) for text, ids in video.expressions if len(ids) == 1][:3]
+    model_jf, union_jf = [], []
+    for text, ids in single:
+        res = reference.segment_video(ref, video.frames, text)
+        gt = video.target(ids)
+        model_jf.append(np.mean([_jf(g, p) for g, p in zip(gt, res.masks)]))
+        union_jf.append(np.mean([_jf(g, u) for g, u in zip(gt, everything)]))
+    assert np.mean(model_jf) > 0.5
+    assert np.mean(model_jf) > np.mean(union_jf) + 0.2
