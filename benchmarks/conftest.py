@@ -8,13 +8,21 @@ benchmarks/results/<date>-<machine>.json and .md, and the headline figures are p
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
-import pytest
+# Before torch loads (the worker processes inherit it): torch's OpenMP threads wait passively, as
+# the engines' ONNX Runtime sessions do; spin-waiting pools lose up to 70x on a shared machine
+# (benchmarks/threads.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+TORCH_PRELOADED = "torch" in sys.modules  # then the setting came too late for this process
 
-from . import harness
+import pytest  # noqa: E402
+
+from . import harness  # noqa: E402
 from .machine import load_average, machine_info, machine_slug, matmul_peak
-from .results import RESULTS_DIR, Results
+from .results import RESULTS_DIR, Results  # noqa: E402
 
 RESULTS_KEY = pytest.StashKey[Results]()
 
@@ -29,7 +37,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     s = harness.settings(config.getoption("--benchmark-full"))
-    info = machine_info()
+    info = dict(machine_info(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                torch_loaded_before_conftest=TORCH_PRELOADED)
     r = Results(info, machine_slug(info), s.mode)
     r.run_info = {"load_average_start": load_average(), "settings": s.__dict__.copy()}
     config.stash[RESULTS_KEY] = r

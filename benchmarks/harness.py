@@ -37,12 +37,12 @@ class Settings:
 
 def settings(full: bool) -> Settings:
     if full:
-        return Settings(True, e2e_frames=24, e2e_repeats=5, frame_size=(96, 128), synth_videos=4,
+        return Settings(True, e2e_frames=24, e2e_repeats=7, frame_size=(96, 128), synth_videos=4,
                         synth_frames=24, synth_expressions_per_video=3, drift_models=MODELS,
                         stream_frames=1000, stage_budget_s=3.0)
-    return Settings(False, e2e_frames=8, e2e_repeats=3, frame_size=(96, 128), synth_videos=3,
-                    synth_frames=12, synth_expressions_per_video=1, drift_models=("tiny",),
-                    stream_frames=200, stage_budget_s=1.0)
+    return Settings(False, e2e_frames=8, e2e_repeats=5, frame_size=(96, 128), synth_videos=3,
+                    synth_frames=12, synth_expressions_per_video=2, drift_models=("tiny",),
+                    stream_frames=300, stage_budget_s=1.0)
 
 
 class ModelBench:
@@ -75,7 +75,9 @@ class ModelBench:
         if precision not in self._engines:
             from runtime import GlusEngine
 
-            self._engines[precision] = GlusEngine.load(self.engine_dir(precision))
+            from .threads import no_spin
+
+            self._engines[precision] = no_spin(GlusEngine.load(self.engine_dir(precision)))
         return self._engines[precision]
 
     @cached_property

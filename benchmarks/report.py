@@ -38,7 +38,10 @@ def machine_lines(d: dict) -> list[str]:
     last = runs[-1]
     lines = [f"Machine **{m['slug']}**: {m['cpu']}, {m['cores']} cores ({', '.join(m.get('isa', []))}), "
              f"{m.get('memory_gb', '?')} GB; Python {m.get('python')}, torch {m.get('torch')} "
-             f"({m.get('torch_threads')} threads), ONNX Runtime {m.get('onnxruntime')}, CPU execution."]
+             f"({m.get('torch_threads')} threads, OMP_WAIT_POLICY={m.get('omp_wait_policy')}), "
+             f"ONNX Runtime {m.get('onnxruntime')} (intra-op spinning off), CPU execution. Both sides' "
+             "thread pools wait without spinning: on a shared machine spinning costs 4-70x "
+             "(benchmarks/threads.py)."]
     if peak:
         lines.append(f"Measured peak (numpy fp32 {peak['n']}² matmul, all cores, same run): "
                      f"**{peak['gflops_best']:.0f} GFLOP/s** (median {peak['gflops_median']:.0f}); "

@@ -1,9 +1,8 @@
 """One end-to-end variant in a process of its own, driven over stdin/stdout.
 
-Why a process each: torch's OpenMP threads and ONNX Runtime's thread pool spin-wait; sharing
-one process (and two cores) they slow each other down, and a first run in a process pays
-one-off kernel set-up. Alone in its process, each variant runs as it would deployed (the
-runtime's process never imports torch), and the parent only tells it when to run.
+Why a process each: alone in its process each variant runs as it would deployed (the runtime's
+process never imports torch, two thread pools never share one), the parent only tells it when
+to run, and its peak RSS is its own. Thread pools wait without spinning: benchmarks/threads.py.
 
     python -m benchmarks.worker FRAMES.npy EXPRESSION OUT.npz reference GLUS_DIR CLIP_DIR
     python -m benchmarks.worker FRAMES.npy EXPRESSION OUT.npz engine ENGINE_DIR
@@ -74,7 +73,9 @@ def _segmenter(kind: list[str], expression: str):
         return run
     from runtime import GlusEngine
 
-    engine = GlusEngine.load(kind[1])
+    from .threads import no_spin
+
+    engine = no_spin(GlusEngine.load(kind[1]))
 
     def run(frames, policy):
         r = engine.segment_video(frames, [expression], kv_policy=policy)[0]
