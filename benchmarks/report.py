@@ -150,7 +150,7 @@ def stages_section(d: dict) -> list[str]:
 
 def memory_section(d: dict) -> list[str]:
     mem, e2e = d.get("memory") or {}, d.get("end_to_end") or {}
-    names = [n for n in MODEL_ORDER if n in mem or n in e2e] + sorted(set(mem) | set(e2e) - set(MODEL_ORDER))
+    names = [n for n in MODEL_ORDER if n in mem or n in e2e] + sorted((set(mem) | set(e2e)) - set(MODEL_ORDER))
     if not names:
         return []
     rows = []
