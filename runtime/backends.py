@@ -33,7 +33,7 @@ def tensorrt_available() -> bool:
 
 class OrtGraph:
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None,
-                 tensorrt: dict | None = None):
+                 tensorrt: dict | None = None, spin: bool = False):
         import onnxruntime as ort
 
         kind, index = parse_device(device)
@@ -52,6 +52,10 @@ class OrtGraph:
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # Spinning threads win a little on an idle dedicated CPU but lose ~4x as soon as another
+        # process competes for the cores (measured in benchmarks/): off unless asked for.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
@@ -75,11 +79,12 @@ def tensorrt_options(engine_dir: Path, fp16: bool) -> dict:
             "trt_timing_cache_path": str(cache)}
 
 
-def open_graph(path: Path, backend: str, device: str, threads: int | None, fp16: bool = False):
+def open_graph(path: Path, backend: str, device: str, threads: int | None, fp16: bool = False,
+               spin: bool = False):
     if backend == "onnxruntime":
-        return OrtGraph(path, device, threads)
+        return OrtGraph(path, device, threads, spin=spin)
     if backend == "tensorrt":
-        return OrtGraph(path, device, threads, tensorrt=tensorrt_options(path.parent, fp16))
+        return OrtGraph(path, device, threads, tensorrt=tensorrt_options(path.parent, fp16), spin=spin)
     raise BackendError(f"unknown backend {backend!r}: use 'auto', 'onnxruntime' or 'tensorrt'")
 
 

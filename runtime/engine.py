@@ -119,16 +119,18 @@ class GlusEngine:
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
     def load(cls, engine_dir: str | Path, backend: str = "auto", device: str = "cpu",
-             threads: int | None = None, verify: bool = True) -> "GlusEngine":
+             threads: int | None = None, verify: bool = True, spin: bool = False) -> "GlusEngine":
         """Open an engine directory built by `python -m export.build`.
 
+        spin=True lets ONNX Runtime's idle threads busy-wait: slightly faster on a dedicated,
+        otherwise idle CPU, about 4x slower when other processes share the cores (default off).
         Raises EngineDirError (missing/corrupt/mismatched directory) or BackendError.
         """
         manifest = read_manifest(engine_dir, verify_hashes=verify)
         trt = manifest.data.get("tensorrt") or {}
         backend = resolve_backend(backend, device, bool(trt.get("built")))
         fp16 = manifest.precision == "fp16"
-        graphs = {name: open_graph(manifest.graph_path(name), backend, device, threads, fp16)
+        graphs = {name: open_graph(manifest.graph_path(name), backend, device, threads, fp16, spin)
                   for name in manifest.graphs}
         arrays = {}
         for name, entry in manifest.arrays.items():
