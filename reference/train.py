@@ -1,11 +1,13 @@
 """Train a small GLUS on synthetic referring videos, the way GLUS trains (model/GLUS.py), on a CPU.
 
-    python -m reference.train --out models/glus-tiny [--seed 0] [--steps N] [--minutes M] [--eval]
+    python -m reference.train --out models/glus-tiny [--seed 0] [--steps N] [--sam-steps N]
+                              [--minutes M] [--no-contrastive] [--eval]
 
 Same topology as GLUS (CLIP-style ViT at 224/14 → 64 pooled tokens per frame → LLaMA → [SEG]
 hidden state → text_hidden_fcs → SAM2 mask decoder, SAM2 memory bank), same prompt (4 context
 frames, then a window of up to 4 query rounds in the llava_v1 template with past answers
-"Sure, the segmentation result is [SEG]."), and the paper's losses:
+"Sure, the segmentation result is [SEG]."; each query frame gets exactly the prompt
+reference.segment_video builds for it), and the paper's losses:
 
 - ce: token cross-entropy on the assistant answers, including the [SEG] token the current
   round must produce (GLUS's `ce_loss`, weight 1.0);
@@ -15,20 +17,33 @@ frames, then a window of up to 4 query rounds in the llava_v1 template with past
   on the conditioned feature and the predicted mask, memory attention for the next frames,
   GLUS's memory rule), all inside the autograd graph, so the bank is trained end to end;
 - contrastive: the object contrastive loss (GLUS's ContrastiveLoss, tau 0.07, x0.1): the [SEG]
-  embedding of an expression is pulled towards [SEG] embeddings of other expressions of the same
-  object and pushed away from those of the other objects of the same video (among them the
-  same-shape distractor: a hard false positive) and from a bank of recent embeddings.
+  embedding of an expression is pulled towards the [SEG] embeddings of the same object (other
+  expressions, other query frames) and pushed away from those of the other objects of the same
+  video, among them the same-shape distractor every synthetic video has (a hard false positive).
 
-Everything is trained from scratch (no pretrained CLIP, LLaMA or SAM2 exists at this size);
-unlike GLUS, which freezes CLIP and SAM2's encoder and trains LoRA + the mask decoder. The two
-layer-scale tensors GLUS's loader never loads (memory encoder fuser gamma) stay at their
-constructor value 1e-6 and are not trained, so `reference.load` rebuilds exactly the trained
-model. Besides the main mask, the decoder's three multimask outputs and its IoU head get an
-auxiliary loss: at inference SAM2's dynamic-multimask-via-stability may pick them.
+GLUS starts from pretrained parts: SAM2 (trained on SA-V) and LISA-7B, whose [SEG] token
+already prompts SAM. Nothing of the kind exists at this size, so everything is trained from
+scratch, in two stages, in one command:
+
+1. SAM2 pretraining (`--sam-steps`): image encoder, memory bank and decoder learn to segment
+   expressions prompted by a scaffold token (AttributePrompt: learned colour / shape / motion
+   vectors summed; not part of GLUS, not saved) on videos of another data seed.
+2. GLUS training (`--steps`), every part, with the losses above. Its start bootstraps [SEG]
+   (measured: from scratch the decoder learns to ignore a [SEG] token that does not yet tell
+   objects apart and stays in that saddle for hundreds of steps): the first `mask_warmup` steps
+   train the LLM side only (ce + contrastive x1.0 + a distillation loss towards the scaffold
+   token of the expression), SAM2 stays frozen until `freeze_sam_steps`, and the distillation
+   weight decays linearly to 0 at `point_until`; from there on only GLUS's losses train.
+
+The two layer-scale tensors GLUS's loader never loads (memory encoder fuser gamma) would stay
+at 1e-6; this shape has no fuser layer (their output would be scaled by 1e-6 anyway). Besides
+the main mask, the decoder's three multimask outputs and its IoU head get an auxiliary loss: at
+inference SAM2's dynamic-multimask-via-stability may pick them.
 
 Writes OUT/glus (config.json, tokenizer, sam2_config.yaml, model.safetensors: GLUS key names)
 and OUT/clip (an openai/clip-vit layout: CLIPModel with a minimal text tower), the layout
-`reference.load` reads; also OUT/train_log.json. See models/glus-tiny/TRAINING.md.
+`reference.load` reads; also OUT/train_log.json (and OUT/eval.json with --eval).
+See models/glus-tiny/TRAINING.md.
 """
 
 from __future__ import annotations
@@ -95,16 +110,23 @@ CLIP_TEXT = dict(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden
 class TrainConfig:
     shape: str = DEFAULT_SHAPE
     seed: int = 0
-    steps: int = 2000
+    steps: int = 1300
     minutes: float | None = None  # wall-clock cap (then the run is no longer reproducible)
     frames_min: int = 8  # training video lengths are drawn in [frames_min, frames_max]
     frames_max: int = 16
     size: tuple[int, int] = (128, 128)
     n_query: int = 4  # consecutive query frames per sample (the memory-bank run)
     exprs: int = 4  # expressions per sample (GLUS num_classes_per_sample: 3)
-    lr: float = 1e-3
+    lr: float = 3e-4  # GLUS's; 1e-3 stalls SAM2's decoder from scratch here
     min_lr_frac: float = 0.05
-    warmup: int = 100
+    warmup: int = 50
+    # stage 1: SAM2 pretraining, prompted by AttributePrompt tokens
+    sam_steps: int = 800
+    sam_lr: float = 3e-4
+    sam_exprs: int = 6  # expressions per stage-1 sample
+    sam_memory_from: int = 400  # first frame by frame, then with the memory bank
+    keep_stage1: bool = False  # also write OUT/stage1_sam.pt (SAM2 after stage 1)
+    llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ce_weight: float = 1.0
@@ -114,19 +136,17 @@ class TrainConfig:
     iou_weight: float = 0.5
     contrastive: bool = True
     contrastive_weight: float = 0.1
-    # From scratch, a random LLM gives every expression nearly the same [SEG] embedding and the
-    # decoder learns to ignore its prompt (it segments every object: a saddle it stays in for
-    # hundreds of steps). Two remedies, both about the start of training: text_hidden_fcs' output
-    # layer starts `seg_init_scale` times larger (a [SEG] token as strong as SAM's own tokens),
-    # and for the first `mask_warmup` steps only the LLM side trains (ce + contrastive at
-    # `contrastive_weight_warmup`), so [SEG] embeddings already tell objects apart when the
-    # mask losses start.
-    seg_init_scale: float = 15.0
-    mask_warmup: int = 150
+    # Stage-2 start (see the module docstring): [SEG] output-layer init scale, LLM-only steps,
+    # SAM2 frozen until, distillation towards the scaffold token (weight, decays to 0 at).
+    seg_init_scale: float = 1.0
+    mask_warmup: int = 400
+    freeze_sam_steps: int = 500
+    point_weight: float = 1.0
+    point_until: int = 1000
     contrastive_weight_warmup: float = 1.0
     tau: float = 0.07
     bank_size: int = 256
-    bank_negatives: int = 64
+    bank_negatives: int = 0  # GLUS also draws negatives from other videos; 0: same video only
     memory: bool = True
     exact_context_prob: float = 0.5
     threads: int = 2
@@ -230,6 +250,16 @@ def init_checkpoint(out: Path, shape_name: str, seed: int):
     return load(glus_dir, clip_dir)
 
 
+def default_vision_tower(clip_dir: Path) -> str:
+    """config.json's vision_tower: the CLIP dir relative to the working directory when it lies
+    below it (a committed checkpoint must not name this machine's paths), else absolute."""
+    clip_dir = Path(clip_dir).resolve()
+    try:
+        return str(clip_dir.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(clip_dir)
+
+
 def save_checkpoint(ref, out: Path, shape_name: str, dtype: str = "float16",
                     vision_tower: str | None = None) -> tuple[Path, Path]:
     """OUT/glus + OUT/clip in the released layout (weights cast to `dtype`)."""
@@ -249,7 +279,7 @@ def save_checkpoint(ref, out: Path, shape_name: str, dtype: str = "float16",
     for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                  "added_tokens.json", "sam2_config.yaml"):
         shutil.copy2(src / name, tg / name)
-    config = glus_config(ref.tokenizer, shape, vision_tower or str(clip_dir.resolve()), dtype)
+    config = glus_config(ref.tokenizer, shape, vision_tower or default_vision_tower(clip_dir), dtype)
     (tg / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.to(tdtype) for k, v in glus_state_dict(ref.model).items()}
     save_glus_weights(state, tg)
@@ -424,7 +454,8 @@ class StepOut:
 
 
 def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
-                   bank: SegBank | None, rng: random.Random, masks_on: bool = True) -> StepOut:
+                   bank: SegBank | None, rng: random.Random, masks_on: bool = True,
+                   point_weight: float = 0.0, prompt: "AttributePrompt | None" = None) -> StepOut:
     from .preprocess import clip_pixels
 
     model, tok = ref.model, ref.tokenizer
@@ -477,6 +508,12 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
     parts = {"ce": ce.item(), "seg_acc": seg_acc.item()}
     if masks_on:
         loss = loss + sam_losses(ref, sample, exprs, seg, cfg, parts)
+    if point_weight > 0 and prompt is not None:
+        with torch.no_grad():
+            tgt = prompt([video.attributes[i] for i in sample.exprs])
+        pl = F.mse_loss(seg, tgt[:, None].expand_as(seg))
+        loss = loss + point_weight * pl
+        parts["point"] = pl.item()
     if cfg.contrastive:
         targets = [tuple(sorted(ids)) for _, ids in exprs]
         neg = bank.negatives(video.name, cfg.bank_negatives, rng) if bank is not None else None
@@ -512,6 +549,8 @@ def sam_losses(ref, sample: Sample, exprs, seg: torch.Tensor, cfg: TrainConfig, 
         keys = [m for m in rules.memory_frame_indices(j) if m in mem] if cfg.memory else []
         cond = model.condition(fj, [mem[m] for m in keys])
         masks, iou = decode_all(model, fj, cond, seg[:, j])
+        if j == 0:  # how much the masks depend on the expression (0: the prompt is ignored)
+            parts["sens"] = float((masks[:, 0] - masks[:, 0].mean(0)).abs().mean())
         up = F.interpolate(masks, hw, mode="bilinear", align_corners=False)  # [K, 4, H, W]
         tgt = gt[:, j]
         bce_main.append(bce_loss(up[:, 0], tgt))
@@ -559,48 +598,60 @@ def mask_losses(cfg: TrainConfig, masks: torch.Tensor, iou: torch.Tensor, tgt: t
     return bce, dice, aux, F.mse_loss(iou, true_iou, reduction="none").mean(-1)
 
 
-def forward_sam_pretrain(ref, video, query: list[int], cfg: TrainConfig, rng: np.random.Generator,
-                         click_prob: float = 0.3) -> StepOut:
-    """SAM2-style promptable video segmentation, the stage SAM2 itself is trained with before
-    GLUS uses it: every object of the video is prompted with one positive click on the first
-    query frame (and, with probability `click_prob`, on later ones); the other frames rely on
-    the memory bank (GLUS's memory rule, in the graph)."""
+class AttributePrompt(torch.nn.Module):
+    """Stage-1 scaffold (not part of GLUS, not saved): a prompt token for SAM2's decoder built
+    from an expression's attributes (sum of learned colour / shape / motion / plural vectors),
+    standing in for the [SEG] embedding a pretrained LISA would give. Stage 2 teaches the LLM to
+    produce these tokens, then GLUS's losses take over."""
+
+    def __init__(self, dim: int = 256):
+        super().__init__()
+        from evalkit import synth
+
+        names = (["base", "plural"] + [f"colour:{c}" for c in synth.COLOURS]
+                 + [f"shape:{s}" for s in synth.SHAPES] + [f"motion:{m}" for m in synth.MOTIONS])
+        self.index = {n: i for i, n in enumerate(names)}
+        self.table = torch.nn.Embedding(len(names), dim)
+        torch.nn.init.normal_(self.table.weight, std=1.0)
+
+    def forward(self, attrs: list[dict]) -> torch.Tensor:
+        rows = []
+        for a in attrs:
+            keys = ["base"] + (["plural"] if a.get("n", 1) > 1 else [])
+            keys += [f"{k}:{a[k]}" for k in ("colour", "shape", "motion") if a.get(k) is not None]
+            rows.append(self.table(torch.tensor([self.index[k] for k in keys])).sum(0))
+        return torch.stack(rows)
+
+
+def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainConfig,
+                     prompt: AttributePrompt) -> StepOut:
+    """Stage 1: SAM2 (image encoder, memory, decoder) segments expressions prompted by
+    AttributePrompt tokens, over a run of query frames with the memory bank in the graph."""
     from .preprocess import sam_pixels
 
     model = ref.model
-    s = model.sam_image_size
-    objs = sorted(video.objects)
-    k, q = len(objs), len(query)
-    sam_in = torch.stack([sam_pixels(video.frames[f], s) for f in query])
-    feats = model.encode_image(sam_in)
-    gt_np = np.stack([video.objects[o][query] for o in objs])  # [K, Q, H, W]
-    gt = torch.from_numpy(gt_np).float()
+    k, q = len(exprs), len(query)
+    feats = model.encode_image(torch.stack([sam_pixels(video.frames[f], model.sam_image_size)
+                                            for f in query]))
+    gt = torch.from_numpy(np.stack([video.target(video.expressions[i][1])[query] for i in exprs])).float()
     h, w = gt.shape[-2:]
-    pe = model.sam.sam_prompt_encoder
+    tok = prompt([video.attributes[i] for i in exprs])
     mem: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    bces, dices, auxs, ious = [], [], [], []
+    bces, dices, auxs, ious, hit = [], [], [], [], []
     for j in range(q):
         fj = ImageFeatures(
             tokens=[t[:, j:j + 1].expand(-1, k, -1) for t in feats.tokens],
             pos=[p[:, j:j + 1].expand(-1, k, -1) for p in feats.pos],
             sizes=feats.sizes,
         )
-        coords = torch.zeros(k, 1, 2)
-        labels = -torch.ones(k, 1)
-        for i in range(k):
-            if j > 0 and rng.random() >= click_prob:
-                continue
-            ys, xs = np.nonzero(gt_np[i, j])
-            if len(ys) == 0:
-                continue
-            n = int(rng.integers(len(ys)))
-            coords[i, 0] = torch.tensor([(xs[n] + 0.5) * s / w - 0.5, (ys[n] + 0.5) * s / h - 0.5])
-            labels[i, 0] = 1
-        sparse, _ = pe(points=(coords, labels), boxes=None, masks=None)
         keys = [m for m in rules.memory_frame_indices(j) if m in mem] if cfg.memory else []
         cond = model.condition(fj, [mem[m] for m in keys])
-        masks, iou = decode_all(model, fj, cond, sparse)
+        masks, iou = decode_all(model, fj, cond, tok)
         b, d, a, il = mask_losses(cfg, masks, iou, gt[:, j])
+        with torch.no_grad():
+            p_ = F.interpolate(masks[:, :1], (h, w), mode="bilinear", align_corners=False)[:, 0] > 0
+            g_ = gt[:, j] > 0
+            hit.append(((p_ & g_).flatten(1).sum(1) / (p_ | g_).flatten(1).sum(1).clamp(min=1)).mean())
         bces.append(b)
         dices.append(d)
         auxs.append(a)
@@ -611,7 +662,7 @@ def forward_sam_pretrain(ref, video, query: list[int], cfg: TrainConfig, rng: np
     aux, il = torch.cat(auxs).mean(), torch.cat(ious).mean()
     loss = cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.aux_mask_weight * aux + cfg.iou_weight * il
     return StepOut(loss, {"loss": loss.item(), "bce": bce.item(), "dice": dice.item(),
-                          "aux": aux.item(), "iou": il.item()})
+                          "aux": aux.item(), "iou": il.item(), "IoU": float(torch.stack(hit).mean())})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -637,11 +688,12 @@ UNUSED_PREFIXES = ("sam.obj_ptr_proj", "sam.obj_ptr_tpos_proj", "sam.maskmem_tpo
                    "sam.sam_mask_decoder.pred_obj_score_head", "sam.sam_mask_decoder.obj_score_token")
 
 
-def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, total - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+def lr_at(step: int, peak: float, warmup: int, total: int, min_frac: float) -> float:
+    """Linear warm-up, then cosine decay to min_frac * peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
 def seed_everything(seed: int) -> None:
@@ -650,11 +702,86 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None, eval_fn=None,
-          vision_tower: str | None = None):
-    """Train from a seeded random init; returns (ref, history). Saves OUT/glus + OUT/clip."""
-    from tqdm import tqdm
+class _Progress:
+    """tqdm bar with smoothed loss values, and/or a plain log line every `every` steps."""
 
+    KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "sens")
+
+    def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, disable=not progress, dynamic_ncols=True)
+        self.log, self.every, self.desc = log, every, desc
+        self.ema: dict[str, float] = {}
+
+    def update(self, step: int, parts: dict) -> None:
+        for key in self.KEYS:
+            if key in parts:
+                v = parts[key]
+                self.ema[key] = v if key not in self.ema else 0.95 * self.ema[key] + 0.05 * v
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in self.ema.items()}, refresh=False)
+        self.bar.update()
+        if self.log is not None and step % self.every == 0:
+            self.log(f"{self.desc} step {step} " + " ".join(f"{k}={v:.4f}" for k, v in self.ema.items()))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _optimizer(params, lr: float, cfg: TrainConfig):
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+
+
+def pretrain_sam(ref, cfg: TrainConfig, *, progress: bool = True, log=None):
+    """Stage 1: SAM2 alone (image encoder, memory bank, decoder) learns to segment expressions
+    prompted by AttributePrompt tokens, on training videos of its own data seed. GLUS starts from
+    a pretrained SAM2 and a LISA whose [SEG] already prompts it; this stage stands in for both."""
+    model = ref.model
+    prompt = AttributePrompt(model.sam.hidden_dim)
+    params = [p for n, p in trainable_parameters(model)
+              if n.startswith("sam.") and not n.startswith(UNUSED_PREFIXES)]
+    opt = torch.optim.AdamW([{"params": params, "peak": cfg.sam_lr},
+                             {"params": list(prompt.parameters()), "peak": cfg.llm_lr}],
+                            lr=cfg.sam_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed + 7)
+    bar = _Progress(cfg.sam_steps, "sam2", progress, log)
+    history = []
+    t0 = time.time()
+    for step in range(cfg.sam_steps):
+        n = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
+        video = make_train_video(cfg.train_data_seed + 500, step, n, cfg.size)
+        start = int(rng.integers(0, n - cfg.n_query + 1))
+        query = list(range(start, start + cfg.n_query))
+        exprs = [int(i) for i in rng.permutation(len(video.expressions))[:cfg.sam_exprs]]
+        step_cfg = cfg if step >= cfg.sam_memory_from else _replace(cfg, memory=False)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, g["peak"], cfg.warmup, cfg.sam_steps, cfg.min_lr_frac)
+        res = forward_sam_attr(ref, video, query, exprs, step_cfg, prompt)
+        opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        parts = dict(res.parts, gnorm=float(gn), step=step, t=round(time.time() - t0, 1))
+        history.append(parts)
+        bar.update(step, parts)
+    bar.close()
+    prompt.requires_grad_(False)
+    return prompt, history
+
+
+def _replace(cfg: TrainConfig, **kw) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(cfg, **kw)
+
+
+def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None, eval_fn=None,
+          vision_tower: str | None = None, init_state: dict | None = None):
+    """Train from a seeded random init; returns (ref, history). Saves OUT/glus + OUT/clip.
+
+    Stage 1 (cfg.sam_steps): SAM2 pretraining (attribute prompts). Stage 2 (cfg.steps): GLUS training,
+    every part, with GLUS's losses.
+    """
     torch.set_num_threads(cfg.threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -662,48 +789,59 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     work = out / ".init"
     ref = init_checkpoint(work, cfg.shape, cfg.seed)
     model = ref.model
+    if init_state is not None:  # development: start from given weights (e.g. a stage-1 result)
+        model.load_state_dict(init_state, strict=False)
     with torch.no_grad():
         out_layer = model.text_hidden_fcs[0][2]
         out_layer.weight.mul_(cfg.seg_init_scale)
         out_layer.bias.mul_(cfg.seg_init_scale)
     model.train()
-    params = [p for n, p in trainable_parameters(model) if not n.startswith(UNUSED_PREFIXES)]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    t0 = time.time()
+    prompt, sam_history = (pretrain_sam(ref, cfg, progress=progress, log=log) if cfg.sam_steps
+                           else (None, []))
+    sam_seconds = time.time() - t0
+    if cfg.sam_steps and cfg.keep_stage1:
+        torch.save({k: v for k, v in model.state_dict().items() if k.startswith("sam.")},
+                   out / "stage1_sam.pt")
+
+    named = [(n, p) for n, p in trainable_parameters(model) if not n.startswith(UNUSED_PREFIXES)]
+    params = [p for _, p in named]
+    sam_params = [p for n, p in named if n.startswith("sam.")]
+    other = [p for n, p in named if not n.startswith("sam.")]
+    opt = torch.optim.AdamW([{"params": sam_params, "peak": cfg.lr},
+                             {"params": other, "peak": cfg.llm_lr}],
+                            lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     prompts = PromptCache(ref.tokenizer)
-    bank = SegBank(cfg.bank_size) if cfg.contrastive else None
+    bank = SegBank(cfg.bank_size) if cfg.contrastive and cfg.bank_negatives > 0 else None
     data_rng = np.random.default_rng(cfg.seed)
     py_rng = random.Random(cfg.seed)
     history = []
-    t0 = time.time()
-    bar = tqdm(range(cfg.steps), desc="train", disable=not progress, dynamic_ncols=True)
-    ema: dict[str, float] = {}
-    step = 0
-    for step in bar:
+    bar = _Progress(cfg.steps, "glus", progress, log)
+    step = -1
+    for step in range(cfg.steps):
         n_frames = int(data_rng.integers(cfg.frames_min, cfg.frames_max + 1))
         video = make_train_video(cfg.train_data_seed, step, n_frames, cfg.size)
         sample = make_sample(data_rng, video, cfg.n_query, cfg.exprs, cfg.exact_context_prob)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg, cfg.steps)
+            g["lr"] = lr_at(step, g["peak"], cfg.warmup, cfg.steps, cfg.min_lr_frac)
         warm = step < cfg.mask_warmup
         step_cfg = cfg
-        if warm and cfg.contrastive:
-            from dataclasses import replace
-
-            step_cfg = replace(cfg, contrastive_weight=cfg.contrastive_weight_warmup)
-        res = forward_sample(ref, prompts, sample, step_cfg, bank, py_rng, masks_on=not warm)
+        if (warm or step < cfg.point_until) and cfg.contrastive:
+            step_cfg = _replace(cfg, contrastive_weight=cfg.contrastive_weight_warmup)
+        pw = cfg.point_weight * max(0.0, 1 - step / cfg.point_until) if cfg.point_until else 0.0
+        res = forward_sample(ref, prompts, sample, step_cfg, bank, py_rng, masks_on=not warm,
+                             point_weight=pw, prompt=prompt)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
+        if step < cfg.freeze_sam_steps:
+            for p in sam_params:
+                p.grad = None  # AdamW leaves parameters without a gradient untouched
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         parts = dict(res.parts, gnorm=float(gn), lr=opt.param_groups[0]["lr"], step=step,
                      t=round(time.time() - t0, 1))
         history.append(parts)
-        for key in ("loss", "ce", "bce", "dice", "con", "seg_acc"):
-            if key in parts:
-                ema[key] = parts[key] if key not in ema else 0.95 * ema[key] + 0.05 * parts[key]
-        bar.set_postfix({k: f"{v:.3f}" for k, v in ema.items()}, refresh=False)
-        if log is not None and step % 50 == 0:
-            log(f"step {step} " + " ".join(f"{k}={v:.4f}" for k, v in ema.items()))
+        bar.update(step, parts)
         if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
             model.eval()
             save_checkpoint(ref, out, cfg.shape, cfg.weights_dtype, vision_tower)
@@ -718,8 +856,10 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     save_checkpoint(ref, out, cfg.shape, cfg.weights_dtype, vision_tower)
     shutil.rmtree(work, ignore_errors=True)
     log_path = out / "train_log.json"
-    log_path.write_text(json.dumps({"config": asdict(cfg), "steps_done": step + 1,
-                                    "train_seconds": round(wall, 1), "history": history}))
+    log_path.write_text(json.dumps({
+        "config": asdict(cfg), "sam_steps_done": len(sam_history), "steps_done": step + 1,
+        "sam_seconds": round(sam_seconds, 1), "train_seconds": round(wall, 1),
+        "sam_history": sam_history, "history": history}))
     return ref, history
 
 
@@ -786,7 +926,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m reference.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output directory (gets glus/ and clip/)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--steps", type=int, default=d.steps, help="GLUS training steps (stage 2)")
+    p.add_argument("--sam-steps", type=int, default=d.sam_steps,
+                   help="SAM2 pretraining steps (stage 1)")
+    p.add_argument("--freeze-sam-steps", type=int, default=d.freeze_sam_steps)
+    p.add_argument("--point-until", type=int, default=d.point_until,
+                   help="[SEG] bootstrap loss decays to 0 at this stage-2 step (0: off)")
     p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (not reproducible)")
     p.add_argument("--shape", choices=sorted(TRAIN_SHAPES), default=d.shape)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -817,6 +962,7 @@ def main(argv=None) -> None:
         exprs=a.exprs, n_query=a.query_frames, frames_min=int(fmin), frames_max=int(fmax or fmin),
         size=(int(h), int(w)), contrastive=not a.no_contrastive, memory=not a.no_memory,
         threads=a.threads, ckpt_every=a.ckpt_every, weights_dtype=a.weights_dtype,
+        sam_steps=a.sam_steps, freeze_sam_steps=a.freeze_sam_steps, point_until=a.point_until,
     )
     out = Path(a.out)
     t0 = time.time()

@@ -13,7 +13,7 @@ the video, or the inference rule's frames), and a run of consecutive query frame
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -43,6 +43,7 @@ class TrainVideo:
     objects: dict[int, np.ndarray]  # obj_id -> bool [T, H, W] (visible part)
     expressions: list[tuple[str, tuple[int, ...]]]  # (normalized expression, target obj_ids)
     pair: tuple[int, int]  # the same-shape distractor pair (obj_ids 1 and 2 in evalkit.synth)
+    attributes: list[dict] = field(default_factory=list)  # per expression: colour/shape/motion
 
     def target(self, obj_ids: tuple[int, ...]) -> np.ndarray:
         """bool [T, H, W]: union of the objects' masks (MeViS: ground truth of a multi-object expression)."""
@@ -61,7 +62,8 @@ def make_train_video(seed: int, index: int, frames: int, size: tuple[int, int]) 
         objects[obj_id] = np.stack([m if m is not None else np.zeros((h, w), bool) for m in masks])
     images = [jpeg_roundtrip(img) for img in ann.images]
     exprs = [(rules.normalize_expression(e.text), tuple(e.obj_ids)) for e in v.expressions]
-    return TrainVideo(ann.name, images, objects, exprs, (1, 2))
+    attrs = [dict(v.meta["expressions"][e.exp_id]["attributes"], n=len(e.obj_ids)) for e in v.expressions]
+    return TrainVideo(ann.name, images, objects, exprs, (1, 2), attrs)
 
 
 @dataclass

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "models" / "glus-tiny"
 
 TEST_CFG = T.TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, exprs=3,
-                         mask_warmup=0, warmup=1, ckpt_every=0, threads=1)
+                         mask_warmup=0, warmup=1, ckpt_every=0, threads=1, sam_steps=2,
+                         sam_memory_from=1, sam_exprs=3, freeze_sam_steps=1, point_until=2)
 
 
 def _overfit(tmp: Path, steps: int) -> list[float]:
@@ -31,9 +32,12 @@ def _overfit(tmp: Path, steps: int) -> list[float]:
     video = make_train_video(7, 0, 8, (64, 64))
     sample = make_sample(np.random.default_rng(0), video, 4, 3)
     prompts, bank = T.PromptCache(ref.tokenizer), T.SegBank(64)
+    torch.manual_seed(1)
+    attr = T.AttributePrompt(ref.model.sam.hidden_dim).requires_grad_(False)
     losses = []
     for _ in range(steps):
-        out = T.forward_sample(ref, prompts, sample, TEST_CFG, bank, random.Random(0))
+        out = T.forward_sample(ref, prompts, sample, TEST_CFG, bank, random.Random(0),
+                               point_weight=1.0, prompt=attr)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -48,9 +52,9 @@ def test_training_steps_reduce_every_loss_and_repeat_exactly(tmp_path):
     assert [x["loss"] for x in a] == [x["loss"] for x in b]  # same seed, same numbers
     first, last = a[0], a[-1]
     assert last["loss"] < 0.8 * first["loss"]
-    for key in ("ce", "bce", "dice"):
+    for key in ("ce", "bce", "dice", "point"):
         assert last[key] < first[key], key
-    assert {"ce", "bce", "dice", "aux", "iou", "con", "seg_acc"} <= set(first)
+    assert {"ce", "bce", "dice", "aux", "iou", "con", "seg_acc", "point"} <= set(first)
 
 
 def test_train_writes_a_loadable_checkpoint_deterministically(tmp_path):
