@@ -88,6 +88,37 @@ def write_clip(out: Path, sizes: dict, seed: int, dtype) -> Path:
     return out
 
 
+def glus_config(tokenizer, spec: dict, vision_tower: str, dtype: str, *,
+                vocab_size: int | None = None, sam2_config: str | None = "sam2_config.yaml") -> dict:
+    """GLUS's config.json: a flat LLaMA config plus the LLaVA/GLUS keys, as released."""
+    config = {
+        "architectures": ["GLUSForCausalLM"],
+        "model_type": "llava",
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": 0,
+        "torch_dtype": dtype,
+        "vocab_size": vocab_size or tokenizer.vocab_size,
+        **spec["llama"],
+        "mm_hidden_size": spec["clip"]["hidden_size"],
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "mm_vision_tower": vision_tower,
+        "vision_tower": vision_tower,
+        "mm_use_im_start_end": True,
+        "mm_use_im_patch_token": False,
+        "out_dim": 256,
+        "train_mask_decoder": True,
+    }
+    if sam2_config:
+        config["sam2_config"] = sam2_config
+    return config
+
+
 def _seg_favouring_head(model, tokenizer, n_probe: int = 6) -> None:
     """Random LLM heads almost never predict [SEG]; then every mask is empty and tests see nothing.
 
@@ -133,29 +164,9 @@ def make_tiny(out: str | Path, *, seed: int = 0, shape: str = "tiny", fmt: str =
     train_tiny_tokenizer(glus_dir)
     tokenizer = load_tokenizer(glus_dir)
     write_clip(clip_dir, spec["clip"], seed, spec["dtype"])
-    config = {
-        "architectures": ["GLUSForCausalLM"],
-        "model_type": "llava",
-        "hidden_act": "silu",
-        "initializer_range": 0.02,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": False,
-        "bos_token_id": tokenizer.bos_id,
-        "eos_token_id": tokenizer.eos_id,
-        "pad_token_id": 0,
-        "torch_dtype": str(spec["dtype"]).removeprefix("torch."),
-        "vocab_size": tokenizer.vocab_size if shape == "tiny" else LLAMA_7B_VOCAB,
-        **spec["llama"],
-        "mm_hidden_size": spec["clip"]["hidden_size"],
-        "mm_vision_select_layer": -2,
-        "mm_vision_select_feature": "patch",
-        "mm_vision_tower": str(clip_dir.resolve()),
-        "vision_tower": str(clip_dir.resolve()),
-        "mm_use_im_start_end": True,
-        "mm_use_im_patch_token": False,
-        "out_dim": 256,
-        "train_mask_decoder": True,
-    }
+    vocab = tokenizer.vocab_size if shape == "tiny" else LLAMA_7B_VOCAB
+    config = glus_config(tokenizer, spec, str(clip_dir.resolve()),
+                         str(spec["dtype"]).removeprefix("torch."), vocab_size=vocab, sam2_config=None)
     if spec["sam2"] is not None:
         write_sam2_yaml(glus_dir / "sam2_config.yaml", spec["sam2"])
         config["sam2_config"] = "sam2_config.yaml"

@@ -67,6 +67,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from .make_tiny import glus_config
 from . import rules
 from .model import POOL, ImageFeatures
 from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
@@ -192,33 +193,6 @@ def write_clip_dir(clip_dir: Path, vision_sizes: dict, vision_state: dict | None
         clip.vision_model.load_state_dict(vision_state, strict=True)
     clip.to(dtype).save_pretrained(str(clip_dir))
     CLIPImageProcessorPil().save_pretrained(str(clip_dir))
-
-
-def glus_config(tokenizer, shape: dict, vision_tower: str, dtype: str) -> dict:
-    return {
-        "architectures": ["GLUSForCausalLM"],
-        "model_type": "llava",
-        "hidden_act": "silu",
-        "initializer_range": 0.02,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": False,
-        "bos_token_id": tokenizer.bos_id,
-        "eos_token_id": tokenizer.eos_id,
-        "pad_token_id": 0,
-        "torch_dtype": dtype,
-        "vocab_size": tokenizer.vocab_size,
-        **shape["llama"],
-        "mm_hidden_size": shape["clip"]["hidden_size"],
-        "mm_vision_select_layer": -2,
-        "mm_vision_select_feature": "patch",
-        "mm_vision_tower": vision_tower,
-        "vision_tower": vision_tower,
-        "mm_use_im_start_end": True,
-        "mm_use_im_patch_token": False,
-        "out_dim": 256,
-        "train_mask_decoder": True,
-        "sam2_config": "sam2_config.yaml",
-    }
 
 
 def init_checkpoint(out: Path, shape_name: str, seed: int):
