@@ -927,6 +927,8 @@ def main(argv=None) -> None:
     p.add_argument("--eval-frames", type=int, default=12)
     p.add_argument("--eval-size", type=str, default="128x128")
     p.add_argument("--eval-data", default=None, help="where the held-out set is written")
+    p.add_argument("--keep-stage1", action="store_true",
+                   help="also write OUT/stage1_sam.pt (SAM2 after stage 1, for experiments)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     fmin, _, fmax = a.frames.partition("-")
@@ -937,6 +939,7 @@ def main(argv=None) -> None:
         size=(int(h), int(w)), contrastive=not a.no_contrastive, memory=not a.no_memory,
         threads=a.threads, ckpt_every=a.ckpt_every, weights_dtype=a.weights_dtype,
         sam_steps=a.sam_steps, freeze_sam_steps=a.freeze_sam_steps, point_until=a.point_until,
+        keep_stage1=a.keep_stage1,
     )
     out = Path(a.out)
     t0 = time.time()

@@ -19,7 +19,7 @@ import numpy as np
 from reference import rules
 
 from . import preprocess
-from .backends import open_graph, resolve_backend
+from .backends import nbytes, open_graph, resolve_backend, to_host
 from .errors import BackendError, EngineDirError, InputError
 from .manifest import Manifest, read_manifest
 from .memory import MemoryBank
@@ -68,8 +68,12 @@ class Prefix:
     """The shared prompt prefix and its LLM KV cache, for one set of context frames."""
 
     ids: list[int]
-    kv: np.ndarray  # [L, 2, 1, KVH, P, HD]
+    kv: "np.ndarray | object"  # [L, 2, 1, KVH, P, HD]; an OrtValue on the GPU with I/O binding
     length: int  # P: positions taken by the prefix (text tokens + 64 per image)
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.kv)
 
 
 class _Track:
@@ -119,8 +123,13 @@ class GlusEngine:
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
     def load(cls, engine_dir: str | Path, backend: str = "auto", device: str = "cpu",
-             threads: int | None = None, verify: bool = True, spin: bool = False) -> "GlusEngine":
+             threads: int | None = None, verify: bool = True, spin: bool = False,
+             io_binding: bool | None = None) -> "GlusEngine":
         """Open an engine directory built by `python -m export.build`.
+
+        io_binding (default: on for CUDA, off for the CPU) keeps the LLM's prefix KV cache on
+        the device between calls instead of copying it in and out on every call; the masks are
+        the same either way (tested on the CPU, where it only adds bookkeeping).
 
         spin=True lets ONNX Runtime's idle threads busy-wait: slightly faster on a dedicated,
         otherwise idle CPU, about 4x slower when other processes share the cores (default off).
@@ -130,7 +139,8 @@ class GlusEngine:
         trt = manifest.data.get("tensorrt") or {}
         backend = resolve_backend(backend, device, bool(trt.get("built")))
         fp16 = manifest.precision == "fp16"
-        graphs = {name: open_graph(manifest.graph_path(name), backend, device, threads, fp16, spin)
+        graphs = {name: open_graph(manifest.graph_path(name), backend, device, threads, fp16, spin,
+                                   io_binding)
                   for name in manifest.graphs}
         arrays = {}
         for name, entry in manifest.arrays.items():
@@ -215,9 +225,15 @@ class GlusEngine:
             pieces.append(self.embed_tokens[text])
         return np.concatenate(pieces, 0)[None].astype(np.float32)
 
-    def _llm(self, embeds: np.ndarray, start: int, past: np.ndarray):
+    def _llm(self, embeds: np.ndarray, start: int, past, keep_present: str = "device"):
+        """(seg, logits, present). With I/O binding `present` (past + this call's keys/values)
+        stays on the device (keep_present="device"): the prefix is kept there and an exact
+        step's present is dropped without a copy back; keep_present="host" copies it."""
         pos = np.arange(start, start + embeds.shape[1], dtype=np.int64)[None]
-        return self.graphs["llm"].run(embeds, pos, past)
+        outs = self.graphs["llm"].run(embeds, pos, past, device_outputs=(2,))
+        if keep_present == "host":
+            outs[2] = to_host(outs[2])
+        return outs
 
     def prefix(self, context_tokens: np.ndarray) -> Prefix:
         """Run the shared prompt prefix once: BOS, system, 'USER: ', context images, sentence."""
@@ -266,7 +282,8 @@ class GlusEngine:
             raise RuntimeError("prompt does not start with the cached prefix tokens")
         rest = ids[n:]
         if tr.kv is None or tr.kv_prefix is not prefix:  # first step, or a new context
-            seg, logits, kv = self._llm(self._embed(rest, window_tokens), prefix.length, prefix.kv)
+            seg, logits, kv = self._llm(self._embed(rest, window_tokens), prefix.length, prefix.kv,
+                                        keep_present="host")  # edited on the host below
             tr.kv, tr.kv_prefix = kv, prefix
             tr.round_starts = [prefix.length + p for p in self._im_start_positions(rest)]
             return seg[0], int(np.argmax(logits[0]))
@@ -281,7 +298,8 @@ class GlusEngine:
             kv = np.concatenate([kv[..., :p0, :], later], axis=-2)
             tr.round_starts = [s - (p1 - p0) for s in tr.round_starts[1:]]
         start = kv.shape[-2]
-        seg, logits, present = self._llm(self._embed(tail, window_tokens[-1:]), start, kv)
+        seg, logits, present = self._llm(self._embed(tail, window_tokens[-1:]), start, kv,
+                                         keep_present="host")
         tr.round_starts.append(start + self._im_start_positions(tail)[0])
         tr.kv = present
         return seg[0], int(np.argmax(logits[0]))

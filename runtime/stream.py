@@ -132,7 +132,7 @@ class Stream:
     def state_nbytes(self) -> dict[str, int]:
         """Bytes held per kind of state: flat over a stream of any length."""
         return {
-            "prefix_kv": 0 if self.prefix is None else int(self.prefix.kv.nbytes),
+            "prefix_kv": 0 if self.prefix is None else self.prefix.nbytes,
             "window": int(sum(t.nbytes for t in self.window)),
             "pool": int(sum(t.nbytes for _, t in self.pool)),
             "memory": int(sum(tr.bank.nbytes for tr in self.tracks.values() if tr.bank is not None)),

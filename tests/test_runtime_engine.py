@@ -248,3 +248,29 @@ def test_stream_state_is_flat_over_2000_frames(tiny_engine):
         assert len({s[key] for s in sizes}) == 1, key
     assert max(s["pool"] for s in sizes) <= 8 * stream.window[0].nbytes
     assert rss[-1] - rss[0] < 50_000  # KiB: no growth beyond allocator noise
+
+
+def test_io_binding_gives_the_same_masks_and_keeps_the_prefix_bound(tiny_engine_dir, tiny_engine, frames):
+    """I/O binding (on by default on CUDA) forced on the CPU: the prefix KV stays an OrtValue
+    between calls, and every output equals the plain path's, exact and incremental."""
+    import onnxruntime as ort
+
+    bound = GlusEngine.load(tiny_engine_dir, io_binding=True)
+    assert all(g.io_binding for g in bound.graphs.values())
+    assert not any(g.io_binding for g in tiny_engine.graphs.values())  # CPU default: off
+    prefix = bound.prefix(bound.clip_tokens(frames[:4]))
+    assert isinstance(prefix.kv, ort.OrtValue)
+    plain_prefix = tiny_engine.prefix(tiny_engine.clip_tokens(frames[:4]))
+    assert prefix.nbytes == plain_prefix.kv.nbytes
+    np.testing.assert_array_equal(prefix.kv.numpy(), plain_prefix.kv)
+    for policy in ("exact", "incremental"):
+        a = tiny_engine.segment_video(frames, EXPRS, kv_policy=policy)
+        b = bound.segment_video(frames, EXPRS, kv_policy=policy)
+        for ra, rb in zip(a, b):
+            assert all(np.array_equal(x, y) for x, y in zip(ra.masks, rb.masks))
+            for sa, sb in zip(ra.steps, rb.steps):
+                np.testing.assert_allclose(sa.seg_embedding, sb.seg_embedding, rtol=1e-6, atol=1e-6)
+    stream = bound.stream(EXPRS[:1])
+    for f in frames[:5]:
+        stream.push(f)
+    assert stream.state_nbytes()["prefix_kv"] > 0
