@@ -142,7 +142,7 @@ def stages_section(d: dict) -> list[str]:
                          f"{r['share_of_peak']:.1%}" if r else ""])
     first = st[_models(st)[0]]
     return [f"### Per-stage latency and cost (machine {first['machine']}, ONNX Runtime CPU)", "",
-            *_table(["model", "stage", "LLM precision", "median ms", "rounds", "GFLOP", "GFLOP/s",
+            *_table(["model", "stage", "precision", "median ms", "rounds", "GFLOP", "GFLOP/s",
                      "share of peak"], rows),
             "int8 GFLOP/s count the same (fp32-equivalent) operations. memory_attention M=0 is no "
             "call: + no_mem_embed only.", ""]

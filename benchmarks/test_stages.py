@@ -1,8 +1,9 @@
 """Per-stage latency of the engine (ONNX Runtime, CPU), with pytest-benchmark.
 
 Each stage is timed on its own with realistic inputs: one frame for CLIP and SAM2, the
-steady-state prompt (full window of 4 rounds) for the LLM. LLM stages run on the fp32 and the
-int8 engine; the other graphs are the same fp32 graphs in both engines. Rounds are set so each
+steady-state prompt (full window of 4 rounds) for the LLM. The LLM and SAM2 image-encoder stages
+run on the fp32 and the int8 engine (an int8 build quantizes both); the other graphs are the
+same fp32 graphs in both engines. Rounds are set so each
 benchmark takes about Settings.stage_budget_s.
 """
 
@@ -20,7 +21,7 @@ from .harness import EXPRESSION, MODELS
 LLM_STAGES = ("llm_prefix", "llm_window_exact", "llm_window_incremental")
 STAGES = [("vision", "fp32")]
 STAGES += [(s, p) for s in LLM_STAGES for p in ("fp32", "int8")]
-STAGES += [("sam_image", "fp32")]
+STAGES += [("sam_image", p) for p in ("fp32", "int8")]
 STAGES += [(f"memory_attention_m{m}", "fp32") for m in range(rules.NUM_MASKMEM + 1)]
 STAGES += [("mask_decoder", "fp32"), ("memory_encoder", "fp32")]
 

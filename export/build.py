@@ -5,7 +5,7 @@
 
 Stages: load the reference → export each graph (vision, llm, sam_image, memory_attention,
 mask_decoder, memory_encoder) and check it against the PyTorch module on fresh random inputs →
-quantize the LLM (int8) → constant arrays, tokenizer.json → manifest.json, written last and
+quantize the LLM and SAM2's image encoder (int8) → constant arrays, tokenizer.json → manifest.json, written last and
 atomically. A re-run reuses every graph whose recipe (checkpoint content, graph code, library
 versions, precision) and file hash are unchanged.
 """
@@ -25,6 +25,11 @@ import numpy as np
 from runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# What an int8 build quantizes by default: the two largest per-frame costs once the prefix is
+# cached (medium model, CPU: LLM window and SAM2 image encoder); the mask decoder, memory
+# attention/encoder and CLIP stay fp32.
+INT8_GRAPHS = ("llm", "sam_image")
+SAM_INT8_COSINE_MIN = 0.999
 BACKENDS = ("onnxruntime", "tensorrt")
 STATE = ".build_state.json"
 # Source files whose change must invalidate exported graphs.
@@ -92,6 +97,16 @@ def graph_parity(spec, path: Path, seed: int, providers=None) -> dict:
     got = run_ort(ort_session(path, providers=providers), inputs)
     errors = {n: rel_error(g, w.float().numpy()) for n, g, w in zip(spec.outputs, got, want)}
     return {"max_rel_error": max(errors.values()), "per_output": errors}
+
+
+def int8_output_cosines(spec, fp32_path: Path, int8_path: Path, seed: int) -> dict:
+    """Per-output cosine of an int8 graph against its fp32 graph on the same fresh inputs."""
+    from .onnx_utils import cosine, ort_session, run_ort
+
+    inputs = fresh_inputs(spec.inputs, seed)
+    a = run_ort(ort_session(fp32_path), inputs)
+    b = run_ort(ort_session(int8_path), inputs)
+    return {n: cosine(x, y) for n, x, y in zip(spec.outputs, a, b)}
 
 
 def llm_seg_cosines(ref, fp32_path: Path, int8_path: Path, steps: int = 5) -> list[float]:
@@ -250,9 +265,17 @@ def check_backend(precision: str, backend: str) -> str | None:
 
 def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str = "onnxruntime",
           out: str | Path, force: bool = False, progress: bool = True,
-          int8_method: str = "dynamic-int8", accuracy_level: int = 4) -> dict:
+          int8_method: str = "dynamic-int8", accuracy_level: int = 4,
+          int8_graphs: tuple[str, ...] = INT8_GRAPHS) -> dict:
+    """int8_graphs: which graphs an int8 build quantizes; "llm" (int8_method) and "sam_image"
+    (SAM2's image encoder, dynamic-int8) are supported."""
     if precision not in PRECISIONS:
         raise BuildError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "int8" and not int8_graphs:
+        raise BuildError("an int8 build needs at least one graph to quantize (--int8-graphs)")
+    bad = sorted(set(int8_graphs) - set(INT8_GRAPHS))
+    if bad:
+        raise BuildError(f"cannot quantize {', '.join(bad)}: int8 graphs are {', '.join(INT8_GRAPHS)}")
     if backend not in BACKENDS:
         raise BuildError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
     why = check_backend(precision, backend)
@@ -349,11 +372,40 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
             if entry["parity"]["max_rel_error"] > 5e-2:
                 raise BuildError(f"{spec.name} in fp16 is off by {entry['parity']['max_rel_error']:.2e}")
 
-    if precision == "int8":
+    if precision == "int8" and "sam_image" in int8_graphs:
+        import logging
+
+        from .quantize import quantize_graph
+
+        t = time.perf_counter()
+        spec = next(s for s in specs if s.name == "sam_image")
+        key = hashlib.sha256(f"{recipe}:sam_image:int8:dynamic-int8".encode()).hexdigest()
+        file = "sam_image.int8.onnx"
+        if not b.cached("sam_image_int8", key):
+            logging.disable(logging.INFO)
+            try:
+                report = quantize_graph(out / "sam_image.onnx", out / file, method="dynamic-int8")
+            finally:
+                logging.disable(logging.NOTSET)
+            cos = int8_output_cosines(spec, out / "sam_image.onnx", out / file,
+                                      seed=int.from_bytes(os.urandom(4), "little"))
+            b.record("sam_image_int8", key, file, report=report, cosines=cos)
+        entry = b.state["sam_image_int8"]
+        b.timings["quantize_sam_image"] = time.perf_counter() - t
+        cmin = min(entry["cosines"].values())
+        parity["sam_image_int8"] = {"feature_cosine_min": cmin, "cosines": entry["cosines"]}
+        graphs["sam_image"] = {"file": file, "sha256": entry["sha256"], "precision": "int8",
+                               "quantization": entry["report"], "external_data": external_files(out / file),
+                               **io_signature(out / file)}
+        b.log(f"[quantize] sam_image dynamic-int8 in {b.timings['quantize_sam_image']:.1f}s,"
+              f" feature cosine to fp32 >= {cmin:.5f}")
+        if cmin < SAM_INT8_COSINE_MIN:
+            raise BuildError(f"int8 SAM2 image encoder feature cosine {cmin:.5f} < {SAM_INT8_COSINE_MIN}")
+
+    if precision == "int8" and "llm" in int8_graphs:
         import logging
 
         from .quantize import quantize_llm
-
 
         t = time.perf_counter()
         key = hashlib.sha256(f"{recipe}:llm:int8:{int8_method}:{accuracy_level}".encode()).hexdigest()
@@ -451,6 +503,8 @@ def main(argv=None) -> int:
     p.add_argument("--int8-method", default="dynamic-int8", choices=["dynamic-int8", "nbits8"],
                    help="LLM int8: ONNX Runtime dynamic int8 (MatMulInteger, best on x86 CPUs) or"
                         " 8-bit weight-only MatMulNBits")
+    p.add_argument("--int8-graphs", default=",".join(INT8_GRAPHS),
+                   help=f"comma-separated graphs an int8 build quantizes (default {','.join(INT8_GRAPHS)})")
     p.add_argument("--accuracy-level", type=int, default=4,
                    help="MatMulNBits accuracy_level (4 = int8 compute, the fast one on CPUs)")
     a = p.parse_args(argv)
@@ -464,7 +518,8 @@ def main(argv=None) -> int:
         a.out = str(default_engine_dir(a.precision))
     try:
         build(a.checkpoint, a.clip, precision=a.precision, backend=a.backend, out=a.out, force=a.force,
-              int8_method=a.int8_method, accuracy_level=a.accuracy_level)
+              int8_method=a.int8_method, accuracy_level=a.accuracy_level,
+              int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g))
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

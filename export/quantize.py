@@ -1,4 +1,5 @@
-"""int8 weight quantization of the exported "llm" graph (onnxruntime.quantization).
+"""int8 weight quantization of exported graphs (onnxruntime.quantization): the "llm" graph,
+and with dynamic-int8 the SAM2 image encoder ("sam_image", Hiera: its linear layers).
 
 Two methods, both touching only MatMul nodes whose weight (input B) is a constant — the
 attention MatMuls between activations, the Gemm of text_hidden_fcs and everything else stay fp32:
@@ -86,7 +87,7 @@ def _quantize_nbits8(src: Path, dst: Path, external: bool, block_size: int, accu
     quant.model.save_model_to_file(str(dst), use_external_data_format=external)
 
 
-def quantize_llm(
+def quantize_graph(
     src: str | Path,
     dst: str | Path,
     method: str,
@@ -95,7 +96,7 @@ def quantize_llm(
     block_size: int = 32,
     per_channel: bool = False,
 ) -> dict:
-    """Quantize the llm graph at `src` into `dst`; returns the report the manifest records.
+    """Quantize the graph at `src` into `dst`; returns the report the manifest records.
 
     accuracy_level / block_size apply to "nbits8" (4 = int8 activations: the fast CPU path);
     per_channel to "dynamic-int8".
@@ -111,7 +112,7 @@ def quantize_llm(
     if not src.is_file():
         raise FileNotFoundError(f"no ONNX graph at {src}")
     if src.resolve() == dst.resolve():
-        raise ValueError("quantize_llm: dst must differ from src")
+        raise ValueError("quantize_graph: dst must differ from src")
 
     src_model = onnx.load(str(src), load_external_data=False)
     candidates = weight_matmuls(src_model)
@@ -147,3 +148,6 @@ def quantize_llm(
     else:
         report.update(weight_type="QInt8", per_channel=per_channel, accuracy_level=None)
     return report
+
+
+quantize_llm = quantize_graph  # the name the LLM path and its tests use

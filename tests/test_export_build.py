@@ -26,8 +26,12 @@ def test_int8_manifest(tiny_int8_engine_dir, tiny_ref):
     for name, g in d["graphs"].items():
         assert g["sha256"] == sha256_file(tiny_int8_engine_dir / g["file"])
         assert g["inputs"] and g["outputs"]
-        if name != "llm":
+        if name not in ("llm", "sam_image"):
             assert g["precision"] == "fp32" and d["parity"][name]["max_rel_error"] <= 1e-4
+    sam = d["graphs"]["sam_image"]
+    assert sam["precision"] == "int8" and sam["quantization"]["quantized_op"] == "MatMulInteger"
+    assert sam["quantization"]["bytes_after"] < sam["quantization"]["bytes_before"]
+    assert d["parity"]["sam_image_int8"]["feature_cosine_min"] >= 0.999
     llm = d["graphs"]["llm"]
     assert llm["precision"] == "int8" and llm["quantization"]["quantized_nodes"] > 0
     assert d["parity"]["llm_int8"]["seg_cosine_min"] >= 0.99
