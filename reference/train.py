@@ -841,55 +841,29 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
 # Held-out evaluation (reference.segment_video, scored with evalkit)
 # ---------------------------------------------------------------------------------------------
 def evaluate_checkpoint(glus_dir, clip_dir, data: list[tuple[str, str]], *, use_memory: bool = True,
-                        pred_root: str | Path | None = None, threads: int = 2, progress: bool = False,
-                        limit: int | None = None) -> dict:
+                        threads: int = 2, progress: bool = False, limit: int | None = None) -> dict:
     """J&F of reference.segment_video (offline, GLUS's loop) on held-out MeViS-layout sets."""
-    import tempfile
-
-    from PIL import Image
-
-    from evalkit.formats import load_dataset
-    from evalkit.formats.predictions import write_predictions
-    from evalkit.scoring import evaluate, summarize
+    from evalkit.heldout import score
 
     from .inference import segment_video
     from .loader import load
 
     torch.set_num_threads(threads)
     ref = load(glus_dir, clip_dir)
-    all_scores = []
-    per_split = {}
-    n_seg = n_steps = 0
-    tmp = None
-    if pred_root is None:
-        tmp = tempfile.TemporaryDirectory()
-        pred_root = tmp.name
-    try:
-        for root, split in data:
-            ds = load_dataset("mevis", root, split)
-            pr = Path(pred_root) / split
-            exprs = ds.expressions[:limit] if limit else ds.expressions
-            cache: dict[str, list[np.ndarray]] = {}
-            for e in exprs:
-                if e.video not in cache:
-                    cache = {e.video: [np.asarray(Image.open(ds.image_path(e.video, f)).convert("RGB"))
-                                       for f in ds.frames(e.video)]}
-                res = segment_video(ref, cache[e.video], e.text, use_memory=use_memory)
-                n_seg += sum(r.is_seg for r in res.frames)
-                n_steps += len(res.frames)
-                write_predictions(pr, e.video, e.exp_id, list(e.frames), res.masks)
-            ds.expressions = list(exprs)
-            r = evaluate(ds, pr)
-            per_split[split] = {"J": r.overall.J, "F": r.overall.F, "JF": r.overall.JF,
-                                "n": r.overall.n_expressions}
-            all_scores += r.expressions
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    s = summarize(all_scores)
-    return {"J": s.J, "F": s.F, "JF": s.JF, "n_expressions": s.n_expressions,
-            "seg_token_rate": n_seg / max(1, n_steps), "splits": per_split,
-            "per_expression": [(x.video, x.exp_id, round(x.J, 4), round(x.F, 4)) for x in all_scores]}
+    counts = {"seg": 0, "steps": 0}
+
+    def segment(frames, texts):
+        out = []
+        for text in texts:
+            res = segment_video(ref, frames, text, use_memory=use_memory)
+            counts["seg"] += sum(r.is_seg for r in res.frames)
+            counts["steps"] += len(res.frames)
+            out.append(res.masks)
+        return out
+
+    r = score(segment, data, limit=limit, progress=progress, desc="reference")
+    r["seg_token_rate"] = counts["seg"] / max(1, counts["steps"])
+    return r
 
 
 # ---------------------------------------------------------------------------------------------
