@@ -64,7 +64,7 @@ def peak(results) -> dict:
 
 @pytest.fixture(scope="session")
 def bench_models(results) -> dict[str, harness.ModelBench]:
-    return {name: harness.ModelBench(name) for name in harness.MODELS}
+    return {name: harness.ModelBench(name) for name in harness.DRIFT_MODELS}
 
 
 @pytest.fixture(scope="session")

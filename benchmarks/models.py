@@ -1,6 +1,7 @@
 """The benchmark models and their engines, built once and cached on disk, keyed by content.
 
     checkpoint("medium") -> (glus_dir, clip_dir)        reference.make_tiny's shape, seed 0
+    checkpoint("trained") -> (glus_dir, clip_dir)       the shipped trained default (models/glus-tiny)
     engine_dir("medium", "int8") -> engine directory    export.build of that checkpoint
 
 Cache: $GLUS_BENCH_CACHE, else <export.default_model.cache_dir()>/bench. A key is a hash of
@@ -50,14 +51,34 @@ def _versions() -> str:
     return ";".join(f"{m.__name__}={m.__version__}" for m in (torch, transformers, onnx, onnxruntime))
 
 
+TRAINED = "trained"  # the shipped trained default model, benchmarked as it is
+
+
+def has_trained() -> bool:
+    from export.default_model import SHIPPED
+
+    return (SHIPPED / "glus" / "config.json").is_file()
+
+
 def checkpoint_key(shape: str, seed: int = SEED) -> str:
     h = hashlib.sha256(f"{shape}:{seed}:{_versions()}".encode())
+    if shape == TRAINED:
+        from export.default_model import SHIPPED
+
+        for f in sorted(p for p in SHIPPED.rglob("*") if p.is_file() and p.parent.name in ("glus", "clip")):
+            h.update(f.name.encode() + f.read_bytes())
     _hash_sources(h, CHECKPOINT_SOURCES)
     return h.hexdigest()[:16]
 
 
 def checkpoint(shape: str, seed: int = SEED) -> tuple[Path, Path]:
-    """(glus_dir, clip_dir) of make_tiny's `shape`, written on first use."""
+    """(glus_dir, clip_dir) of make_tiny's `shape`, written on first use; "trained": the shipped model."""
+    if shape == TRAINED:
+        from export.default_model import SHIPPED
+
+        if not has_trained():
+            raise FileNotFoundError(f"no trained model shipped at {SHIPPED}")
+        return SHIPPED / "glus", SHIPPED / "clip"
     out = cache_root() / f"{shape}-seed{seed}-{checkpoint_key(shape, seed)}"
     done = out / ".complete"
     if not done.is_file():

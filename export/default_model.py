@@ -1,7 +1,8 @@
 """The project's default model: what `export.build` and `runtime.segment` use without --checkpoint.
 
-Until a trained small GLUS is shipped, it is the seeded tiny random GLUS written by
-`reference.make_tiny` (seed 0) into a cache directory: deterministic, built on first use.
+It is the small GLUS trained by `python -m reference.train` and shipped in models/glus-tiny
+(see models/glus-tiny/TRAINING.md). A tree without it falls back to the seeded tiny random GLUS
+written by `reference.make_tiny` (seed 0) into a cache directory, built on first use.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = REPO / "models" / "glus-tiny"  # a trained default, when the project ships one
+SHIPPED = REPO / "models" / "glus-tiny"  # the trained default model
 
 
 def cache_dir() -> Path:
