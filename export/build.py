@@ -486,6 +486,8 @@ def print_summary(out: Path, manifest: dict, timings: dict) -> None:
         fig = f"rel err {p['max_rel_error']:.1e}" if "max_rel_error" in p else ""
         if name == "llm" and "llm_int8" in manifest["parity"]:
             fig = f"int8, [SEG] cos >= {manifest['parity']['llm_int8']['seg_cosine_min']:.5f}"
+        if name == "sam_image" and "sam_image_int8" in manifest["parity"]:
+            fig = f"int8, feature cos >= {manifest['parity']['sam_image_int8']['feature_cosine_min']:.5f}"
         print(f"{name:<18}{g['file']:<24}{size:>8.2f}  {fig}")
     total = sum(f.stat().st_size for f in out.iterdir() if f.is_file() and not f.name.startswith("."))
     print(f"total {total / 1e6:.1f} MB; build time {timings['total']:.1f}s")

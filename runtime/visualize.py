@@ -84,11 +84,14 @@ def legend(image: np.ndarray, labels, colours_, *, alpha: float = 0.6, font=None
 
 def overlay(frame: np.ndarray, masks, colours_, labels=None, *, alpha: float = 0.45,
             draw_outline: bool = True) -> np.ndarray:
-    """A copy of `frame` with each mask blended in its colour, outlined, and a legend of `labels`."""
+    """A copy of `frame` with each mask blended in its colour, outlined, and a legend of `labels`.
+
+    The outline is the mask's colour inside a thin white halo, so a mask stays visible on an
+    object of its own colour (a red mask on a red ball)."""
     frame = np.asarray(frame)
     h, w = frame.shape[:2]
     out = frame.astype(np.float32)
-    thickness = max(1, round(min(h, w) / 240))
+    thickness = max(1, round(min(h, w) / 160))
     edges = []
     for mask, colour in zip(masks, colours_):
         m = np.asarray(mask, dtype=bool)
@@ -97,8 +100,10 @@ def overlay(frame: np.ndarray, masks, colours_, labels=None, *, alpha: float = 0
         c = np.asarray(colour, np.float32)
         out[m] = out[m] * (1 - alpha) + c * alpha
         if draw_outline:
-            edges.append((outline(m, thickness), c))
-    for edge, c in edges:  # after every fill, so no fill covers another mask's outline
+            edges.append((outline(m, thickness), outline(m, thickness + 1), c))
+    for _, halo, _ in edges:  # after every fill, so no fill covers another mask's outline
+        out[halo] = 255
+    for edge, _, c in edges:
         out[edge] = c
     out = np.rint(out).astype(np.uint8)
     if labels:
