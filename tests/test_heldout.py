@@ -1,0 +1,61 @@
+"""evalkit.heldout: scoring a segmenter on synthetic sets, and the static / motion split."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from evalkit import synth
+from evalkit.formats import load_dataset
+from evalkit.heldout import expression_kinds, score
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heldout")
+    synth.generate(root, 3, 6, (48, 64), seed=11, split="s11")
+    return [(str(root), "s11")]
+
+
+def _gt_segmenter(data):
+    ds = load_dataset("mevis", *data[0])
+    by_text = {}
+    for e in ds.expressions:
+        by_text[(e.video, e.text)] = [ds.gt_mask(e, i) for i in range(len(e.frames))]
+    calls = []
+
+    def segment(frames, texts):
+        video = next(v for v in ds.videos() if (v, texts[0]) in by_text and
+                     len(ds.frames(v)) == len(frames) and
+                     all((v, t) in by_text for t in texts))
+        calls.append(video)
+        return [by_text[(video, t)] for t in texts]
+
+    return segment, calls
+
+
+def test_perfect_and_empty_segmenters(data):
+    seg, calls = _gt_segmenter(data)
+    r = score(seg, data)
+    assert r["JF"] == pytest.approx(1.0) and r["n_expressions"] == len(r["per_expression"])
+    assert len(calls) == 3  # one call per video, all its expressions at once
+    empty = score(lambda frames, texts: [[np.zeros(f.shape[:2], bool) for f in frames] for _ in texts], data)
+    assert empty["J"] < 0.1  # J = 1 only on the few frames where the target is hidden (DAVIS rule)
+    assert empty["static"]["n"] + empty["motion"]["n"] == empty["n_expressions"]
+
+
+def test_expression_kinds_follow_the_attributes(data):
+    root, split = data[0]
+    kinds = expression_kinds(root, split)
+    meta = json.loads((__import__("pathlib").Path(root) / split / "synth_meta.json").read_text())
+    assert set(kinds.values()) <= {"static", "motion"}
+    for video, v in meta["videos"].items():
+        for exp_id, e in v["expressions"].items():
+            a = e["attributes"]
+            if a.get("colour") is None and a.get("shape") is None:
+                # nothing static named: only the motion can pick the target out of 3+ objects
+                assert kinds[(video, exp_id)] == "motion"
+            if a.get("motion") is None:  # no motion word: colour/shape must name it alone
+                assert kinds[(video, exp_id)] == "static"
