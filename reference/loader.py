@@ -24,12 +24,19 @@ class GlusReference:
     report: dict = field(default_factory=dict)
 
 
-def resolve_clip_dir(cfg: GlusConfig, clip: str | Path | None) -> Path:
-    """An explicit path wins; GLUS's config value (`vision_tower`) is only a fallback."""
+def resolve_clip_dir(cfg: GlusConfig, clip: str | Path | None, checkpoint: Path | None = None) -> Path:
+    """An explicit path wins; GLUS's config value (`vision_tower`) is only a fallback. A relative
+    vision_tower is looked up from the working directory, then from the checkpoint's parent
+    (the shipped model says "models/glus-tiny/clip" and must load from anywhere)."""
     candidate = clip if clip is not None else cfg.vision_tower
     if candidate is None:
         raise CheckpointError("no CLIP directory given and config.json names no vision_tower")
     path = Path(candidate)
+    if clip is None and not path.is_dir() and not path.is_absolute() and checkpoint is not None:
+        for base in Path(checkpoint).resolve().parents:
+            if (base / path).is_dir():
+                path = base / path
+                break
     if not path.is_dir():
         raise CheckpointError(
             f"CLIP directory not found: {path} (pass the local CLIP ViT-L/14 directory explicitly;"
@@ -79,7 +86,7 @@ def load(
 
     checkpoint = Path(checkpoint)
     cfg = read_config(checkpoint)
-    clip_dir = resolve_clip_dir(cfg, clip)
+    clip_dir = resolve_clip_dir(cfg, clip, checkpoint)
     tokenizer = load_tokenizer(checkpoint)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(
