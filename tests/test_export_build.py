@@ -113,3 +113,13 @@ def test_fresh_inputs_are_never_the_example():
     a, b = build_mod.fresh_inputs(ex, 1), build_mod.fresh_inputs(ex, 2)
     assert not torch.equal(a["x"], ex["x"]) and not torch.equal(a["x"], b["x"])
     assert torch.equal(a["ids"], ex["ids"])
+
+
+def test_int8_graph_choice_is_checked_before_any_work(tiny_dirs, tmp_path):
+    from export.build import BuildError
+
+    with pytest.raises(BuildError, match="cannot quantize mask_decoder"):
+        build(*tiny_dirs, precision="int8", out=tmp_path / "a", int8_graphs=("llm", "mask_decoder"))
+    with pytest.raises(BuildError, match="at least one graph"):
+        build(*tiny_dirs, precision="int8", out=tmp_path / "b", int8_graphs=())
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
