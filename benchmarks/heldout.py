@@ -61,11 +61,11 @@ def runtime_segmenter(engine_dir: Path, kv_policy: str = "exact", stream: bool =
 
 
 def table(results: dict) -> list[str]:
-    lines = ["| variant | J&F | J | F | J&F static (colour/shape) | J&F motion-only | seconds |",
+    lines = ["| variant | J&F | J | F | J&F static (colour/shape) | J&F motion-only | wall s (shared CPU) |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        kinds = [f"{r[k]['JF']:.3f} (n={r[k]['n']})" if k in r else "–" for k in ("static", "motion")]
-        lines.append(f"| {name} | **{r['JF']:.3f}** | {r['J']:.3f} | {r['F']:.3f} | "
+        kinds = [f"{r[k]['JF']:.4f} (n={r[k]['n']})" if k in r else "–" for k in ("static", "motion")]
+        lines.append(f"| {name} | **{r['JF']:.4f}** | {r['J']:.4f} | {r['F']:.4f} | "
                      f"{kinds[0]} | {kinds[1]} | {r['seconds']:.0f} |")
     return lines
 
@@ -83,6 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None, help="comma-separated variant names to run")
     p.add_argument("--limit", type=int, default=None, help="first N expressions per split (smoke runs)")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--merge", action="store_true",
+                   help="add these variants to the model's existing results instead of replacing them")
     a = p.parse_args(argv)
 
     import torch
@@ -135,12 +137,20 @@ def main(argv=None) -> int:
     meta = {"model": str(model), "ablations": a.ablation, "data": [list(d) for d in data],
             "videos": a.videos, "frames": a.frames, "size": a.size, "limit": a.limit,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    path = out / f"{stem}.json"
+    if a.merge and path.is_file():
+        old = json.loads(path.read_text())
+        if old["meta"]["data"] != meta["data"] or old["meta"].get("limit") != a.limit:
+            p.error(f"--merge: {path} was measured on other data")
+        results = {**old["results"], **results}
+        meta["ablations"] = sorted(set(old["meta"]["ablations"]) | set(a.ablation))
+    path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     md = [f"## Held-out J&F: {model}", "",
           f"{a.videos} synthetic videos x {a.frames} frames at {a.size} "
-          f"(evalkit.synth seeds {', '.join(s for _, s in data)}), MeViS protocol. "
-          "Static: colour/shape alone name the target; motion-only: only the motion tells the "
-          "target from a look-alike.", "", *table(results), ""]
+          f"(evalkit.synth, splits {', '.join(s for _, s in data)}: seeds no training run draws), "
+          "MeViS protocol, measured by `python -m benchmarks.heldout` on "
+          f"{meta['date'][:10]}. Static: colour/shape alone name the target; motion-only: only "
+          "the motion tells the target from a look-alike.", "", *table(results), ""]
     (out / f"{stem}.md").write_text("\n".join(md))
     print("\n".join(table(results)))
     return 0
