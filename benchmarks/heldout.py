@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="128x128")
     p.add_argument("--data", default=None, help="where the held-out sets are written (default: cache)")
     p.add_argument("--engines", default=None, help="where engines are built (default: cache)")
-    p.add_argument("--only", default=None, help="comma-separated variant names to run")
+    p.add_argument("--only", action="append", default=None, metavar="VARIANT",
+                   help="run only this variant (repeatable; names as in the table)")
     p.add_argument("--limit", type=int, default=None, help="first N expressions per split (smoke runs)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--merge", action="store_true",
@@ -117,8 +118,10 @@ def main(argv=None) -> int:
         variants[f"reference offline, {name}"] = (
             lambda d=Path(d): reference_segmenter(d / "glus", d / "clip"))
     if a.only:
-        keep = [v.strip() for v in a.only.split(",")]
-        variants = {k: v for k, v in variants.items() if k in keep}
+        unknown = [v for v in a.only if v not in variants]
+        if unknown:
+            p.error(f"unknown variant(s) {unknown}; known: {list(variants)}")
+        variants = {k: v for k, v in variants.items() if k in a.only}
 
     from evalkit.heldout import score
 
