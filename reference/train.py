@@ -890,6 +890,9 @@ def main(argv=None) -> None:
                    help="training video length range, e.g. 8-16")
     p.add_argument("--size", type=str, default=f"{d.size[0]}x{d.size[1]}")
     p.add_argument("--no-contrastive", action="store_true", help="train without the contrastive loss")
+    p.add_argument("--contrastive-warmup-weight", type=float, default=d.contrastive_weight_warmup,
+                   help="contrastive weight during the [SEG] bootstrap (until --point-until); "
+                        "GLUS's own weight (0.1) applies after it")
     p.add_argument("--no-memory", action="store_true", help="train without the memory bank")
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
@@ -913,7 +916,7 @@ def main(argv=None) -> None:
         size=(int(h), int(w)), contrastive=not a.no_contrastive, memory=not a.no_memory,
         threads=a.threads, ckpt_every=a.ckpt_every, weights_dtype=a.weights_dtype,
         sam_steps=a.sam_steps, freeze_sam_steps=a.freeze_sam_steps, point_until=a.point_until,
-        keep_stage1=a.keep_stage1,
+        keep_stage1=a.keep_stage1, contrastive_weight_warmup=a.contrastive_warmup_weight,
     )
     out = Path(a.out)
     t0 = time.time()
