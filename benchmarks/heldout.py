@@ -93,7 +93,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     from reference.train_data import write_heldout
 
-    cache = Path(os.environ.get("GLUS_EDGE_CACHE", Path.home() / ".cache" / "glus-edge"))
+    from export.default_model import cache_dir
+
+    cache = cache_dir()
     h, _, w = a.size.partition("x")
     data_dir = Path(a.data) if a.data else cache / f"heldout-{a.videos}x{a.frames}-{a.size}"
     data = write_heldout(data_dir, a.videos, a.frames, (int(h), int(w)))

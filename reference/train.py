@@ -524,7 +524,7 @@ def sam_losses(ref, sample: Sample, exprs, seg: torch.Tensor, cfg: TrainConfig, 
         cond = model.condition(fj, [mem[m] for m in keys])
         masks, iou = decode_all(model, fj, cond, seg[:, j])
         if j == 0:  # how much the masks depend on the expression (0: the prompt is ignored)
-            parts["sens"] = float((masks[:, 0] - masks[:, 0].mean(0)).abs().mean())
+            parts["sens"] = float((masks[:, 0] - masks[:, 0].mean(0)).abs().mean().detach())
         up = F.interpolate(masks, hw, mode="bilinear", align_corners=False)  # [K, 4, H, W]
         tgt = gt[:, j]
         bce_main.append(bce_loss(up[:, 0], tgt))
