@@ -903,7 +903,8 @@ def main(argv=None) -> None:
     p.add_argument("--eval-videos", type=int, default=24)
     p.add_argument("--eval-frames", type=int, default=12)
     p.add_argument("--eval-size", type=str, default="128x128")
-    p.add_argument("--eval-data", default=None, help="where the held-out set is written")
+    p.add_argument("--eval-data", default=None,
+                   help="where the held-out set is written (default: the cache, shared with benchmarks.heldout)")
     p.add_argument("--keep-stage1", action="store_true",
                    help="also write OUT/stage1_sam.pt (SAM2 after stage 1, for experiments)")
     p.add_argument("--no-progress", action="store_true")
@@ -927,7 +928,10 @@ def main(argv=None) -> None:
         from .train_data import write_heldout
 
         eh, _, ew = a.eval_size.partition("x")
-        data_dir = Path(a.eval_data) if a.eval_data else out / ".heldout"
+        from export.default_model import cache_dir
+
+        data_dir = (Path(a.eval_data) if a.eval_data else
+                    cache_dir() / f"heldout-{a.eval_videos}x{a.eval_frames}-{a.eval_size}")
         data = write_heldout(data_dir, a.eval_videos, a.eval_frames, (int(eh), int(ew)))
         results = {}
         for name, mem in (("offline", True), ("no_memory", False)):
