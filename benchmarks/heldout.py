@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="models/glus-tiny", help="directory with glus/ and clip/")
     p.add_argument("--ablation", action="append", default=[], metavar="NAME=DIR",
                    help="another checkpoint (glus/ + clip/) scored as 'reference offline'")
+    p.add_argument("--ablation-no-memory", action="append", default=[], metavar="NAME=DIR",
+                   help="a checkpoint trained without the memory bank, scored the way it was trained"
+                        " (the reference loop without memory)")
     p.add_argument("--videos", type=int, default=24)
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--size", default="128x128")
@@ -113,12 +116,12 @@ def main(argv=None) -> int:
         "runtime fp32 streaming (causal)": lambda: runtime_segmenter(
             engine_dir_for(glus, clip, "fp32", engines), stream=True),
     }
-    for spec in a.ablation:
+    for spec, memory in [(x, True) for x in a.ablation] + [(x, False) for x in a.ablation_no_memory]:
         name, _, d = spec.partition("=")
         if not d:
             p.error(f"--ablation wants NAME=DIR, got {spec!r}")
-        variants[f"reference offline, {name}"] = (
-            lambda d=Path(d): reference_segmenter(d / "glus", d / "clip"))
+        label = f"reference offline, {name}" if memory else f"reference, no memory bank, {name}"
+        variants[label] = (lambda d=Path(d), m=memory: reference_segmenter(d / "glus", d / "clip", use_memory=m))
     if a.only:
         unknown = [v for v in a.only if v not in variants]
         if unknown:
@@ -139,7 +142,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"heldout-{model.name}"
-    meta = {"model": str(model), "ablations": a.ablation, "data": [list(d) for d in data],
+    meta = {"model": str(model), "ablations": a.ablation + a.ablation_no_memory, "data": [list(d) for d in data],
             "videos": a.videos, "frames": a.frames, "size": a.size, "limit": a.limit,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = out / f"{stem}.json"
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
         if old["meta"]["data"] != meta["data"] or old["meta"].get("limit") != a.limit:
             p.error(f"--merge: {path} was measured on other data")
         results = {**old["results"], **results}
-        meta["ablations"] = sorted(set(old["meta"]["ablations"]) | set(a.ablation))
+        meta["ablations"] = sorted(set(old["meta"]["ablations"]) | set(a.ablation) | set(a.ablation_no_memory))
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     md = [f"## Held-out J&F: {model}", "",
           f"{a.videos} synthetic videos x {a.frames} frames at {a.size} "
