@@ -502,56 +502,46 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
     return StepOut(loss, parts)
 
 
-def sam_losses(ref, sample: Sample, exprs, seg: torch.Tensor, cfg: TrainConfig, parts: dict):
-    """SAM2 over the query frames in order, the memory bank inside the graph; mask losses."""
-    from .preprocess import sam_pixels
-
-    model, video = ref.model, sample.video
-    k, q = seg.shape[:2]
-    sam_in = torch.stack([sam_pixels(video.frames[f], model.sam_image_size) for f in sample.query])
-    feats = model.encode_image(sam_in)
-    gt = torch.from_numpy(np.stack([video.target(ids)[sample.query] for _, ids in exprs])).float()
-    hw = gt.shape[-2:]
+def memory_run(model, feats: ImageFeatures, k: int, prompt_at, memory: bool, on_frame) -> None:
+    """SAM2 over the q query frames of `feats` in order, K prompts each (`prompt_at(j)`), with
+    GLUS's memory rule and the memory bank inside the autograd graph. `on_frame(j, masks, iou)`
+    sees each frame's decoder outputs before the next frame's memory is encoded."""
+    q = feats.tokens[0].shape[1]
     mem: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    bce_main, dice_main, aux, iou_l = [], [], [], []
     for j in range(q):
         fj = ImageFeatures(
             tokens=[t[:, j:j + 1].expand(-1, k, -1) for t in feats.tokens],
             pos=[p[:, j:j + 1].expand(-1, k, -1) for p in feats.pos],
             sizes=feats.sizes,
         )
-        keys = [m for m in rules.memory_frame_indices(j) if m in mem] if cfg.memory else []
+        keys = [m for m in rules.memory_frame_indices(j) if m in mem] if memory else []
         cond = model.condition(fj, [mem[m] for m in keys])
-        masks, iou = decode_all(model, fj, cond, seg[:, j])
+        masks, iou = decode_all(model, fj, cond, prompt_at(j))
+        on_frame(j, masks, iou)
+        if memory and j + 1 < q:
+            mem[j] = model.encode_memory(fj, cond, masks[:, 0:1])
+
+
+def sam_losses(ref, sample: Sample, exprs, seg: torch.Tensor, cfg: TrainConfig, parts: dict):
+    """SAM2 over the query frames in order, the memory bank inside the graph; mask losses."""
+    from .preprocess import sam_pixels
+
+    model, video = ref.model, sample.video
+    k = seg.shape[0]
+    sam_in = torch.stack([sam_pixels(video.frames[f], model.sam_image_size) for f in sample.query])
+    feats = model.encode_image(sam_in)
+    gt = torch.from_numpy(np.stack([video.target(ids)[sample.query] for _, ids in exprs])).float()
+    terms = []
+
+    def on_frame(j, masks, iou):
         if j == 0:  # how much the masks depend on the expression (0: the prompt is ignored)
             parts["sens"] = float((masks[:, 0] - masks[:, 0].mean(0)).abs().mean().detach())
-        up = F.interpolate(masks, hw, mode="bilinear", align_corners=False)  # [K, 4, H, W]
-        tgt = gt[:, j]
-        bce_main.append(bce_loss(up[:, 0], tgt))
-        dice_main.append(dice_loss(up[:, 0], tgt))
-        if cfg.aux_mask_weight > 0:
-            a_up = up[:, 1:].reshape(-1, *hw)
-            a_t = tgt.repeat_interleave(3, 0)
-            aux.append(cfg.bce_weight * bce_loss(a_up, a_t) + cfg.dice_weight * dice_loss(a_up, a_t))
-        with torch.no_grad():
-            pred = up > 0
-            t4 = tgt[:, None].bool()
-            inter = (pred & t4).flatten(2).sum(-1).float()
-            union = (pred | t4).flatten(2).sum(-1).float()
-            true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-        iou_l.append(F.mse_loss(iou, true_iou, reduction="none").mean(-1))
-        if cfg.memory and j + 1 < q:
-            mem[j] = model.encode_memory(fj, cond, masks[:, 0:1])
-    bce = torch.cat(bce_main).mean()
-    dice = torch.cat(dice_main).mean()
-    loss = cfg.bce_weight * bce + cfg.dice_weight * dice
-    parts.update(bce=bce.item(), dice=dice.item())
-    if aux:
-        a = torch.cat(aux).mean()
-        loss = loss + cfg.aux_mask_weight * a
-        parts["aux"] = a.item()
-    il = torch.cat(iou_l).mean()
-    parts["iou"] = il.item()
+        terms.append(mask_losses(cfg, masks, iou, gt[:, j]))
+
+    memory_run(model, feats, k, lambda j: seg[:, j], cfg.memory, on_frame)
+    bce, dice, aux, il = (torch.cat(t).mean() for t in zip(*terms))
+    loss = cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.aux_mask_weight * aux
+    parts.update(bce=bce.item(), dice=dice.item(), aux=aux.item(), iou=il.item())
     return loss + cfg.iou_weight * il
 
 
@@ -604,23 +594,15 @@ def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainC
     from .preprocess import sam_pixels
 
     model = ref.model
-    k, q = len(exprs), len(query)
+    k = len(exprs)
     feats = model.encode_image(torch.stack([sam_pixels(video.frames[f], model.sam_image_size)
                                             for f in query]))
     gt = torch.from_numpy(np.stack([video.target(video.expressions[i][1])[query] for i in exprs])).float()
     h, w = gt.shape[-2:]
     tok = prompt([video.attributes[i] for i in exprs])
-    mem: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     bces, dices, auxs, ious, hit = [], [], [], [], []
-    for j in range(q):
-        fj = ImageFeatures(
-            tokens=[t[:, j:j + 1].expand(-1, k, -1) for t in feats.tokens],
-            pos=[p[:, j:j + 1].expand(-1, k, -1) for p in feats.pos],
-            sizes=feats.sizes,
-        )
-        keys = [m for m in rules.memory_frame_indices(j) if m in mem] if cfg.memory else []
-        cond = model.condition(fj, [mem[m] for m in keys])
-        masks, iou = decode_all(model, fj, cond, tok)
+
+    def on_frame(j, masks, iou):
         b, d, a, il = mask_losses(cfg, masks, iou, gt[:, j])
         with torch.no_grad():
             p_ = F.interpolate(masks[:, :1], (h, w), mode="bilinear", align_corners=False)[:, 0] > 0
@@ -630,8 +612,8 @@ def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainC
         dices.append(d)
         auxs.append(a)
         ious.append(il)
-        if cfg.memory and j + 1 < q:
-            mem[j] = model.encode_memory(fj, cond, masks[:, 0:1])
+
+    memory_run(model, feats, k, lambda j: tok, cfg.memory, on_frame)
     bce, dice = torch.cat(bces).mean(), torch.cat(dices).mean()
     aux, il = torch.cat(auxs).mean(), torch.cat(ious).mean()
     loss = cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.aux_mask_weight * aux + cfg.iou_weight * il
