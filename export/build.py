@@ -405,7 +405,7 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
     if precision == "int8" and "llm" in int8_graphs:
         import logging
 
-        from .quantize import quantize_llm
+        from .quantize import quantize_graph
 
         t = time.perf_counter()
         key = hashlib.sha256(f"{recipe}:llm:int8:{int8_method}:{accuracy_level}".encode()).hexdigest()
@@ -413,7 +413,7 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
         if not b.cached("llm_int8", key):
             logging.disable(logging.INFO)  # onnxruntime.quantization logs every node at INFO
             try:
-                report = quantize_llm(out / "llm.onnx", out / file, method=int8_method,
+                report = quantize_graph(out / "llm.onnx", out / file, method=int8_method,
                                       **({"accuracy_level": accuracy_level} if int8_method == "nbits8" else {}))
             finally:
                 logging.disable(logging.NOTSET)

@@ -148,6 +148,3 @@ def quantize_graph(
     else:
         report.update(weight_type="QInt8", per_channel=per_channel, accuracy_level=None)
     return report
-
-
-quantize_llm = quantize_graph  # the name the LLM path and its tests use

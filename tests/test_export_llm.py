@@ -16,7 +16,7 @@ import torch
 
 from export.llm import LlmGraph, embedding_table, llm_dims, llm_spec
 from export.onnx_utils import cosine, export_graph, ort_session, rel_error, run_ort
-from export.quantize import METHODS, quantize_llm
+from export.quantize import METHODS, quantize_graph
 from export.vision import vision_spec
 from reference import rules
 
@@ -40,7 +40,7 @@ def graphs(tiny_ref, tmp_path_factory):
     reports = {}
     for method in METHODS:
         paths[method] = out / f"llm.{method}.onnx"
-        reports[method] = quantize_llm(paths["llm"], paths[method], method)
+        reports[method] = quantize_graph(paths["llm"], paths[method], method)
     return {"paths": paths, "reports": reports, "dir": out}
 
 
@@ -236,12 +236,12 @@ def test_int8_seg_embedding_close_to_fp32(tiny_ref, sessions, rng, method):
     assert min(cosines) >= 0.99
 
 
-# ---- quantize_llm inputs ----------------------------------------------------------------------
+# ---- quantize_graph inputs ----------------------------------------------------------------------
 def test_quantize_rejects_unknown_method(graphs, tmp_path):
     with pytest.raises(ValueError, match="unknown quantization method"):
-        quantize_llm(graphs["paths"]["llm"], tmp_path / "q.onnx", "int4-magic")
+        quantize_graph(graphs["paths"]["llm"], tmp_path / "q.onnx", "int4-magic")
     with pytest.raises(ValueError, match="block_size"):
-        quantize_llm(graphs["paths"]["llm"], tmp_path / "q.onnx", "nbits8", block_size=64)
+        quantize_graph(graphs["paths"]["llm"], tmp_path / "q.onnx", "nbits8", block_size=64)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -253,7 +253,7 @@ def test_quantize_external_data_graph(tiny_ref, graphs, sessions, tmp_path, rng,
     onnx.save_model(onnx.load(str(graphs["paths"]["llm"])), str(src), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="llm.onnx.data", size_threshold=0)
     dst = tmp_path / "q" / "llm.int8.onnx"
-    report = quantize_llm(src, dst, method)
+    report = quantize_graph(src, dst, method)
     assert report["external_data"] and (dst.parent / (dst.name + ".data")).is_file()
     assert report["quantized_nodes"] == graphs["reports"][method]["quantized_nodes"]
     d = llm_dims(tiny_ref.model)
