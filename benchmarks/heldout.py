@@ -61,12 +61,15 @@ def runtime_segmenter(engine_dir: Path, kv_policy: str = "exact", stream: bool =
 
 
 def table(results: dict) -> list[str]:
-    lines = ["| variant | J&F | J | F | J&F static (colour/shape) | J&F motion-only | wall s (shared CPU) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | J&F | J | F | J&F static (colour/shape) | J&F motion-only | "
+             "static: colour names it | static: shape needed | wall s (shared CPU) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         kinds = [f"{r[k]['JF']:.4f} (n={r[k]['n']})" if k in r else "–" for k in ("static", "motion")]
+        needs = r.get("needs", {})  # results measured before this split existed lack it
+        split = [f"{needs[k]['JF']:.4f} (n={needs[k]['n']})" if k in needs else "–" for k in ("colour", "shape")]
         lines.append(f"| {name} | **{r['JF']:.4f}** | {r['J']:.4f} | {r['F']:.4f} | "
-                     f"{kinds[0]} | {kinds[1]} | {r['seconds']:.0f} |")
+                     f"{kinds[0]} | {kinds[1]} | {split[0]} | {split[1]} | {r['seconds']:.0f} |")
     return lines
 
 

@@ -1,6 +1,7 @@
 """Score a segmenter on held-out synthetic sets (MeViS layout), with a breakdown by what an
 expression needs: its colour and shape alone name the target ("static"), or only the motion
-tells the target from a look-alike ("motion").
+tells the target from a look-alike ("motion"); static further split into "colour" (the colour
+word alone names it) and "shape" (the shape is needed too).
 
 A segmenter is any `fn(frames, texts) -> [masks per text]` (frames: RGB uint8 H x W x 3; masks:
 one bool H x W per frame): the reference, the runtime offline or streaming. torch-free.
@@ -37,6 +38,25 @@ def expression_kinds(root: str | Path, split: str) -> dict[tuple[str, str], str]
     return kinds
 
 
+def expression_needs(root: str | Path, split: str) -> dict[tuple[str, str], str]:
+    """(video, exp_id) → what a model must read to find the target: "colour" (the colour word
+    alone names it), "shape" (colour alone does not, colour and shape do: shape words or a
+    shape-only expression) or "motion" (only the motion tells it from a look-alike). "colour"
+    and "shape" split expression_kinds' "static"."""
+    meta = json.loads((Path(root) / split / "synth_meta.json").read_text())
+    kinds = expression_kinds(root, split)
+    needs = {}
+    for video, v in meta["videos"].items():
+        for exp_id, e in v["expressions"].items():
+            if kinds[(video, exp_id)] == "motion":
+                needs[(video, exp_id)] = "motion"
+                continue
+            colour = e["attributes"].get("colour")
+            by_colour = {o["obj_id"] for o in v["objects"] if o["colour"] == colour}
+            needs[(video, exp_id)] = "colour" if colour is not None and by_colour == set(e["obj_ids"]) else "shape"
+    return needs
+
+
 def _frames(ds, video: str) -> list[np.ndarray]:
     from PIL import Image
 
@@ -46,11 +66,12 @@ def _frames(ds, video: str) -> list[np.ndarray]:
 def score(segment: Segmenter, data: Sequence[tuple[str, str]], *, limit: int | None = None,
           progress: bool = False, desc: str = "held-out") -> dict:
     """J, F, J&F over every expression of the (root, split) sets, overall and per kind."""
-    all_scores, kinds, per_split = [], {}, {}
+    all_scores, kinds, needs, per_split = [], {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for root, split in data:
             ds = load_dataset("mevis", root, split)
             kinds.update({(split, *k): v for k, v in expression_kinds(root, split).items()})
+            needs.update({(split, *k): v for k, v in expression_needs(root, split).items()})
             exprs = ds.expressions[:limit] if limit else ds.expressions
             videos = list(dict.fromkeys(e.video for e in exprs))
             pred = Path(tmp) / split
@@ -73,4 +94,10 @@ def score(segment: Segmenter, data: Sequence[tuple[str, str]], *, limit: int | N
         if mine:
             k = summarize(mine)
             out[kind] = {"J": k.J, "F": k.F, "JF": k.JF, "n": k.n_expressions}
+    out["needs"] = {}
+    for need in ("colour", "shape", "motion"):
+        mine = [x for sp, x in all_scores if needs[(sp, x.video, x.exp_id)] == need]
+        if mine:
+            k = summarize(mine)
+            out["needs"][need] = {"J": k.J, "F": k.F, "JF": k.JF, "n": k.n_expressions}
     return out

@@ -91,6 +91,8 @@ TRAIN_SHAPES = {
 TRAIN_SHAPES["small256"] = {**TRAIN_SHAPES["small"],
                              "sam2": dict(TRAIN_SHAPES["small"]["sam2"], image_size=256,
                                           window_spec=[8, 4, 14, 7])}
+TRAIN_SHAPES["small_llm4"] = {**TRAIN_SHAPES["small"],
+                               "llama": dict(TRAIN_SHAPES["small"]["llama"], num_hidden_layers=4)}
 # For tests only: the same code path in seconds.
 TRAIN_SHAPES["test"] = {
     "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -126,6 +128,7 @@ class TrainConfig:
     sam_lr: float = 3e-4
     sam_exprs: int = 6  # expressions per stage-1 sample
     sam_memory_from: int = 400  # first frame by frame, then with the memory bank
+    sam_hard_weight: float = 1.0  # stage-1 sampling weight of expressions colour alone cannot resolve
     keep_stage1: bool = False  # also write OUT/stage1_sam.pt (SAM2 after stage 1)
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
     weight_decay: float = 0.0
@@ -144,7 +147,12 @@ class TrainConfig:
     freeze_sam_steps: int = 500
     point_weight: float = 1.0
     point_until: int = 1000
-    contrastive_weight_warmup: float = 1.0
+    contrastive_weight_warmup: float = 1.0  # the shipped model's; GLUS's 0.1 measured +0.039 once
+    # experiment (off in the shipped model): the scaffold token also says where the target is
+    # (see AttributePrompt); stage-1 location noise
+    locate: bool = False
+    locate_jitter: float = 0.03
+    locate_drop: float = 0.3
     tau: float = 0.07
     bank_size: int = 256
     bank_negatives: int = 0  # GLUS also draws negatives from other videos; 0: same video only
@@ -484,8 +492,12 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
         loss = loss + sam_losses(ref, sample, exprs, seg, cfg, parts)
     if point_weight > 0 and prompt is not None:
         with torch.no_grad():
-            tgt = prompt([video.attributes[i] for i in sample.exprs])
-        pl = F.mse_loss(seg, tgt[:, None].expand_as(seg))
+            attrs = [video.attributes[i] for i in sample.exprs]
+            if cfg.locate:
+                tgt = prompt(attrs, target_locations(video, [ids for _, ids in exprs], sample.query))
+            else:
+                tgt = prompt(attrs)[:, None].expand_as(seg)
+        pl = F.mse_loss(seg, tgt)
         loss = loss + point_weight * pl
         parts["point"] = pl.item()
     if cfg.contrastive:
@@ -562,13 +574,33 @@ def mask_losses(cfg: TrainConfig, masks: torch.Tensor, iou: torch.Tensor, tgt: t
     return bce, dice, aux, F.mse_loss(iou, true_iou, reduction="none").mean(-1)
 
 
+def target_locations(video, targets: list[tuple[int, ...]], frames: list[int]):
+    """Where each target is in each frame: (centres [K, Q, 2] in [0, 1] (x, y), the centroid of
+    each visible object's mask, NaN when an object is not visible; weights [K, Q, O]: 1 for
+    visible objects of the target). Multi-object targets keep one centre per object."""
+    h, w = next(iter(video.objects.values())).shape[-2:]
+    n_obj = max(len(t) for t in targets)
+    centres = np.full((len(targets), len(frames), n_obj, 2), np.nan, dtype=np.float32)
+    for k, ids in enumerate(targets):
+        for o, obj in enumerate(ids):
+            for j, f in enumerate(frames):
+                ys, xs = np.nonzero(video.objects[obj][f])
+                if len(xs):
+                    centres[k, j, o] = ((xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h)
+    return centres
+
+
 class AttributePrompt(torch.nn.Module):
     """Stage-1 scaffold (not part of GLUS, not saved): a prompt token for SAM2's decoder built
-    from an expression's attributes (sum of learned colour / shape / motion / plural vectors),
-    standing in for the [SEG] embedding a pretrained LISA would give. Stage 2 teaches the LLM to
-    produce these tokens, then GLUS's losses take over."""
+    from an expression's attributes (sum of learned colour / shape / motion / plural vectors)
+    and, when given, *where* its target is in the current frame (SAM2's own point encoding of
+    each visible target object's centre, averaged, times a learned gain; a learned "absent"
+    vector when none is visible), standing in for the [SEG] embedding a pretrained LISA would
+    give (LISA's [SEG] says what and where). Stage 2 teaches the LLM to produce these tokens,
+    then GLUS's losses take over. Stage 1 drops or jitters the location at random, so the
+    decoder also learns to segment from the attributes alone and from a rough location."""
 
-    def __init__(self, dim: int = 256):
+    def __init__(self, dim: int = 256, pe_layer=None):
         super().__init__()
         from evalkit import synth
 
@@ -577,18 +609,50 @@ class AttributePrompt(torch.nn.Module):
         self.index = {n: i for i, n in enumerate(names)}
         self.table = torch.nn.Embedding(len(names), dim)
         torch.nn.init.normal_(self.table.weight, std=1.0)
+        # SAM2's prompt-encoder PositionEmbeddingRandom (a fixed buffer); None: attributes only,
+        # and no extra parameters (their random init would change every later draw)
+        self.pe_layer = pe_layer
+        if pe_layer is not None:
+            self.where = torch.nn.Embedding(2, dim)  # 0: located, 1: absent (no target visible)
+            torch.nn.init.normal_(self.where.weight, std=1.0)
+            self.loc_gain = torch.nn.Parameter(torch.tensor(2.0))
 
-    def forward(self, attrs: list[dict]) -> torch.Tensor:
+    def forward(self, attrs: list[dict], centres: np.ndarray | None = None,
+                drop: np.ndarray | None = None) -> torch.Tensor:
+        """[K, dim] (attributes only) or, with centres [K, Q, O, 2], [K, Q, dim]; `drop` [K, Q]
+        bool: leave the location out there."""
         rows = []
         for a in attrs:
             keys = ["base"] + (["plural"] if a.get("n", 1) > 1 else [])
             keys += [f"{k}:{a[k]}" for k in ("colour", "shape", "motion") if a.get(k) is not None]
             rows.append(self.table(torch.tensor([self.index[k] for k in keys])).sum(0))
-        return torch.stack(rows)
+        tok = torch.stack(rows)
+        if centres is None:
+            return tok
+        if self.pe_layer is None:
+            raise ValueError("this AttributePrompt has no location part (built without pe_layer)")
+        c = torch.from_numpy(np.nan_to_num(centres, nan=0.5))
+        seen = torch.from_numpy(~np.isnan(centres[..., 0])).float()  # [K, Q, O]
+        pe = self.pe_layer._pe_encoding(c)  # [K, Q, O, dim]
+        n = seen.sum(-1, keepdim=True)  # [K, Q, 1]
+        loc = (pe * seen[..., None]).sum(2) / n.clamp(min=1)
+        visible = (n > 0).float()
+        where = visible * (self.loc_gain * loc + self.where.weight[0]) + (1 - visible) * self.where.weight[1]
+        if drop is not None:
+            where = where * torch.from_numpy(~drop).float()[..., None]
+        return tok[:, None] + where
+
+
+def noisy_locations(rng: np.random.Generator, centres: np.ndarray, jitter: float, drop_p: float):
+    """Stage-1 location noise: Gaussian jitter of every centre (in image fractions) and, per
+    (expression, frame), dropping the location with probability drop_p."""
+    noisy = centres + rng.normal(0.0, jitter, centres.shape).astype(np.float32)
+    drop = rng.random(centres.shape[:2]) < drop_p
+    return noisy, drop
 
 
 def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainConfig,
-                     prompt: AttributePrompt) -> StepOut:
+                     prompt: AttributePrompt, rng: np.random.Generator | None = None) -> StepOut:
     """Stage 1: SAM2 (image encoder, memory, decoder) segments expressions prompted by
     AttributePrompt tokens, over a run of query frames with the memory bank in the graph."""
     from .preprocess import sam_pixels
@@ -599,7 +663,12 @@ def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainC
                                             for f in query]))
     gt = torch.from_numpy(np.stack([video.target(video.expressions[i][1])[query] for i in exprs])).float()
     h, w = gt.shape[-2:]
-    tok = prompt([video.attributes[i] for i in exprs])
+    attrs = [video.attributes[i] for i in exprs]
+    if cfg.locate and rng is not None:
+        centres = target_locations(video, [video.expressions[i][1] for i in exprs], query)
+        tok = prompt(attrs, *noisy_locations(rng, centres, cfg.locate_jitter, cfg.locate_drop))
+    else:  # one token for every frame (used as is: the gradient sums in the same order as before)
+        tok = prompt(attrs)
     bces, dices, auxs, ious, hit = [], [], [], [], []
 
     def on_frame(j, masks, iou):
@@ -607,18 +676,26 @@ def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainC
         with torch.no_grad():
             p_ = F.interpolate(masks[:, :1], (h, w), mode="bilinear", align_corners=False)[:, 0] > 0
             g_ = gt[:, j] > 0
-            hit.append(((p_ & g_).flatten(1).sum(1) / (p_ | g_).flatten(1).sum(1).clamp(min=1)).mean())
+            hit.append((p_ & g_).flatten(1).sum(1) / (p_ | g_).flatten(1).sum(1).clamp(min=1))
         bces.append(b)
         dices.append(d)
         auxs.append(a)
         ious.append(il)
 
-    memory_run(model, feats, k, lambda j: tok, cfg.memory, on_frame)
+    memory_run(model, feats, k, (lambda j: tok[:, j]) if tok.dim() == 3 else (lambda j: tok),
+               cfg.memory, on_frame)
     bce, dice = torch.cat(bces).mean(), torch.cat(dices).mean()
     aux, il = torch.cat(auxs).mean(), torch.cat(ious).mean()
     loss = cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.aux_mask_weight * aux + cfg.iou_weight * il
-    return StepOut(loss, {"loss": loss.item(), "bce": bce.item(), "dice": dice.item(),
-                          "aux": aux.item(), "iou": il.item(), "IoU": float(torch.stack(hit).mean())})
+    per_expr = torch.stack(hit).mean(0)  # [K]
+    hard = torch.tensor([not video.colour_suffices(i) for i in exprs])
+    parts = {"loss": loss.item(), "bce": bce.item(), "dice": dice.item(), "aux": aux.item(),
+             "iou": il.item(), "IoU": float(per_expr.mean())}
+    if hard.any():  # IoU on expressions that need shape or motion
+        parts["IoU_hard"] = float(per_expr[hard].mean())
+    if (~hard).any():
+        parts["IoU_colour"] = float(per_expr[~hard].mean())
+    return StepOut(loss, parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,7 +738,7 @@ def seed_everything(seed: int) -> None:
 class _Progress:
     """tqdm bar with smoothed loss values, and/or a plain log line every `every` steps."""
 
-    KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "sens")
+    KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_hard", "IoU_colour", "sens")
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
         from tqdm import tqdm
@@ -693,7 +770,7 @@ def pretrain_sam(ref, cfg: TrainConfig, *, progress: bool = True, log=None):
     prompted by AttributePrompt tokens, on training videos of its own data seed. GLUS starts from
     a pretrained SAM2 and a LISA whose [SEG] already prompts it; this stage stands in for both."""
     model = ref.model
-    prompt = AttributePrompt(model.sam.hidden_dim)
+    prompt = AttributePrompt(model.sam.hidden_dim, model.sam.sam_prompt_encoder.pe_layer if cfg.locate else None)
     params = [p for n, p in trainable_parameters(model)
               if n.startswith("sam.") and not n.startswith(UNUSED_PREFIXES)]
     opt = torch.optim.AdamW([{"params": params, "peak": cfg.sam_lr},
@@ -708,11 +785,11 @@ def pretrain_sam(ref, cfg: TrainConfig, *, progress: bool = True, log=None):
         video = make_train_video(cfg.train_data_seed + 500, step, n, cfg.size)
         start = int(rng.integers(0, n - cfg.n_query + 1))
         query = list(range(start, start + cfg.n_query))
-        exprs = [int(i) for i in rng.permutation(len(video.expressions))[:cfg.sam_exprs]]
+        exprs = sample_stage1_expressions(rng, video, cfg.sam_exprs, cfg.sam_hard_weight)
         step_cfg = cfg if step >= cfg.sam_memory_from else _replace(cfg, memory=False)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, g["peak"], cfg.warmup, cfg.sam_steps, cfg.min_lr_frac)
-        res = forward_sam_attr(ref, video, query, exprs, step_cfg, prompt)
+        res = forward_sam_attr(ref, video, query, exprs, step_cfg, prompt, rng)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -723,6 +800,16 @@ def pretrain_sam(ref, cfg: TrainConfig, *, progress: bool = True, log=None):
     bar.close()
     prompt.requires_grad_(False)
     return prompt, history
+
+
+def sample_stage1_expressions(rng: np.random.Generator, video, k: int, hard_weight: float) -> list[int]:
+    """k expressions of the video without replacement; those colour alone does not resolve
+    (shape or motion needed) drawn hard_weight times as often (1.0: uniform)."""
+    n = len(video.expressions)
+    if hard_weight == 1.0:
+        return [int(i) for i in rng.permutation(n)[:k]]
+    w = np.array([1.0 if video.colour_suffices(i) else hard_weight for i in range(n)])
+    return [int(i) for i in rng.choice(n, size=min(k, n), replace=False, p=w / w.sum())]
 
 
 def _replace(cfg: TrainConfig, **kw) -> TrainConfig:
@@ -876,6 +963,10 @@ def main(argv=None) -> None:
                    help="contrastive weight during the [SEG] bootstrap (until --point-until); "
                         "GLUS's own weight (0.1) applies after it")
     p.add_argument("--no-memory", action="store_true", help="train without the memory bank")
+    p.add_argument("--sam-hard-weight", type=float, default=d.sam_hard_weight,
+                   help="stage 1: sampling weight of expressions colour alone cannot resolve")
+    p.add_argument("--locate", action="store_true",
+                   help="experiment: the scaffold token also encodes where the target is")
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     p.add_argument("--weights-dtype", choices=["float16", "float32"], default=d.weights_dtype)
@@ -900,6 +991,7 @@ def main(argv=None) -> None:
         threads=a.threads, ckpt_every=a.ckpt_every, weights_dtype=a.weights_dtype,
         sam_steps=a.sam_steps, freeze_sam_steps=a.freeze_sam_steps, point_until=a.point_until,
         keep_stage1=a.keep_stage1, contrastive_weight_warmup=a.contrastive_warmup_weight,
+        locate=a.locate, sam_hard_weight=a.sam_hard_weight,
     )
     out = Path(a.out)
     t0 = time.time()

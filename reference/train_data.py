@@ -44,6 +44,16 @@ class TrainVideo:
     expressions: list[tuple[str, tuple[int, ...]]]  # (normalized expression, target obj_ids)
     pair: tuple[int, int]  # the same-shape distractor pair (obj_ids 1 and 2 in evalkit.synth)
     attributes: list[dict] = field(default_factory=list)  # per expression: colour/shape/motion
+    object_colours: dict[int, str] = field(default_factory=dict)  # obj_id -> colour name
+
+    def colour_suffices(self, i: int) -> bool:
+        """Does the colour of expression i alone name its target set? (False: the model must
+        read shape or motion too; what held-out figures show a model learns last.)"""
+        colour = self.attributes[i].get("colour")
+        if colour is None:
+            return False
+        named = {o for o, c in self.object_colours.items() if c == colour}
+        return named == set(self.expressions[i][1])
 
     def target(self, obj_ids: tuple[int, ...]) -> np.ndarray:
         """bool [T, H, W]: union of the objects' masks (MeViS: ground truth of a multi-object expression)."""
@@ -63,7 +73,8 @@ def make_train_video(seed: int, index: int, frames: int, size: tuple[int, int]) 
     images = [jpeg_roundtrip(img) for img in ann.images]
     exprs = [(rules.normalize_expression(e.text), tuple(e.obj_ids)) for e in v.expressions]
     attrs = [dict(v.meta["expressions"][e.exp_id]["attributes"], n=len(e.obj_ids)) for e in v.expressions]
-    return TrainVideo(ann.name, images, objects, exprs, (1, 2), attrs)
+    colours = {o["obj_id"]: o["colour"] for o in v.meta["objects"]}
+    return TrainVideo(ann.name, images, objects, exprs, (1, 2), attrs, colours)
 
 
 @dataclass

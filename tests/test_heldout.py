@@ -9,7 +9,7 @@ import pytest
 
 from evalkit import synth
 from evalkit.formats import load_dataset
-from evalkit.heldout import expression_kinds, score
+from evalkit.heldout import expression_kinds, expression_needs, score
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +59,30 @@ def test_expression_kinds_follow_the_attributes(data):
                 assert kinds[(video, exp_id)] == "motion"
             if a.get("motion") is None:  # no motion word: colour/shape must name it alone
                 assert kinds[(video, exp_id)] == "static"
+
+
+def test_expression_needs_split_static_by_colour_and_shape(data):
+    root, split = data[0]
+    kinds, needs = expression_kinds(root, split), expression_needs(root, split)
+    meta = json.loads((__import__("pathlib").Path(root) / split / "synth_meta.json").read_text())
+    assert needs.keys() == kinds.keys() and set(needs.values()) <= {"colour", "shape", "motion"}
+    for video, v in meta["videos"].items():
+        colours = {o["obj_id"]: o["colour"] for o in v["objects"]}
+        for exp_id, e in v["expressions"].items():
+            need = needs[(video, exp_id)]
+            assert (need == "motion") == (kinds[(video, exp_id)] == "motion")
+            c = e["attributes"].get("colour")
+            if need == "colour":  # the colour word alone picks out exactly the targets
+                assert c is not None and {o for o, x in colours.items() if x == c} == set(e["obj_ids"])
+            if need == "shape" and c is None:
+                assert e["attributes"].get("shape") is not None
+    # the pair shares a shape, so some expression in 3 videos needs more than colour
+    assert {"colour", "motion"} <= set(needs.values())
+
+
+def test_score_reports_the_needs_split(data):
+    seg, _ = _gt_segmenter(data)
+    r = score(seg, data)
+    assert sum(x["n"] for x in r["needs"].values()) == r["n_expressions"]
+    assert r["needs"]["motion"]["n"] == r["motion"]["n"]
+    assert all(x["JF"] == pytest.approx(1.0) for x in r["needs"].values())

@@ -33,7 +33,8 @@ def _overfit(tmp: Path, steps: int) -> list[float]:
     sample = make_sample(np.random.default_rng(0), video, 4, 3)
     prompts, bank = T.PromptCache(ref.tokenizer), T.SegBank(64)
     torch.manual_seed(1)
-    attr = T.AttributePrompt(ref.model.sam.hidden_dim).requires_grad_(False)
+    attr = T.AttributePrompt(ref.model.sam.hidden_dim,
+                             ref.model.sam.sam_prompt_encoder.pe_layer).requires_grad_(False)
     losses = []
     for _ in range(steps):
         out = T.forward_sample(ref, prompts, sample, TEST_CFG, bank, random.Random(0),
@@ -47,8 +48,8 @@ def _overfit(tmp: Path, steps: int) -> list[float]:
 
 def test_training_steps_reduce_every_loss_and_repeat_exactly(tmp_path):
     torch.set_num_threads(1)
-    a = _overfit(tmp_path / "a", 8)
-    b = _overfit(tmp_path / "b", 8)
+    a = _overfit(tmp_path / "a", 12)
+    b = _overfit(tmp_path / "b", 12)
     assert [x["loss"] for x in a] == [x["loss"] for x in b]  # same seed, same numbers
     first, last = a[0], a[-1]
     assert last["loss"] < 0.8 * first["loss"]
@@ -108,3 +109,48 @@ def test_shipped_model_segments_the_described_object():
         union_jf.append(np.mean([_jf(g, u) for g, u in zip(gt, everything)]))
     assert np.mean(model_jf) > 0.5
     assert np.mean(model_jf) > np.mean(union_jf) + 0.2
+
+
+def test_located_scaffold_encodes_where_the_target_is():
+    """--locate: the scaffold token = attributes + SAM2's point encoding of the target centre."""
+    T.seed_everything(0)
+    from sam2.modeling.position_encoding import PositionEmbeddingRandom
+
+    pe = PositionEmbeddingRandom(128)
+    prompt = T.AttributePrompt(256, pe)
+    video = make_train_video(7, 0, 8, (64, 64))
+    k = next(i for i, (_, ids) in enumerate(video.expressions) if len(ids) == 1)
+    (obj,) = video.expressions[k][1]
+    frames = [f for f in range(8) if video.objects[obj][f].any()][:2]
+    centres = T.target_locations(video, [video.expressions[k][1]], frames)
+    ys, xs = np.nonzero(video.objects[obj][frames[0]])  # hand-computed centroid, pixel centres
+    assert centres[0, 0, 0] == pytest.approx(((xs.mean() + 0.5) / 64, (ys.mean() + 0.5) / 64))
+    attrs = [video.attributes[k]]
+    base = prompt(attrs)
+    tok = prompt(attrs, centres)
+    assert tok.shape == (1, 2, 256)
+    expect = base[0] + prompt.loc_gain * pe._pe_encoding(torch.from_numpy(centres[0, 0, 0])) + prompt.where.weight[0]
+    assert torch.allclose(tok[0, 0], expect, atol=1e-5)
+    hidden = np.full_like(centres, np.nan)  # no visible target: the "absent" vector
+    assert torch.allclose(prompt(attrs, hidden)[0, 0], base[0] + prompt.where.weight[1], atol=1e-6)
+    dropped = prompt(attrs, centres, np.ones((1, 2), bool))  # dropped: attributes only
+    assert torch.allclose(dropped[0], base.expand(2, -1), atol=1e-6)
+    with pytest.raises(ValueError):
+        T.AttributePrompt(256)(attrs, centres)
+
+
+def test_stage1_hard_expressions_are_drawn_more_often():
+    video = make_train_video(7, 3, 8, (64, 64))
+    hard = {i for i in range(len(video.expressions)) if not video.colour_suffices(i)}
+    assert hard and len(hard) < len(video.expressions)
+    rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
+    uniform = T.sample_stage1_expressions(rng_a, video, 3, 1.0)
+    assert uniform == [int(i) for i in rng_b.permutation(len(video.expressions))[:3]]  # the old draw
+
+    def hard_share(weight):
+        rng = np.random.default_rng(1)
+        picks = [T.sample_stage1_expressions(rng, video, 3, weight) for _ in range(400)]
+        assert all(len(set(p)) == len(p) == 3 for p in picks)
+        return np.mean([i in hard for p in picks for i in p])
+
+    assert hard_share(4.0) > hard_share(1.0) + 0.05
