@@ -92,7 +92,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--merge", action="store_true",
                    help="add these variants to the model's existing results instead of replacing them")
+    p.add_argument("--report-only", action="store_true",
+                   help="score nothing: rewrite the model's .json/.md from its stored results")
     a = p.parse_args(argv)
+    if a.report_only:
+        a.merge, a.only = True, []
 
     import torch
 
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
             p.error(f"--ablation wants NAME=DIR, got {spec!r}")
         label = f"reference offline, {name}" if memory else f"reference, no memory bank, {name}"
         variants[label] = (lambda d=Path(d), m=memory: reference_segmenter(d / "glus", d / "clip", use_memory=m))
-    if a.only:
+    if a.only is not None:
         unknown = [v for v in a.only if v not in variants]
         if unknown:
             p.error(f"unknown variant(s) {unknown}; known: {list(variants)}")
@@ -154,6 +158,13 @@ def main(argv=None) -> int:
         if old["meta"]["data"] != meta["data"] or old["meta"].get("limit") != a.limit:
             p.error(f"--merge: {path} was measured on other data")
         results = {**old["results"], **results}
+        if a.report_only:  # nothing new was measured: keep the measurement date
+            meta["date"] = old["meta"]["date"]
+    from evalkit.heldout import needs_from_per_expression
+
+    for r in results.values():  # results stored before the colour / shape split
+        if "needs" not in r and "per_expression" in r:
+            r["needs"] = needs_from_per_expression(r, data)
         meta["ablations"] = sorted(set(old["meta"]["ablations"]) | set(a.ablation) | set(a.ablation_no_memory))
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     md = [f"## Held-out J&F: {model}", "",

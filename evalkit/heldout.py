@@ -101,3 +101,19 @@ def score(segment: Segmenter, data: Sequence[tuple[str, str]], *, limit: int | N
             k = summarize(mine)
             out["needs"][need] = {"J": k.J, "F": k.F, "JF": k.JF, "n": k.n_expressions}
     return out
+
+
+def needs_from_per_expression(result: dict, data: Sequence[tuple[str, str]]) -> dict:
+    """The "needs" split of a score() result stored before that split existed, from its
+    per-expression J and F (rounded to 4 decimals there: means within 5e-5 of score()'s)."""
+    needs = {}
+    for root, split in data:
+        needs.update({(split, *k): v for k, v in expression_needs(root, split).items()})
+    out = {}
+    for need in ("colour", "shape", "motion"):
+        rows = [(j, f) for sp, video, exp_id, _, j, f in result["per_expression"]
+                if needs[(sp, video, exp_id)] == need]
+        if rows:
+            j, f = (float(np.mean(x)) for x in zip(*rows))
+            out[need] = {"J": j, "F": f, "JF": (j + f) / 2, "n": len(rows)}
+    return out

@@ -9,7 +9,7 @@ import pytest
 
 from evalkit import synth
 from evalkit.formats import load_dataset
-from evalkit.heldout import expression_kinds, expression_needs, score
+from evalkit.heldout import expression_kinds, expression_needs, needs_from_per_expression, score
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,11 @@ def test_score_reports_the_needs_split(data):
     assert sum(x["n"] for x in r["needs"].values()) == r["n_expressions"]
     assert r["needs"]["motion"]["n"] == r["motion"]["n"]
     assert all(x["JF"] == pytest.approx(1.0) for x in r["needs"].values())
+
+
+def test_needs_split_from_stored_per_expression_scores(data):
+    empty = score(lambda frames, texts: [[np.zeros(f.shape[:2], bool) for f in frames] for _ in texts], data)
+    again = needs_from_per_expression(empty, data)
+    for need, x in empty["needs"].items():
+        assert again[need]["n"] == x["n"]
+        assert again[need]["JF"] == pytest.approx(x["JF"], abs=1e-4)
