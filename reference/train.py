@@ -688,13 +688,13 @@ def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainC
     aux, il = torch.cat(auxs).mean(), torch.cat(ious).mean()
     loss = cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.aux_mask_weight * aux + cfg.iou_weight * il
     per_expr = torch.stack(hit).mean(0)  # [K]
-    hard = torch.tensor([not video.colour_suffices(i) for i in exprs])
+    needs = [video.needs(i) for i in exprs]
     parts = {"loss": loss.item(), "bce": bce.item(), "dice": dice.item(), "aux": aux.item(),
              "iou": il.item(), "IoU": float(per_expr.mean())}
-    if hard.any():  # IoU on expressions that need shape or motion
-        parts["IoU_hard"] = float(per_expr[hard].mean())
-    if (~hard).any():
-        parts["IoU_colour"] = float(per_expr[~hard].mean())
+    for need in ("colour", "shape", "motion"):  # IoU by what the expression needs
+        mine = torch.tensor([n == need for n in needs])
+        if mine.any():
+            parts[f"IoU_{need}"] = float(per_expr[mine].mean())
     return StepOut(loss, parts)
 
 
@@ -738,7 +738,7 @@ def seed_everything(seed: int) -> None:
 class _Progress:
     """tqdm bar with smoothed loss values, and/or a plain log line every `every` steps."""
 
-    KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_hard", "IoU_colour", "sens")
+    KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens")
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
         from tqdm import tqdm

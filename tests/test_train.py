@@ -154,3 +154,23 @@ def test_stage1_hard_expressions_are_drawn_more_often():
         return np.mean([i in hard for p in picks for i in p])
 
     assert hard_share(4.0) > hard_share(1.0) + 0.05
+
+
+def test_train_video_needs_match_the_evaluation_split(tmp_path):
+    """TrainVideo.needs (stage-1 logging, hard-expression sampling) = evalkit.heldout's split."""
+    import json
+
+    from evalkit import synth
+    from evalkit.heldout import expression_needs
+
+    synth.generate(tmp_path, 4, 8, (64, 64), seed=77, split="s")
+    needs = expression_needs(tmp_path, "s")
+    meta = json.loads((tmp_path / "s" / "synth_meta.json").read_text())
+    seen = set()
+    for idx, (vid, v) in enumerate(sorted(meta["videos"].items())):
+        tv = make_train_video(77, idx, 8, (64, 64))
+        assert [e for e, _ in tv.expressions] == [v["expressions"][k]["exp"] for k in sorted(v["expressions"], key=int)]
+        got = [tv.needs(i) for i in range(len(tv.expressions))]
+        assert got == [needs[(vid, k)] for k in sorted(v["expressions"], key=int)]
+        seen |= set(got)
+    assert seen == {"colour", "shape", "motion"}
