@@ -160,12 +160,12 @@ def main(argv=None) -> int:
         results = {**old["results"], **results}
         if a.report_only:  # nothing new was measured: keep the measurement date
             meta["date"] = old["meta"]["date"]
+        meta["ablations"] = sorted(set(old["meta"]["ablations"]) | set(a.ablation) | set(a.ablation_no_memory))
     from evalkit.heldout import needs_from_per_expression
 
     for r in results.values():  # results stored before the colour / shape split
         if "needs" not in r and "per_expression" in r:
             r["needs"] = needs_from_per_expression(r, data)
-        meta["ablations"] = sorted(set(old["meta"]["ablations"]) | set(a.ablation) | set(a.ablation_no_memory))
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     md = [f"## Held-out J&F: {model}", "",
           f"{a.videos} synthetic videos x {a.frames} frames at {a.size} "

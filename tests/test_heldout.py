@@ -94,3 +94,35 @@ def test_needs_split_from_stored_per_expression_scores(data):
     for need, x in empty["needs"].items():
         assert again[need]["n"] == x["n"]
         assert again[need]["JF"] == pytest.approx(x["JF"], abs=1e-4)
+
+
+def test_benchmark_cli_writes_and_rewrites_its_report(data, tmp_path, monkeypatch):
+    """python -m benchmarks.heldout: a fresh run writes .json/.md with the colour / shape split;
+    --report-only rewrites them from the stored results and keeps the measurement date."""
+    from pathlib import Path
+
+    import benchmarks.heldout as H
+
+    root, split = data[0]
+    import reference.train_data as TD
+
+    monkeypatch.setattr(TD, "write_heldout", lambda *a, **k: data)
+    empty = lambda frames, texts: [[np.zeros(f.shape[:2], bool) for f in frames] for _ in texts]  # noqa: E731
+    monkeypatch.setattr(H, "reference_segmenter", lambda *a, **k: empty)
+    out = tmp_path / "out"
+    args = ["--model", str(tmp_path / "m"), "--data", root, "--out", str(out)]
+    assert H.main(args + ["--ablation", f"x={tmp_path}", "--only", "reference offline, x"]) == 0
+    stored = json.loads((out / "heldout-m.json").read_text())
+    r = stored["results"]["reference offline, x"]
+    assert r["needs"]["motion"]["n"] == r["motion"]["n"]
+    assert "static: shape needed" in (out / "heldout-m.md").read_text()
+    fresh = r.pop("needs")  # as stored before the split existed
+    stored["meta"]["date"] = "2000-01-01T00:00:00"
+    (out / "heldout-m.json").write_text(json.dumps(stored))
+    assert H.main(args + ["--report-only"]) == 0
+    again = json.loads((out / "heldout-m.json").read_text())
+    assert again["meta"]["date"] == "2000-01-01T00:00:00"
+    rebuilt = again["results"]["reference offline, x"]["needs"]
+    assert rebuilt.keys() == fresh.keys()
+    assert all(rebuilt[k]["JF"] == pytest.approx(fresh[k]["JF"], abs=1e-4) for k in fresh)
+    assert "2000-01-01" in (out / "heldout-m.md").read_text()
