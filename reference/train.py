@@ -1,7 +1,8 @@
 """Train a small GLUS on synthetic referring videos, the way GLUS trains (model/GLUS.py), on a CPU.
 
     python -m reference.train --out models/glus-tiny [--seed 0] [--steps N] [--sam-steps N]
-                              [--minutes M] [--no-contrastive] [--eval]
+                              [--minutes M] [--no-contrastive] [--no-memory] [--eval]
+                              [--sam-hard-weight W] [--locate]   (experiments, see TRAINING.md)
 
 Same topology as GLUS (CLIP-style ViT at 224/14 → 64 pooled tokens per frame → LLaMA → [SEG]
 hidden state → text_hidden_fcs → SAM2 mask decoder, SAM2 memory bank), same prompt (4 context
@@ -91,8 +92,6 @@ TRAIN_SHAPES = {
 TRAIN_SHAPES["small256"] = {**TRAIN_SHAPES["small"],
                              "sam2": dict(TRAIN_SHAPES["small"]["sam2"], image_size=256,
                                           window_spec=[8, 4, 14, 7])}
-TRAIN_SHAPES["small_llm4"] = {**TRAIN_SHAPES["small"],
-                               "llama": dict(TRAIN_SHAPES["small"]["llama"], num_hidden_layers=4)}
 # For tests only: the same code path in seconds.
 TRAIN_SHAPES["test"] = {
     "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -575,9 +574,9 @@ def mask_losses(cfg: TrainConfig, masks: torch.Tensor, iou: torch.Tensor, tgt: t
 
 
 def target_locations(video, targets: list[tuple[int, ...]], frames: list[int]):
-    """Where each target is in each frame: (centres [K, Q, 2] in [0, 1] (x, y), the centroid of
-    each visible object's mask, NaN when an object is not visible; weights [K, Q, O]: 1 for
-    visible objects of the target). Multi-object targets keep one centre per object."""
+    """Where each target is in each frame: centres [K, Q, O, 2], (x, y) in [0, 1], the centroid
+    of each of the target's O objects' visible pixels; NaN where an object is not visible (and
+    in the padding of targets with fewer objects)."""
     h, w = next(iter(video.objects.values())).shape[-2:]
     n_obj = max(len(t) for t in targets)
     centres = np.full((len(targets), len(frames), n_obj, 2), np.nan, dtype=np.float32)
