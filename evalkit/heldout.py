@@ -20,41 +20,22 @@ from tqdm import tqdm
 from .formats import load_dataset
 from .formats.predictions import write_predictions
 from .scoring import evaluate, summarize
+from .synth import expression_need
 
 Segmenter = Callable[[list, list], list]
 
 
-def expression_kinds(root: str | Path, split: str) -> dict[tuple[str, str], str]:
-    """(video, exp_id) → "static" | "motion", from the generator's synth_meta.json."""
-    meta = json.loads((Path(root) / split / "synth_meta.json").read_text())
-    kinds = {}
-    for video, v in meta["videos"].items():
-        for exp_id, e in v["expressions"].items():
-            a = e["attributes"]
-            named = {o["obj_id"] for o in v["objects"]
-                     if (a.get("colour") is None or o["colour"] == a["colour"])
-                     and (a.get("shape") is None or o["shape"] == a["shape"])}
-            kinds[(video, exp_id)] = "static" if named == set(e["obj_ids"]) else "motion"
-    return kinds
-
-
 def expression_needs(root: str | Path, split: str) -> dict[tuple[str, str], str]:
-    """(video, exp_id) → what a model must read to find the target: "colour" (the colour word
-    alone names it), "shape" (colour alone does not, colour and shape do: shape words or a
-    shape-only expression) or "motion" (only the motion tells it from a look-alike). "colour"
-    and "shape" split expression_kinds' "static"."""
+    """(video, exp_id) → "colour" | "shape" | "motion" (evalkit.synth.expression_need), from the
+    generator's synth_meta.json."""
     meta = json.loads((Path(root) / split / "synth_meta.json").read_text())
-    kinds = expression_kinds(root, split)
-    needs = {}
-    for video, v in meta["videos"].items():
-        for exp_id, e in v["expressions"].items():
-            if kinds[(video, exp_id)] == "motion":
-                needs[(video, exp_id)] = "motion"
-                continue
-            colour = e["attributes"].get("colour")
-            by_colour = {o["obj_id"] for o in v["objects"] if o["colour"] == colour}
-            needs[(video, exp_id)] = "colour" if colour is not None and by_colour == set(e["obj_ids"]) else "shape"
-    return needs
+    return {(video, exp_id): expression_need(v["objects"], e["attributes"], e["obj_ids"])
+            for video, v in meta["videos"].items() for exp_id, e in v["expressions"].items()}
+
+
+def expression_kinds(root: str | Path, split: str) -> dict[tuple[str, str], str]:
+    """(video, exp_id) → "static" (colour and shape name the target) | "motion"."""
+    return {k: "motion" if n == "motion" else "static" for k, n in expression_needs(root, split).items()}
 
 
 def _frames(ds, video: str) -> list[np.ndarray]:
@@ -70,8 +51,9 @@ def score(segment: Segmenter, data: Sequence[tuple[str, str]], *, limit: int | N
     with tempfile.TemporaryDirectory() as tmp:
         for root, split in data:
             ds = load_dataset("mevis", root, split)
-            kinds.update({(split, *k): v for k, v in expression_kinds(root, split).items()})
-            needs.update({(split, *k): v for k, v in expression_needs(root, split).items()})
+            for k, n in expression_needs(root, split).items():
+                needs[(split, *k)] = n
+                kinds[(split, *k)] = "motion" if n == "motion" else "static"
             exprs = ds.expressions[:limit] if limit else ds.expressions
             videos = list(dict.fromkeys(e.video for e in exprs))
             pred = Path(tmp) / split

@@ -99,6 +99,20 @@ def resolve(objects: Sequence[dict], attrs: dict) -> list[int] | None:
     return strict
 
 
+def expression_need(objects: Sequence[dict], attrs: dict, obj_ids) -> str:
+    """What a viewer must read to find an expression's targets among `objects`: "colour" (its
+    colour word alone names them), "shape" (colour and shape do) or "motion" (only the motion
+    tells them from a look-alike). Evaluation splits scores by it; training can weight by it."""
+    target = set(obj_ids)
+
+    def named(*keys):
+        return {o["obj_id"] for o in objects if matches(o, {k: attrs.get(k) for k in keys})}
+
+    if named("colour", "shape") != target:
+        return "motion"
+    return "colour" if attrs.get("colour") is not None and named("colour") == target else "shape"
+
+
 def phrase(attrs: dict, n_targets: int, phrasing: int, count_word: bool) -> str:
     """Text of an attribute set: [the|the two] [colour] shape|object(s) [motion phrase]."""
     plural = n_targets > 1

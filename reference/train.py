@@ -807,7 +807,7 @@ def sample_stage1_expressions(rng: np.random.Generator, video, k: int, hard_weig
     n = len(video.expressions)
     if hard_weight == 1.0:
         return [int(i) for i in rng.permutation(n)[:k]]
-    w = np.array([1.0 if video.colour_suffices(i) else hard_weight for i in range(n)])
+    w = np.array([1.0 if video.needs(i) == "colour" else hard_weight for i in range(n)])
     return [int(i) for i in rng.choice(n, size=min(k, n), replace=False, p=w / w.sum())]
 
 

@@ -44,26 +44,11 @@ class TrainVideo:
     expressions: list[tuple[str, tuple[int, ...]]]  # (normalized expression, target obj_ids)
     pair: tuple[int, int]  # the same-shape distractor pair (obj_ids 1 and 2 in evalkit.synth)
     attributes: list[dict] = field(default_factory=list)  # per expression: colour/shape/motion
-    object_colours: dict[int, str] = field(default_factory=dict)  # obj_id -> colour name
-    object_shapes: dict[int, str] = field(default_factory=dict)  # obj_id -> shape name
+    objects_meta: list[dict] = field(default_factory=list)  # synth_meta's objects (colour, shape, motion)
 
     def needs(self, i: int) -> str:
-        """What a model must read to find expression i's target (evalkit.heldout's split):
-        "colour" (its colour word alone names it), "shape" (colour and shape do) or "motion"."""
-        a, target = self.attributes[i], set(self.expressions[i][1])
-
-        def named(*keys):
-            return {o for o in self.object_colours
-                    if all(a.get(k) is None or getattr(self, f"object_{k}s")[o] == a[k] for k in keys)}
-
-        if a.get("colour") is not None and named("colour") == target:
-            return "colour"
-        return "shape" if named("colour", "shape") == target else "motion"
-
-    def colour_suffices(self, i: int) -> bool:
-        """Does the colour of expression i alone name its target set? (False: the model must
-        read shape or motion too; what held-out figures show a model learns last.)"""
-        return self.needs(i) == "colour"
+        """"colour" | "shape" | "motion": what expression i needs (evalkit's held-out split)."""
+        return synth.expression_need(self.objects_meta, self.attributes[i], self.expressions[i][1])
 
     def target(self, obj_ids: tuple[int, ...]) -> np.ndarray:
         """bool [T, H, W]: union of the objects' masks (MeViS: ground truth of a multi-object expression)."""
@@ -83,9 +68,7 @@ def make_train_video(seed: int, index: int, frames: int, size: tuple[int, int]) 
     images = [jpeg_roundtrip(img) for img in ann.images]
     exprs = [(rules.normalize_expression(e.text), tuple(e.obj_ids)) for e in v.expressions]
     attrs = [dict(v.meta["expressions"][e.exp_id]["attributes"], n=len(e.obj_ids)) for e in v.expressions]
-    colours = {o["obj_id"]: o["colour"] for o in v.meta["objects"]}
-    shapes = {o["obj_id"]: o["shape"] for o in v.meta["objects"]}
-    return TrainVideo(ann.name, images, objects, exprs, (1, 2), attrs, colours, shapes)
+    return TrainVideo(ann.name, images, objects, exprs, (1, 2), attrs, v.meta["objects"])
 
 
 @dataclass

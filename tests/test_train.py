@@ -141,7 +141,7 @@ def test_located_scaffold_encodes_where_the_target_is():
 
 def test_stage1_hard_expressions_are_drawn_more_often():
     video = make_train_video(7, 3, 8, (64, 64))
-    hard = {i for i in range(len(video.expressions)) if not video.colour_suffices(i)}
+    hard = {i for i in range(len(video.expressions)) if video.needs(i) != "colour"}
     assert hard and len(hard) < len(video.expressions)
     rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
     uniform = T.sample_stage1_expressions(rng_a, video, 3, 1.0)
