@@ -70,6 +70,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from .make_tiny import glus_config
 from . import rules
+from .dense_aux import DenseAttributeHead, dense_labels
 from .model import POOL, ImageFeatures
 from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
 
@@ -128,6 +129,10 @@ class TrainConfig:
     sam_exprs: int = 6  # expressions per stage-1 sample
     sam_memory_from: int = 400  # first frame by frame, then with the memory bank
     sam_hard_weight: float = 1.0  # stage-1 sampling weight of expressions colour alone cannot resolve
+    # experiment (off in the shipped model): reference.dense_aux's per-cell colour / shape /
+    # velocity supervision of SAM2's features in stage 1, its weight and label grid
+    dense_weight: float = 0.0
+    dense_grid: int = 16
     keep_stage1: bool = False  # also write OUT/stage1_sam.pt (SAM2 after stage 1)
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
     weight_decay: float = 0.0
@@ -513,10 +518,12 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
     return StepOut(loss, parts)
 
 
-def memory_run(model, feats: ImageFeatures, k: int, prompt_at, memory: bool, on_frame) -> None:
+def memory_run(model, feats: ImageFeatures, k: int, prompt_at, memory: bool, on_frame,
+               on_cond=None) -> None:
     """SAM2 over the q query frames of `feats` in order, K prompts each (`prompt_at(j)`), with
     GLUS's memory rule and the memory bank inside the autograd graph. `on_frame(j, masks, iou)`
-    sees each frame's decoder outputs before the next frame's memory is encoded."""
+    sees each frame's decoder outputs before the next frame's memory is encoded; `on_cond(j,
+    cond)` each memory-conditioned feature map (frames that read at least one memory)."""
     q = feats.tokens[0].shape[1]
     mem: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for j in range(q):
@@ -527,6 +534,8 @@ def memory_run(model, feats: ImageFeatures, k: int, prompt_at, memory: bool, on_
         )
         keys = [m for m in rules.memory_frame_indices(j) if m in mem] if memory else []
         cond = model.condition(fj, [mem[m] for m in keys])
+        if on_cond is not None and keys:
+            on_cond(j, cond)
         masks, iou = decode_all(model, fj, cond, prompt_at(j))
         on_frame(j, masks, iou)
         if memory and j + 1 < q:
@@ -651,7 +660,8 @@ def noisy_locations(rng: np.random.Generator, centres: np.ndarray, jitter: float
 
 
 def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainConfig,
-                     prompt: AttributePrompt, rng: np.random.Generator | None = None) -> StepOut:
+                     prompt: AttributePrompt, rng: np.random.Generator | None = None,
+                     dense=None) -> StepOut:
     """Stage 1: SAM2 (image encoder, memory, decoder) segments expressions prompted by
     AttributePrompt tokens, over a run of query frames with the memory bank in the graph."""
     from .preprocess import sam_pixels
@@ -669,6 +679,17 @@ def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainC
     else:  # one token for every frame (used as is: the gradient sums in the same order as before)
         tok = prompt(attrs)
     bces, dices, auxs, ious, hit = [], [], [], [], []
+    dense_terms, dense_parts, on_cond = [], {}, None
+    if dense is not None:  # reference.dense_aux (experiment)
+        labels = torch.from_numpy(dense_labels(video, query, cfg.dense_grid))
+        static, dense_parts = dense.static_loss(feats.tokens[-1], feats.sizes[-1], labels)
+        dense_terms.append(static)
+        vel_acc = []
+
+        def on_cond(j, cond):
+            loss_v, acc = dense.velocity_loss(cond, feats.sizes[-1], labels[2, j])
+            dense_terms.append(loss_v)
+            vel_acc.append(acc)
 
     def on_frame(j, masks, iou):
         b, d, a, il = mask_losses(cfg, masks, iou, gt[:, j])
@@ -682,14 +703,18 @@ def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainC
         ious.append(il)
 
     memory_run(model, feats, k, (lambda j: tok[:, j]) if tok.dim() == 3 else (lambda j: tok),
-               cfg.memory, on_frame)
+               cfg.memory, on_frame, on_cond)
     bce, dice = torch.cat(bces).mean(), torch.cat(dices).mean()
     aux, il = torch.cat(auxs).mean(), torch.cat(ious).mean()
     loss = cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.aux_mask_weight * aux + cfg.iou_weight * il
+    if dense_terms:
+        loss = loss + cfg.dense_weight * sum(dense_terms)
+        if dense_terms[1:]:
+            dense_parts["d_vel"] = float(np.nanmean(vel_acc))
     per_expr = torch.stack(hit).mean(0)  # [K]
     needs = [video.needs(i) for i in exprs]
     parts = {"loss": loss.item(), "bce": bce.item(), "dice": dice.item(), "aux": aux.item(),
-             "iou": il.item(), "IoU": float(per_expr.mean())}
+             "iou": il.item(), "IoU": float(per_expr.mean()), **dense_parts}
     for need in ("colour", "shape", "motion"):  # IoU by what the expression needs
         mine = torch.tensor([n == need for n in needs])
         if mine.any():
@@ -737,7 +762,8 @@ def seed_everything(seed: int) -> None:
 class _Progress:
     """tqdm bar with smoothed loss values, and/or a plain log line every `every` steps."""
 
-    KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens")
+    KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens",
+            "d_col", "d_shape", "d_vel")
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
         from tqdm import tqdm
@@ -770,10 +796,13 @@ def pretrain_sam(ref, cfg: TrainConfig, *, progress: bool = True, log=None):
     a pretrained SAM2 and a LISA whose [SEG] already prompts it; this stage stands in for both."""
     model = ref.model
     prompt = AttributePrompt(model.sam.hidden_dim, model.sam.sam_prompt_encoder.pe_layer if cfg.locate else None)
+    # built only when used: its random init would shift every later draw of the default recipe
+    dense = DenseAttributeHead(model.sam.hidden_dim) if cfg.dense_weight > 0 else None
+    aux_params = list(prompt.parameters()) + (list(dense.parameters()) if dense is not None else [])
     params = [p for n, p in trainable_parameters(model)
               if n.startswith("sam.") and not n.startswith(UNUSED_PREFIXES)]
     opt = torch.optim.AdamW([{"params": params, "peak": cfg.sam_lr},
-                             {"params": list(prompt.parameters()), "peak": cfg.llm_lr}],
+                             {"params": aux_params, "peak": cfg.llm_lr}],
                             lr=cfg.sam_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed + 7)
     bar = _Progress(cfg.sam_steps, "sam2", progress, log)
@@ -788,7 +817,7 @@ def pretrain_sam(ref, cfg: TrainConfig, *, progress: bool = True, log=None):
         step_cfg = cfg if step >= cfg.sam_memory_from else _replace(cfg, memory=False)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, g["peak"], cfg.warmup, cfg.sam_steps, cfg.min_lr_frac)
-        res = forward_sam_attr(ref, video, query, exprs, step_cfg, prompt, rng)
+        res = forward_sam_attr(ref, video, query, exprs, step_cfg, prompt, rng, dense)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -964,6 +993,9 @@ def main(argv=None) -> None:
     p.add_argument("--no-memory", action="store_true", help="train without the memory bank")
     p.add_argument("--sam-hard-weight", type=float, default=d.sam_hard_weight,
                    help="stage 1: sampling weight of expressions colour alone cannot resolve")
+    p.add_argument("--dense-weight", type=float, default=d.dense_weight,
+                   help="experiment: per-cell colour/shape/velocity supervision of SAM2's features "
+                        "in stage 1 (reference.dense_aux), this weight; 0: off")
     p.add_argument("--locate", action="store_true",
                    help="experiment: the scaffold token also encodes where the target is")
     p.add_argument("--threads", type=int, default=d.threads)
@@ -990,7 +1022,7 @@ def main(argv=None) -> None:
         threads=a.threads, ckpt_every=a.ckpt_every, weights_dtype=a.weights_dtype,
         sam_steps=a.sam_steps, freeze_sam_steps=a.freeze_sam_steps, point_until=a.point_until,
         keep_stage1=a.keep_stage1, contrastive_weight_warmup=a.contrastive_warmup_weight,
-        locate=a.locate, sam_hard_weight=a.sam_hard_weight,
+        locate=a.locate, sam_hard_weight=a.sam_hard_weight, dense_weight=a.dense_weight,
     )
     out = Path(a.out)
     t0 = time.time()

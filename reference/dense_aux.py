@@ -1,0 +1,93 @@
+"""Stage-1 experiment (not GLUS, off by default): dense attribute supervision of SAM2's features.
+
+GLUS starts from a SAM2 pretrained on SA-V, whose image features already tell objects apart; our
+SAM2 is trained from scratch, prompted by a scaffold token, and learns colour but plateaus on
+shape and motion (TRAINING.md). This head asks the features the decoder attends to to say, per
+cell, the colour and shape of the object there (the image encoder's lowest-resolution level) and
+which way it is moving (the same level after memory attention: only the memory bank can see
+motion). The head is a linear map (1x1 conv), so what it reads must be linearly present in the
+features the decoder's token-to-image attention reads. Not saved: it only shapes stage 1.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from evalkit import synth
+
+VELOCITIES = ("still", "left", "right", "up", "down")
+IGNORE = -100
+
+
+def velocity_class(trajectory: np.ndarray, t: int, still_px: float = 0.5) -> int:
+    """Index in VELOCITIES of the motion between frame t-1 and t (t = 0: between 0 and 1), from a
+    (T, 2) array of centres (x, y) in pixels; image y grows downwards."""
+    a, b = (0, 1) if t == 0 else (t - 1, t)
+    if len(trajectory) < 2:
+        return 0
+    dx, dy = trajectory[b] - trajectory[a]
+    if max(abs(dx), abs(dy)) < still_px:
+        return 0
+    if abs(dx) >= abs(dy):
+        return 1 if dx < 0 else 2
+    return 3 if dy < 0 else 4
+
+
+def dense_labels(video, frames: list[int], grid: int) -> np.ndarray:
+    """int64 [3, Q, grid, grid]: colour, shape and velocity class (1-based; 0 = background) of
+    the object covering each cell of each frame; IGNORE where a cell is mixed (no object covers
+    half of it, yet objects cover a fifth or more)."""
+    ids = sorted(video.objects)
+    meta = {o["obj_id"]: o for o in video.objects_meta}
+    colours, shapes = list(synth.COLOURS), list(synth.SHAPES)
+    out = np.full((3, len(frames), grid, grid), IGNORE, dtype=np.int64)
+    for j, f in enumerate(frames):
+        cover = np.stack([cv2.resize(video.objects[o][f].astype(np.float32), (grid, grid),
+                                     interpolation=cv2.INTER_AREA) for o in ids])  # [O, g, g]
+        best, top = cover.argmax(0), cover.max(0)
+        for k, o in enumerate(ids):
+            m = meta[o]
+            cell = (best == k) & (top >= 0.5)
+            traj = np.asarray(m["trajectory"], dtype=np.float64)
+            out[0, j][cell] = colours.index(m["colour"]) + 1
+            out[1, j][cell] = shapes.index(m["shape"]) + 1
+            out[2, j][cell] = velocity_class(traj, f) + 1
+        out[:, j][:, cover.sum(0) < 0.2] = 0
+    return out
+
+
+class DenseAttributeHead(torch.nn.Module):
+    """Linear per-cell classifiers over a (HW, B, C) token map: colour, shape, velocity."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.colour = torch.nn.Linear(dim, len(synth.COLOURS) + 1)
+        self.shape = torch.nn.Linear(dim, len(synth.SHAPES) + 1)
+        self.velocity = torch.nn.Linear(dim, len(VELOCITIES) + 1)
+
+    @staticmethod
+    def _ce(head, tokens: torch.Tensor, size: tuple[int, int], labels: torch.Tensor):
+        """tokens (HW, B, C); labels [B, g, g] (the logits are resized to g x g)."""
+        h, w = size
+        logits = head(tokens).permute(1, 2, 0).reshape(tokens.shape[1], -1, h, w)
+        logits = F.interpolate(logits, labels.shape[-2:], mode="bilinear", align_corners=False)
+        valid = labels != IGNORE
+        if not valid.any():
+            return logits.sum() * 0, float("nan")
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        obj = valid & (labels > 0)  # accuracy where an object is (background is most cells)
+        acc = float((logits.argmax(1) == labels)[obj].float().mean()) if obj.any() else float("nan")
+        return loss, acc
+
+    def static_loss(self, tokens: torch.Tensor, size, labels: torch.Tensor):
+        """Colour + shape CE on the frames' image features; tokens (HW, Q, C), labels [3, Q, g, g]."""
+        lc, ac = self._ce(self.colour, tokens, size, labels[0])
+        ls, as_ = self._ce(self.shape, tokens, size, labels[1])
+        return lc + ls, {"d_col": ac, "d_shape": as_}
+
+    def velocity_loss(self, cond: torch.Tensor, size, labels: torch.Tensor):
+        """Velocity CE on memory-conditioned features (HW, K, C) of one frame; labels [g, g]."""
+        return self._ce(self.velocity, cond, size, labels.expand(cond.shape[1], -1, -1))
