@@ -28,11 +28,12 @@ scratch, in two stages, in one command:
 
 1. SAM2 pretraining (`--sam-steps`): image encoder, memory bank and decoder learn to segment
    expressions prompted by a scaffold token (AttributePrompt: learned colour / shape / motion
-   vectors summed; not part of GLUS, not saved) on videos of another data seed.
+   vectors summed; not part of GLUS, not saved) on videos of another data seed; expressions
+   that colour alone cannot resolve are drawn 3x as often (`--sam-hard-weight`).
 2. GLUS training (`--steps`), every part, with the losses above. Its start bootstraps [SEG]
    (measured: from scratch the decoder learns to ignore a [SEG] token that does not yet tell
    objects apart and stays in that saddle for hundreds of steps): the first `mask_warmup` steps
-   train the LLM side only (ce + contrastive x1.0 + a distillation loss towards the scaffold
+   train the LLM side only (ce + contrastive x0.1 + a distillation loss towards the scaffold
    token of the expression), SAM2 stays frozen until `freeze_sam_steps`, and the distillation
    weight decays linearly to 0 at `point_until`; from there on only GLUS's losses train.
 
@@ -124,11 +125,11 @@ class TrainConfig:
     min_lr_frac: float = 0.05
     warmup: int = 50
     # stage 1: SAM2 pretraining, prompted by AttributePrompt tokens
-    sam_steps: int = 800
+    sam_steps: int = 2400  # 800 until session 4 (held-out J&F 0.566); 3x: experiment D, +0.056
     sam_lr: float = 3e-4
     sam_exprs: int = 6  # expressions per stage-1 sample
     sam_memory_from: int = 400  # first frame by frame, then with the memory bank
-    sam_hard_weight: float = 1.0  # stage-1 sampling weight of expressions colour alone cannot resolve
+    sam_hard_weight: float = 3.0  # stage-1 sampling weight of expressions colour alone cannot resolve
     # experiment (off in the shipped model): reference.dense_aux's per-cell colour / shape /
     # velocity supervision of SAM2's features in stage 1, its weight and label grid
     dense_weight: float = 0.0
@@ -151,7 +152,7 @@ class TrainConfig:
     freeze_sam_steps: int = 500
     point_weight: float = 1.0
     point_until: int = 1000
-    contrastive_weight_warmup: float = 1.0  # the shipped model's; GLUS's 0.1 measured +0.039 once
+    contrastive_weight_warmup: float = 0.1  # GLUS's weight throughout (1.0 until session 4)
     # experiment (off in the shipped model): the scaffold token also says where the target is
     # (see AttributePrompt); stage-1 location noise
     locate: bool = False
