@@ -71,7 +71,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from .make_tiny import glus_config
 from . import rules
-from .dense_aux import DenseAttributeHead, dense_labels
+from .dense_aux import DenseAttributeHead, dense_labels, pretrain_encoder
 from .model import POOL, ImageFeatures
 from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
 
@@ -134,6 +134,8 @@ class TrainConfig:
     # velocity supervision of SAM2's features in stage 1, its weight and label grid
     dense_weight: float = 0.0
     dense_grid: int = 16
+    encoder_steps: int = 0  # experiment: stage 0, the image encoder alone on the dense colour/shape head
+    encoder_lr: float = 1e-3
     keep_stage1: bool = False  # also write OUT/stage1_sam.pt (SAM2 after stage 1)
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
     weight_decay: float = 0.0
@@ -798,7 +800,11 @@ def pretrain_sam(ref, cfg: TrainConfig, *, progress: bool = True, log=None):
     model = ref.model
     prompt = AttributePrompt(model.sam.hidden_dim, model.sam.sam_prompt_encoder.pe_layer if cfg.locate else None)
     # built only when used: its random init would shift every later draw of the default recipe
-    dense = DenseAttributeHead(model.sam.hidden_dim) if cfg.dense_weight > 0 else None
+    dense = DenseAttributeHead(model.sam.hidden_dim) if cfg.dense_weight > 0 or cfg.encoder_steps else None
+    encoder_history = (pretrain_encoder(model, dense, cfg, progress=progress, log=log)
+                       if cfg.encoder_steps else [])
+    if cfg.dense_weight == 0:
+        dense = None  # stage 0 only
     aux_params = list(prompt.parameters()) + (list(dense.parameters()) if dense is not None else [])
     params = [p for n, p in trainable_parameters(model)
               if n.startswith("sam.") and not n.startswith(UNUSED_PREFIXES)]
@@ -828,6 +834,7 @@ def pretrain_sam(ref, cfg: TrainConfig, *, progress: bool = True, log=None):
         bar.update(step, parts)
     bar.close()
     prompt.requires_grad_(False)
+    prompt.encoder_history = encoder_history  # stage 0 (experiment), for train_log.json
     return prompt, history
 
 
@@ -931,7 +938,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     log_path.write_text(json.dumps({
         "config": asdict(cfg), "sam_steps_done": len(sam_history), "steps_done": step + 1,
         "sam_seconds": round(sam_seconds, 1), "train_seconds": round(wall, 1),
-        "sam_history": sam_history, "history": history}))
+        "sam_history": sam_history, "history": history,
+        **({"encoder_history": prompt.encoder_history} if cfg.encoder_steps else {})}))
     return ref, history
 
 
@@ -997,6 +1005,9 @@ def main(argv=None) -> None:
     p.add_argument("--dense-weight", type=float, default=d.dense_weight,
                    help="experiment: per-cell colour/shape/velocity supervision of SAM2's features "
                         "in stage 1 (reference.dense_aux), this weight; 0: off")
+    p.add_argument("--encoder-steps", type=int, default=d.encoder_steps,
+                   help="experiment: stage 0, SAM2's image encoder alone learns per-cell colour and "
+                        "shape for this many steps before stage 1 (reference.dense_aux)")
     p.add_argument("--locate", action="store_true",
                    help="experiment: the scaffold token also encodes where the target is")
     p.add_argument("--threads", type=int, default=d.threads)
@@ -1024,6 +1035,7 @@ def main(argv=None) -> None:
         sam_steps=a.sam_steps, freeze_sam_steps=a.freeze_sam_steps, point_until=a.point_until,
         keep_stage1=a.keep_stage1, contrastive_weight_warmup=a.contrastive_warmup_weight,
         locate=a.locate, sam_hard_weight=a.sam_hard_weight, dense_weight=a.dense_weight,
+        encoder_steps=a.encoder_steps,
     )
     out = Path(a.out)
     t0 = time.time()
