@@ -2,7 +2,7 @@
 
     python -m reference.train --out models/glus-tiny [--seed 0] [--steps N] [--sam-steps N]
                               [--minutes M] [--no-contrastive] [--no-memory] [--eval]
-                              [--sam-hard-weight W] [--locate]   (experiments, see TRAINING.md)
+                              [--locate] [--dense-weight W] [--encoder-steps N]   (experiments, see TRAINING.md)
 
 Same topology as GLUS (CLIP-style ViT at 224/14 → 64 pooled tokens per frame → LLaMA → [SEG]
 hidden state → text_hidden_fcs → SAM2 mask decoder, SAM2 memory bank), same prompt (4 context
@@ -125,7 +125,7 @@ class TrainConfig:
     min_lr_frac: float = 0.05
     warmup: int = 50
     # stage 1: SAM2 pretraining, prompted by AttributePrompt tokens
-    sam_steps: int = 2400  # 800 until session 4 (held-out J&F 0.566); 3x: experiment D, +0.056
+    sam_steps: int = 2400  # 800 until session 4; with the two below (D's recipe) J&F 0.566 -> 0.602
     sam_lr: float = 3e-4
     sam_exprs: int = 6  # expressions per stage-1 sample
     sam_memory_from: int = 400  # first frame by frame, then with the memory bank
