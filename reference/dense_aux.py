@@ -1,4 +1,4 @@
-"""Stage-1 experiment (not GLUS, off by default): dense attribute supervision of SAM2's features.
+"""Dense attribute supervision of SAM2's features (not GLUS; stage 0 and stage 1 of reference.train).
 
 GLUS starts from a SAM2 pretrained on SA-V, whose image features already tell objects apart; our
 SAM2 is trained from scratch, prompted by a scaffold token, and learns colour but plateaus on
@@ -6,7 +6,9 @@ shape and motion (TRAINING.md). This head asks the features the decoder attends 
 cell, the colour and shape of the object there (the image encoder's lowest-resolution level) and
 which way it is moving (the same level after memory attention: only the memory bank can see
 motion). The head is a linear map (1x1 conv), so what it reads must be linearly present in the
-features the decoder's token-to-image attention reads. Not saved: it only shapes stage 1.
+features the decoder's token-to-image attention reads. Not saved: it only shapes training.
+From scratch, per-cell shape appears only after ~1,400 steps of it, hence stage 0
+(pretrain_encoder), where those steps are cheap (models/glus-tiny/TRAINING.md, session 4).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class DenseAttributeHead(torch.nn.Module):
 
 
 def pretrain_encoder(model, head: DenseAttributeHead, cfg, *, progress: bool = True, log=None) -> list[dict]:
-    """Stage 0 (experiment, `--encoder-steps`): SAM2's image encoder alone learns per-cell colour
+    """Stage 0 (`--encoder-steps`): SAM2's image encoder alone learns per-cell colour
     and shape (the head's static loss) on frames of yet another data seed, before stage 1.
     Measured in a probe: per-cell shape starts to emerge only after ~1,400 such steps, too late
     inside stage 1's shared budget; encoder-only steps are ~6x cheaper than stage-1 steps."""

@@ -18,7 +18,8 @@ SHIPPED = REPO / "models" / "glus-tiny"
 
 TEST_CFG = T.TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, exprs=3,
                          mask_warmup=0, warmup=1, ckpt_every=0, threads=1, sam_steps=2,
-                         sam_memory_from=1, sam_exprs=3, freeze_sam_steps=1, point_until=2)
+                         sam_memory_from=1, sam_exprs=3, freeze_sam_steps=1, point_until=2,
+                         encoder_steps=2)
 
 
 def _overfit(tmp: Path, steps: int) -> list[float]:
