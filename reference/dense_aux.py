@@ -8,7 +8,7 @@ which way it is moving (the same level after memory attention: only the memory b
 motion). The head is a linear map (1x1 conv), so what it reads must be linearly present in the
 features the decoder's token-to-image attention reads. Not saved: it only shapes training.
 From scratch, per-cell shape appears only after ~1,400 steps of it, hence stage 0
-(pretrain_encoder), where those steps are cheap (models/glus-tiny/TRAINING.md, session 4).
+(reference.train.pretrain_encoder), where those steps are cheap (models/glus-tiny/TRAINING.md, session 4).
 """
 
 from __future__ import annotations
@@ -94,36 +94,3 @@ class DenseAttributeHead(torch.nn.Module):
         """Velocity CE on memory-conditioned features (HW, K, C) of one frame; labels [g, g]."""
         return self._ce(self.velocity, cond, size, labels.expand(cond.shape[1], -1, -1))
 
-
-def pretrain_encoder(model, head: DenseAttributeHead, cfg, *, progress: bool = True, log=None) -> list[dict]:
-    """Stage 0 (`--encoder-steps`): SAM2's image encoder alone learns per-cell colour
-    and shape (the head's static loss) on frames of yet another data seed, before stage 1.
-    Measured in a probe: per-cell shape starts to emerge only after ~1,400 such steps, too late
-    inside stage 1's shared budget; encoder-only steps are ~6x cheaper than stage-1 steps."""
-    from .preprocess import sam_pixels
-    from .train import _optimizer, _Progress, lr_at
-    from .train_data import make_train_video
-
-    params = list(model.sam.image_encoder.parameters()) + list(head.parameters())
-    opt = _optimizer(params, cfg.sam_lr, cfg)
-    rng = np.random.default_rng(cfg.seed + 11)
-    bar = _Progress(cfg.encoder_steps, "encoder", progress, log)
-    history = []
-    for step in range(cfg.encoder_steps):
-        n = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
-        video = make_train_video(cfg.train_data_seed + 900, step, n, cfg.size)
-        frames = sorted(int(f) for f in rng.choice(n, cfg.n_query, replace=False))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.encoder_lr, cfg.warmup, cfg.encoder_steps, cfg.min_lr_frac)
-        feats = model.encode_image(torch.stack([sam_pixels(video.frames[f], model.sam_image_size) for f in frames]))
-        labels = torch.from_numpy(dense_labels(video, frames, cfg.dense_grid))
-        loss, parts = head.static_loss(feats.tokens[-1], feats.sizes[-1], labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        parts = dict(parts, loss=loss.item(), step=step)
-        history.append(parts)
-        bar.update(step, parts)
-    bar.close()
-    return history

@@ -76,8 +76,6 @@ def test_stage1_with_dense_supervision_trains_every_head(tmp_path):
 
 def test_stage0_trains_only_the_image_encoder(tmp_path):
     """--encoder-steps: the image encoder and the head move, the rest of SAM2 does not."""
-    from reference.dense_aux import pretrain_encoder
-
     torch.manual_seed(0)
     torch.set_num_threads(1)
     ref = T.init_checkpoint(tmp_path, "test", 0)
@@ -86,7 +84,7 @@ def test_stage0_trains_only_the_image_encoder(tmp_path):
                   encoder_steps=3, warmup=1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     head = DenseAttributeHead(model.sam.hidden_dim)
-    hist = pretrain_encoder(model, head, cfg, progress=False)
+    hist = T.pretrain_encoder(model, head, cfg, progress=False)
     assert [h["step"] for h in hist] == [0, 1, 2] and all(np.isfinite(h["loss"]) for h in hist)
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert moved and all(n.startswith("sam.image_encoder.") for n in moved)
