@@ -93,4 +93,3 @@ class DenseAttributeHead(torch.nn.Module):
     def velocity_loss(self, cond: torch.Tensor, size, labels: torch.Tensor):
         """Velocity CE on memory-conditioned features (HW, K, C) of one frame; labels [g, g]."""
         return self._ce(self.velocity, cond, size, labels.expand(cond.shape[1], -1, -1))
-

@@ -807,7 +807,7 @@ def pretrain_encoder(model, head: DenseAttributeHead, cfg, *, progress: bool = T
     from .preprocess import sam_pixels
 
     params = list(model.sam.image_encoder.parameters()) + list(head.parameters())
-    opt = _optimizer(params, cfg.sam_lr, cfg)
+    opt = _optimizer(params, cfg.encoder_lr, cfg)
     rng = np.random.default_rng(cfg.seed + 11)
     bar = _Progress(cfg.encoder_steps, "encoder", progress, log)
     history = []
