@@ -77,6 +77,7 @@ import torch.nn.functional as F  # noqa: E402
 from .make_tiny import glus_config
 from . import rules
 from .dense_aux import DenseAttributeHead, dense_labels
+from .grounding import GroundingHead, clip_pooled, grounding_loss, pretrain_clip, pretrain_grounding
 from .model import POOL, ImageFeatures
 from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
 
@@ -143,6 +144,17 @@ class TrainConfig:
     dense_weight: float = 0.5
     dense_grid: int = 16
     keep_stage1: bool = False  # also write OUT/stage1_sam.pt (SAM2 after stage 1)
+    # reference.grounding (session 6): stage 0b, CLIP alone on per-token colour / shape /
+    # position; stage 1b, the LLM says where the described object is (one frame for the first
+    # ground_single_steps, then up to ground_frames consecutive frames); ground_weight: the same
+    # head on the [SEG] position in stage 2
+    clip_steps: int = 0
+    clip_lr: float = 1e-3
+    ground_steps: int = 0
+    ground_single_steps: int = 0
+    ground_frames: int = 4
+    ground_batch: int = 16
+    ground_weight: float = 0.0
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -292,17 +304,7 @@ def save_checkpoint(ref, out: Path, shape_name: str, dtype: str = "float16",
 # ---------------------------------------------------------------------------------------------
 def clip_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
     """= GlusModel.encode_clip, without running the CLIP layers after the selected one."""
-    vm = getattr(model.clip, "vision_model", model.clip)
-    h = vm.pre_layrnorm(vm.embeddings(pixels))
-    layers = vm.encoder.layers
-    n = len(layers) + 1 + model.cfg.mm_vision_select_layer if model.cfg.mm_vision_select_layer < 0 \
-        else model.cfg.mm_vision_select_layer
-    for layer in layers[:n]:
-        h = layer(h, None)
-        if isinstance(h, tuple):
-            h = h[0]
-    pooled = F.avg_pool1d(h[:, 1:].transpose(1, 2), POOL, POOL).transpose(1, 2)
-    return model.mm_projector(pooled)
+    return model.mm_projector(clip_pooled(model, pixels))
 
 
 class PromptCache:
@@ -450,7 +452,8 @@ class StepOut:
 
 def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
                    bank: SegBank | None, rng: random.Random, masks_on: bool = True,
-                   point_weight: float = 0.0, prompt: "AttributePrompt | None" = None) -> StepOut:
+                   point_weight: float = 0.0, prompt: "AttributePrompt | None" = None,
+                   ground_head: "GroundingHead | None" = None) -> StepOut:
     from .preprocess import clip_pixels
 
     model, tok = ref.model, ref.tokenizer
@@ -503,6 +506,14 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
     parts = {"ce": ce.item(), "seg_acc": seg_acc.item()}
     if masks_on:
         loss = loss + sam_losses(ref, sample, exprs, seg, cfg, parts)
+    if ground_head is not None:  # reference.grounding: the [SEG] position says where the target is
+        centres = target_locations(video, [ids for _, ids in exprs], sample.query)  # [k, q, O, 2]
+        seen = ~np.isnan(centres[..., 0])
+        mean = np.where(seen[..., None], centres, 0).sum(2) / np.maximum(seen.sum(2), 1)[..., None]
+        mean[seen.sum(2) == 0] = np.nan  # no target object visible in that frame
+        gl, gparts = grounding_loss(ground_head(last), torch.from_numpy(mean.reshape(-1, 2)))
+        loss = loss + cfg.ground_weight * gl
+        parts.update(gparts)
     if point_weight > 0 and prompt is not None:
         with torch.no_grad():
             attrs = [video.attributes[i] for i in sample.exprs]
@@ -772,7 +783,7 @@ class _Progress:
     """tqdm bar with smoothed loss values, and/or a plain log line every `every` steps."""
 
     KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens",
-            "d_col", "d_shape", "d_vel")
+            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "g_mse", "g_pick", "g_pick_motion")
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
         from tqdm import tqdm
@@ -783,7 +794,7 @@ class _Progress:
 
     def update(self, step: int, parts: dict) -> None:
         for key in self.KEYS:
-            if key in parts:
+            if key in parts and not math.isnan(parts[key]):  # (a step with no object cell: NaN)
                 v = parts[key]
                 self.ema[key] = v if key not in self.ema else 0.95 * self.ema[key] + 0.05 * v
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in self.ema.items()}, refresh=False)
@@ -913,6 +924,10 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         out_layer.bias.mul_(cfg.seg_init_scale)
     model.train()
     t0 = time.time()
+    clip_history = pretrain_clip(ref, cfg, progress=progress, log=log) if cfg.clip_steps else []
+    ground_head = GroundingHead(model.llm.config.hidden_size) if cfg.ground_steps or cfg.ground_weight else None
+    ground_history = (pretrain_grounding(ref, cfg, ground_head, progress=progress, log=log)
+                      if cfg.ground_steps else [])
     prompt, sam_history, encoder_history = (pretrain_sam(ref, cfg, progress=progress, log=log)
                                             if cfg.sam_steps else (None, [], []))
     sam_seconds = time.time() - t0
@@ -924,6 +939,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     params = [p for _, p in named]
     sam_params = [p for n, p in named if n.startswith("sam.")]
     other = [p for n, p in named if not n.startswith("sam.")]
+    if ground_head is not None and cfg.ground_weight:
+        other += list(ground_head.parameters())
     opt = torch.optim.AdamW([{"params": sam_params, "peak": cfg.lr},
                              {"params": other, "peak": cfg.llm_lr}],
                             lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -946,7 +963,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
             step_cfg = _replace(cfg, contrastive_weight=cfg.contrastive_weight_warmup)
         pw = cfg.point_weight * max(0.0, 1 - step / cfg.point_until) if cfg.point_until else 0.0
         res = forward_sample(ref, prompts, sample, step_cfg, bank, py_rng, masks_on=not warm,
-                             point_weight=pw, prompt=prompt)
+                             point_weight=pw, prompt=prompt,
+                             ground_head=ground_head if cfg.ground_weight else None)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         if step < cfg.freeze_sam_steps:
@@ -976,7 +994,9 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         "config": asdict(cfg), "sam_steps_done": len(sam_history), "steps_done": step + 1,
         "sam_seconds": round(sam_seconds, 1), "train_seconds": round(wall, 1),
         "sam_history": sam_history, "history": history,
-        **({"encoder_history": encoder_history} if cfg.encoder_steps else {})}))
+        **({"encoder_history": encoder_history} if cfg.encoder_steps else {}),
+        **({"clip_history": clip_history} if cfg.clip_steps else {}),
+        **({"ground_history": ground_history} if cfg.ground_steps else {})}))
     return ref, history
 
 
@@ -1045,6 +1065,16 @@ def main(argv=None) -> None:
     p.add_argument("--encoder-steps", type=int, default=d.encoder_steps,
                    help="stage 0: SAM2's image encoder alone learns per-cell colour and "
                         "shape for this many steps before stage 1 (reference.dense_aux)")
+    p.add_argument("--clip-steps", type=int, default=d.clip_steps,
+                   help="stage 0b: CLIP alone learns per-token colour, shape and position "
+                        "(reference.grounding)")
+    p.add_argument("--ground-steps", type=int, default=d.ground_steps,
+                   help="stage 1b: the LLM learns to say where the described object is")
+    p.add_argument("--ground-single-steps", type=int, default=d.ground_single_steps,
+                   help="stage 1b: this many first steps on one frame (then up to --ground-frames)")
+    p.add_argument("--ground-frames", type=int, default=d.ground_frames)
+    p.add_argument("--ground-weight", type=float, default=d.ground_weight,
+                   help="stage 2: weight of the same location loss on the [SEG] position")
     p.add_argument("--locate", action="store_true",
                    help="experiment: the scaffold token also encodes where the target is")
     p.add_argument("--threads", type=int, default=d.threads)
@@ -1072,7 +1102,9 @@ def main(argv=None) -> None:
         sam_steps=a.sam_steps, freeze_sam_steps=a.freeze_sam_steps, point_until=a.point_until,
         keep_stage1=a.keep_stage1, contrastive_weight_warmup=a.contrastive_warmup_weight,
         locate=a.locate, sam_hard_weight=a.sam_hard_weight, dense_weight=a.dense_weight,
-        encoder_steps=a.encoder_steps,
+        encoder_steps=a.encoder_steps, clip_steps=a.clip_steps, ground_steps=a.ground_steps,
+        ground_single_steps=a.ground_single_steps, ground_frames=a.ground_frames,
+        ground_weight=a.ground_weight,
     )
     out = Path(a.out)
     t0 = time.time()

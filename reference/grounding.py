@@ -1,0 +1,251 @@
+"""Stand-ins for the pretraining GLUS inherits (not GLUS; stages 0b and 1b of reference.train).
+
+GLUS starts from CLIP ViT-L, whose patch features say what is where, and from LLaVA/LISA, whose
+LLM can say where a described object is. Ours start from scratch, and session 6 measured what
+that costs (models/glus-tiny/TRAINING.md): the pooled CLIP tokens of the v3 model hold almost
+no position (a linear probe recovers a token's row with R^2 0.04), and its LLM never learns to
+say where even a colour-named object is. Two cheap stages teach those skills before GLUS training:
+
+- **CLIP pretraining** (`pretrain_clip`): per pooled token, linear heads for the colour and shape
+  of the object there and for the token's own (x, y) — real CLIP features carry their position.
+- **Grounding pretraining** (`pretrain_grounding`): the LLM (+ projector) answers GLUS's question
+  about K consecutive frames with the target's centre (x, y) in the last one, read by a linear
+  head from the last prompt position, the position whose hidden state becomes [SEG] in GLUS.
+  Short prompts (one frame: 64 image tokens) make the attention routing learnable in ~1,300
+  steps, where the full prompt (~600 tokens) showed nothing in 1,100.
+
+The heads are not saved: they only shape training. `GroundingHead` also serves as an auxiliary
+loss on the [SEG] position in stage 2 (`TrainConfig.ground_weight`).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from evalkit import synth
+
+from . import rules
+from .dense_aux import IGNORE
+from .model import POOL
+
+PATCH_GRID = 16  # CLIP at 224/14: 16 x 16 patches
+POOLED_COLS = PATCH_GRID // POOL  # avg-pool 4 over the row-major patch sequence: 16 rows x 4 strips
+
+
+def token_centres() -> torch.Tensor:
+    """[64, 2] (x, y) in [0, 1] of each pooled token: token k covers patch row k // 4 and the
+    four patch columns 4 (k % 4) .. 4 (k % 4) + 3."""
+    k = np.arange(PATCH_GRID * POOLED_COLS)
+    x = ((k % POOLED_COLS) * POOL + POOL / 2) / PATCH_GRID
+    y = (k // POOLED_COLS + 0.5) / PATCH_GRID
+    return torch.tensor(np.c_[x, y], dtype=torch.float32)
+
+
+def clip_token_labels(video, frames: list[int]) -> torch.Tensor:
+    """int64 [2, F, 64]: colour and shape (1-based; 0 = background) of the object covering each
+    pooled token's strip; IGNORE where mixed (no object covers half of it, yet objects cover a
+    fifth or more). CLIP's centre crop of a square frame is the whole frame."""
+    ids = sorted(video.objects)
+    meta = {o["obj_id"]: o for o in video.objects_meta}
+    colours, shapes = list(synth.COLOURS), list(synth.SHAPES)
+    out = np.full((2, len(frames), PATCH_GRID * POOLED_COLS), IGNORE, dtype=np.int64)
+    for j, f in enumerate(frames):
+        cover = np.stack([cv2.resize(video.objects[o][f].astype(np.float32), (POOLED_COLS, PATCH_GRID),
+                                     interpolation=cv2.INTER_AREA).reshape(-1) for o in ids])
+        best, top = cover.argmax(0), cover.max(0)
+        for k, o in enumerate(ids):
+            cell = (best == k) & (top >= 0.5)
+            out[0, j][cell] = colours.index(meta[o]["colour"]) + 1
+            out[1, j][cell] = shapes.index(meta[o]["shape"]) + 1
+        out[:, j][:, cover.sum(0) < 0.2] = 0
+    return torch.from_numpy(out)
+
+
+def clip_pooled(model, pixels: torch.Tensor) -> torch.Tensor:
+    """[B, 64, mm_hidden] pooled CLIP tokens before the projector (= GlusModel.encode_clip without
+    its projector, and without running the CLIP layers after the selected one)."""
+    vm = getattr(model.clip, "vision_model", model.clip)
+    h = vm.pre_layrnorm(vm.embeddings(pixels))
+    layers = vm.encoder.layers
+    sel = model.cfg.mm_vision_select_layer
+    n = len(layers) + 1 + sel if sel < 0 else sel
+    for layer in layers[:n]:
+        h = layer(h, None)
+        if isinstance(h, tuple):
+            h = h[0]
+    return F.avg_pool1d(h[:, 1:].transpose(1, 2), POOL, POOL).transpose(1, 2)
+
+
+class ClipTokenHead(torch.nn.Module):
+    """Linear per-token colour / shape classifiers and (x, y) regressor over pooled CLIP tokens."""
+
+    def __init__(self, dim: int, position_weight: float = 10.0):
+        super().__init__()
+        self.colour = torch.nn.Linear(dim, len(synth.COLOURS) + 1)
+        self.shape = torch.nn.Linear(dim, len(synth.SHAPES) + 1)
+        self.position = torch.nn.Linear(dim, 2)
+        self.position_weight = position_weight
+        self.register_buffer("xy", token_centres(), persistent=False)
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor):
+        """tokens [F, 64, D], labels [2, F, 64] → (loss, parts)."""
+        lc, ls = (F.cross_entropy(h(tokens).transpose(1, 2), y, ignore_index=IGNORE)
+                  for h, y in ((self.colour, labels[0]), (self.shape, labels[1])))
+        lp = F.mse_loss(self.position(tokens), self.xy.expand(tokens.shape[0], -1, -1))
+        with torch.no_grad():
+            obj = labels[0] > 0
+            acc = {f"c_{n}": float((h(tokens).argmax(-1) == y)[obj].float().mean()) if obj.any() else float("nan")
+                   for n, h, y in (("col", self.colour, labels[0]), ("shape", self.shape, labels[1]))}
+        return lc + ls + self.position_weight * lp, dict(acc, c_pos=lp.item())
+
+
+class GroundingHead(torch.nn.Module):
+    """(x, y) in [0, 1] from an LLM hidden state (linear + sigmoid)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(dim, 2)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(hidden))
+
+
+def grounding_loss(xy: torch.Tensor, target: torch.Tensor, other: torch.Tensor | None = None):
+    """MSE to the target centres ([N, 2]; rows with NaN are left out) and, with `other` (the
+    look-alike's centres), the share of points nearer the target than the look-alike."""
+    ok = ~torch.isnan(target).any(-1)
+    if not ok.any():
+        return xy.sum() * 0, {}
+    loss = F.mse_loss(xy[ok], target[ok])
+    parts = {"g_mse": loss.item()}
+    if other is not None:
+        ok2 = ok & ~torch.isnan(other).any(-1)
+        if ok2.any():
+            near = (xy - target).norm(dim=-1) < (xy - other).norm(dim=-1)
+            parts["g_pick"] = float(near[ok2].float().mean())
+    return loss, parts
+
+
+def question_ids(tok, expr: str, n_frames: int) -> list[int]:
+    """The grounding prompt: BOS, n_frames images, GLUS's question, "ASSISTANT:"."""
+    text = (rules.IMAGE_TEXT * n_frames + "\n" + rules.QUESTION_TEMPLATE.format(expr=expr)
+            + rules.SEP + rules.ASSISTANT_ROLE + ":")
+    return tok.encode_prompt(text)
+
+
+def look_alike(video, target: tuple[int, ...]) -> int | None:
+    """The other object of the same-shape pair when the target is one of them."""
+    if len(target) == 1 and target[0] in video.pair:
+        return video.pair[1] if target[0] == video.pair[0] else video.pair[0]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The two stages (reference.train calls them before stage 2)
+# ---------------------------------------------------------------------------------------------
+def pretrain_clip(ref, cfg, *, progress: bool = True, log=None) -> list[dict]:
+    """Stage 0b (`--clip-steps`): the CLIP vision tower alone learns, per pooled token, colour,
+    shape and its own position, on 4 frames of one fresh video per step."""
+    from .preprocess import clip_pixels
+    from .train import _optimizer, _Progress, lr_at
+    from .train_data import make_train_video
+
+    model = ref.model
+    vm = getattr(model.clip, "vision_model", model.clip)
+    head = ClipTokenHead(model.cfg.mm_hidden_size)
+    params = list(vm.parameters()) + list(head.parameters())
+    opt = _optimizer(params, cfg.clip_lr, cfg)
+    rng = np.random.default_rng(cfg.seed + 13)
+    bar = _Progress(cfg.clip_steps, "clip", progress, log)
+    history = []
+    for step in range(cfg.clip_steps):
+        n = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
+        video = make_train_video(cfg.train_data_seed + 700, step, n, cfg.size)
+        frames = sorted(int(f) for f in rng.choice(n, cfg.n_query, replace=False))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.clip_lr, cfg.warmup, cfg.clip_steps, cfg.min_lr_frac)
+        tokens = clip_pooled(model, torch.stack([clip_pixels(ref.clip_processor, video.frames[f]) for f in frames]))
+        loss, parts = head.loss(tokens, clip_token_labels(video, frames))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        parts = dict(parts, loss=loss.item(), step=step)
+        history.append(parts)
+        bar.update(step, parts)
+    bar.close()
+    return history
+
+
+def grounding_batch(rng: np.random.Generator, video, n: int, max_frames: int):
+    """n (expression index, last frame t, K) draws from one video: single-object targets, the
+    target visible in frame t, K consecutive frames t-K+1..t with K in [1, max_frames]."""
+    singles = [i for i, (_, ids) in enumerate(video.expressions) if len(ids) == 1]
+    T = len(video.frames)
+    out = []
+    for _ in range(50 * n):
+        if len(out) == n or not singles:
+            break
+        i = singles[int(rng.integers(len(singles)))]
+        k = int(rng.integers(1, max_frames + 1))
+        t = int(rng.integers(k - 1, T))
+        if video.objects[video.expressions[i][1][0]][t].any():
+            out.append((i, t, k))
+    return out
+
+
+def pretrain_grounding(ref, cfg, head: GroundingHead, *, progress: bool = True, log=None) -> list[dict]:
+    """Stage 1b (`--ground-steps`): the LLM and projector (CLIP frozen) learn to say where the
+    described object is in the last of K consecutive frames; the first `ground_single_steps`
+    use one frame (K = 1), the rest K in [1, ground_frames] (motion needs K >= 2)."""
+    from .preprocess import clip_pixels
+    from .train import _optimizer, _Progress, lr_at, target_locations
+    from .train_data import make_train_video
+
+    model, tok = ref.model, ref.tokenizer
+    params = list(model.llm.parameters()) + list(model.mm_projector.parameters())
+    opt = _optimizer(params + list(head.parameters()), cfg.llm_lr, cfg)
+    rng = np.random.default_rng(cfg.seed + 17)
+    bar = _Progress(cfg.ground_steps, "ground", progress, log)
+    history = []
+    for step in range(cfg.ground_steps):
+        n = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
+        video = make_train_video(cfg.train_data_seed + 800, step, n, cfg.size)
+        kmax = 1 if step < cfg.ground_single_steps else cfg.ground_frames
+        draws = grounding_batch(rng, video, cfg.ground_batch, kmax)
+        if not draws:
+            continue
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.llm_lr, cfg.warmup, cfg.ground_steps, cfg.min_lr_frac)
+        with torch.no_grad():
+            pooled = clip_pooled(model, torch.stack([clip_pixels(ref.clip_processor, f) for f in video.frames]))
+        images = model.mm_projector(pooled)
+        embeds, targets, others = [], [], []
+        for i, t, k in draws:
+            text, ids = video.expressions[i]
+            embeds.append(model.embed_prompt(question_ids(tok, text, k), images[t - k + 1:t + 1])[0])
+            targets.append(target_locations(video, [ids], [t])[0, 0, 0])
+            o = look_alike(video, ids)
+            others.append(target_locations(video, [(o,)], [t])[0, 0, 0] if o is not None
+                          else np.full(2, np.nan, np.float32))
+        lengths = [e.shape[0] for e in embeds]
+        batch = torch.stack([F.pad(e, (0, 0, 0, max(lengths) - e.shape[0])) for e in embeds])
+        hidden = model.llm.model(inputs_embeds=batch).last_hidden_state  # right padding: causal
+        xy = head(hidden[torch.arange(len(draws)), torch.tensor(lengths) - 1])
+        tgt, oth = torch.from_numpy(np.stack(targets)), torch.from_numpy(np.stack(others))
+        loss, parts = grounding_loss(xy, tgt, oth)
+        motion = torch.tensor([video.needs(i) == "motion" and k > 1 for i, _, k in draws])
+        if motion.any():  # the pick where only the motion tells the target from its look-alike
+            parts["g_pick_motion"] = grounding_loss(xy[motion].detach(), tgt[motion], oth[motion])[1].get("g_pick", float("nan"))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        parts = dict(parts, loss=loss.item(), step=step, k=kmax)
+        history.append(parts)
+        bar.update(step, parts)
+    bar.close()
+    return history

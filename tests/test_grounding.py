@@ -1,0 +1,118 @@
+"""reference.grounding: CLIP token labels, the grounding prompt and loss, and both stages."""
+
+from dataclasses import replace
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from evalkit import synth
+from reference import grounding as G
+from reference import rules
+from reference import train as T
+from reference.dense_aux import IGNORE
+from reference.train_data import make_train_video
+
+from .test_train import TEST_CFG
+
+
+def test_token_centres_follow_the_row_major_pooling_of_16x16_patches():
+    xy = G.token_centres()
+    assert xy.shape == (64, 2)
+    # token 0: patch row 0, patch columns 0-3; token 5: row 1, columns 4-7; token 63: row 15, 12-15
+    assert torch.allclose(xy[0], torch.tensor([2 / 16, 0.5 / 16]))
+    assert torch.allclose(xy[5], torch.tensor([6 / 16, 1.5 / 16]))
+    assert torch.allclose(xy[63], torch.tensor([14 / 16, 15.5 / 16]))
+
+
+def _strip_cover(mask: np.ndarray) -> np.ndarray:
+    """Share of each pooled token's strip (1/16 of the rows x 1/4 of the columns) the mask covers."""
+    h, w = mask.shape
+    return mask.reshape(16, h // 16, 4, w // 4).mean(axis=(1, 3)).reshape(-1)
+
+
+@settings(max_examples=8, deadline=None)
+@given(index=st.integers(0, 10_000), frame=st.integers(0, 7))
+def test_clip_token_labels_name_the_object_covering_each_strip(index, frame):
+    video = make_train_video(3, index, 8, (128, 128))
+    labels = G.clip_token_labels(video, [frame]).numpy()[:, 0]  # [2, 64]
+    meta = {o["obj_id"]: o for o in video.objects_meta}
+    covers = {o: _strip_cover(video.objects[o][frame].astype(np.float64)) for o in video.objects}
+    total = sum(covers.values())
+    for k in range(64):
+        owner = [o for o, c in covers.items() if c[k] >= 0.5]
+        if owner:
+            o = owner[0]
+            assert labels[0, k] == list(synth.COLOURS).index(meta[o]["colour"]) + 1
+            assert labels[1, k] == list(synth.SHAPES).index(meta[o]["shape"]) + 1
+        elif total[k] < 0.2:
+            assert labels[0, k] == labels[1, k] == 0
+        else:
+            assert labels[0, k] == labels[1, k] == IGNORE
+
+
+def test_grounding_loss_skips_missing_targets_and_counts_picks():
+    xy = torch.tensor([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]])
+    target = torch.tensor([[0.1, 0.2], [float("nan"), 0.0], [0.0, 0.0]])
+    other = torch.tensor([[0.9, 0.9], [0.0, 0.0], [1.0, 1.0]])
+    loss, parts = G.grounding_loss(xy, target, other)
+    expected = ((0.0 ** 2 + 0.1 ** 2) + (0.9 ** 2 + 0.9 ** 2)) / 4  # rows 0 and 2, both coordinates
+    assert loss.item() == pytest.approx(expected)
+    assert parts["g_pick"] == pytest.approx(0.5)  # row 0 nearer its target, row 2 nearer the other
+    nothing, parts = G.grounding_loss(xy, torch.full((3, 2), float("nan")))
+    assert nothing.item() == 0 and parts == {}
+
+
+def test_question_prompt_has_the_frames_then_glus_question(tiny_ref):
+    tok = tiny_ref.tokenizer
+    ids = G.question_ids(tok, "the red circle", 3)
+    assert ids[0] == tok.bos_id
+    assert sum(1 for t in ids if t == rules.IMAGE_TOKEN_INDEX) == 3
+    text = tok.decode([t for t in ids if t >= 0])
+    assert rules.QUESTION_TEMPLATE.format(expr="the red circle") in text  # as the inference prompt words it
+    assert text.rstrip().endswith("ASSISTANT:")
+
+
+@settings(max_examples=10, deadline=None)
+@given(index=st.integers(0, 10_000), n=st.integers(1, 20), kmax=st.integers(1, 4), seed=st.integers(0, 99))
+def test_grounding_draws_are_single_visible_targets_with_k_frames(index, n, kmax, seed):
+    video = make_train_video(5, index, 8, (64, 64))
+    draws = G.grounding_batch(np.random.default_rng(seed), video, n, kmax)
+    assert len(draws) <= n
+    for i, t, k in draws:
+        ids = video.expressions[i][1]
+        assert len(ids) == 1 and 1 <= k <= kmax and k - 1 <= t < len(video.frames)
+        assert video.objects[ids[0]][t].any()
+
+
+def test_clip_pretraining_makes_tokens_say_where_they_are(tiny_ref):
+    """Stage 0b's position read-out error falls steeply within a few dozen steps."""
+    cfg = replace(TEST_CFG, clip_steps=40, warmup=1)
+    hist = G.pretrain_clip(tiny_ref, cfg, progress=False)
+    first = np.mean([h["c_pos"] for h in hist[:5]])
+    last = np.mean([h["c_pos"] for h in hist[-5:]])
+    assert last < 0.5 * first
+
+
+@pytest.fixture(scope="module")
+def tiny_ref(tmp_path_factory):
+    T.seed_everything(0)
+    return T.init_checkpoint(tmp_path_factory.mktemp("tiny"), "test", 0)
+
+
+def test_stages_0b_and_1b_run_inside_train_and_repeat_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=3,
+                  ground_steps=3, ground_single_steps=1, ground_frames=3, ground_batch=4, ground_weight=1.0)
+    for name in ("a", "b"):
+        T.train(cfg, tmp_path / name, progress=False)
+    wa = load_file(str(tmp_path / "a" / "glus" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "glus" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    log = json.loads((tmp_path / "a" / "train_log.json").read_text())
+    assert len(log["clip_history"]) == 3 and {"c_col", "c_shape", "c_pos"} <= set(log["clip_history"][0])
+    assert [h["k"] for h in log["ground_history"]] == [1, 3, 3]  # one frame first, then up to 3
+    assert all("g_mse" in h for h in log["history"])  # the stage-2 location loss is on
