@@ -153,7 +153,9 @@ class TrainConfig:
     ground_steps: int = 0
     ground_single_steps: int = 0
     ground_frames: int = 4
-    ground_batch: int = 16
+    ground_batch: int = 32
+    ground_videos: int = 8  # videos per stage-1b step (ground_batch // ground_videos draws each)
+    ground_attr_weight: float = 0.1  # stage 1b: the target's colour / shape CE (the first hop)
     ground_weight: float = 0.0
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
     weight_decay: float = 0.0
@@ -783,7 +785,7 @@ class _Progress:
     """tqdm bar with smoothed loss values, and/or a plain log line every `every` steps."""
 
     KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens",
-            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "g_mse", "g_pick", "g_pick_motion")
+            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "g_mse", "g_pick", "g_pick_motion", "g_attr")
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
         from tqdm import tqdm
