@@ -116,3 +116,17 @@ def test_stages_0b_and_1b_run_inside_train_and_repeat_exactly(tmp_path):
     assert len(log["clip_history"]) == 3 and {"c_col", "c_shape", "c_pos"} <= set(log["clip_history"][0])
     assert [h["k"] for h in log["ground_history"]] == [1, 3, 3]  # one frame first, then up to 3
     assert all("g_mse" in h for h in log["history"])  # the stage-2 location loss is on
+
+
+def test_attribute_loss_is_the_colour_plus_shape_cross_entropy():
+    head = G.GroundingHead(4)
+    hidden = torch.randn(3, 4)
+    colours, shapes = ["red", "blue", "red"], list(synth.SHAPES)[:3]
+    loss, parts = head.attribute_loss(hidden, colours, shapes)
+    yc = torch.tensor([list(synth.COLOURS).index(c) for c in colours])
+    ys = torch.tensor([0, 1, 2])
+    lc, ls = head.colour(hidden), head.shape(hidden)
+    by_hand = -(lc.log_softmax(-1)[range(3), yc].mean() + ls.log_softmax(-1)[range(3), ys].mean())
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    both = ((lc.argmax(-1) == yc) & (ls.argmax(-1) == ys)).float().mean().item()
+    assert parts["g_attr"] == pytest.approx(both)
