@@ -11,8 +11,9 @@ say where even a colour-named object is. Two cheap stages teach those skills bef
 - **Grounding pretraining** (`pretrain_grounding`): the LLM (+ projector) answers GLUS's question
   about K consecutive frames with the target's centre (x, y) in the last one, read by a linear
   head from the last prompt position, the position whose hidden state becomes [SEG] in GLUS.
-  Short prompts (one frame: 64 image tokens) make the attention routing learnable in ~1,300
-  steps, where the full prompt (~600 tokens) showed nothing in 1,100.
+  Short prompts (one frame: 64 image tokens) and batches drawn from several videos make the
+  attention routing learnable in ~500-800 steps; batches from a single video per step, or the
+  full prompt (~600 tokens) with a fixed prompt set, stayed at chance for 1,100-3,150 steps.
 
 The heads are not saved: they only shape training. `GroundingHead` also serves as an auxiliary
 loss on the [SEG] position in stage 2 (`TrainConfig.ground_weight`).
@@ -104,9 +105,9 @@ class ClipTokenHead(torch.nn.Module):
 
 class GroundingHead(torch.nn.Module):
     """From an LLM hidden state: (x, y) in [0, 1] (linear + sigmoid), and colour / shape logits
-    of the target (linear): what and where, as LISA's [SEG] says both. The attribute part is
-    the first hop (the expression's words routed to the last position); without it a fresh LLM
-    did not learn the location in 6,000 steps (session 6)."""
+    of the target (linear): what and where, as LISA's [SEG] says both. The attribute part asks
+    for the first hop (the expression's words routed to the last position); it came in with the
+    varied batches that made the location learnable, and was not tested apart from them."""
 
     def __init__(self, dim: int):
         super().__init__()

@@ -78,7 +78,7 @@ from .make_tiny import glus_config
 from . import rules
 from .dense_aux import DenseAttributeHead, dense_labels
 from .grounding import GroundingHead, clip_pooled, grounding_loss, pretrain_clip, pretrain_grounding
-from .model import POOL, ImageFeatures
+from .model import ImageFeatures
 from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
 
 # ---------------------------------------------------------------------------------------------
@@ -925,11 +925,13 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         out_layer.weight.mul_(cfg.seg_init_scale)
         out_layer.bias.mul_(cfg.seg_init_scale)
     model.train()
-    t0 = time.time()
+    t_pre = time.time()
     clip_history = pretrain_clip(ref, cfg, progress=progress, log=log) if cfg.clip_steps else []
     ground_head = GroundingHead(model.llm.config.hidden_size) if cfg.ground_steps or cfg.ground_weight else None
     ground_history = (pretrain_grounding(ref, cfg, ground_head, progress=progress, log=log)
                       if cfg.ground_steps else [])
+    t0 = time.time()
+    pre_seconds = t0 - t_pre  # stages 0b and 1b
     prompt, sam_history, encoder_history = (pretrain_sam(ref, cfg, progress=progress, log=log)
                                             if cfg.sam_steps else (None, [], []))
     sam_seconds = time.time() - t0
@@ -997,7 +999,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         "sam_seconds": round(sam_seconds, 1), "train_seconds": round(wall, 1),
         "sam_history": sam_history, "history": history,
         **({"encoder_history": encoder_history} if cfg.encoder_steps else {}),
-        **({"clip_history": clip_history} if cfg.clip_steps else {}),
+        **({"clip_history": clip_history, "pre_seconds": round(pre_seconds, 1)}
+           if cfg.clip_steps or cfg.ground_steps else {}),
         **({"ground_history": ground_history} if cfg.ground_steps else {})}))
     return ref, history
 
