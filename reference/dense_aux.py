@@ -38,16 +38,17 @@ def velocity_class(trajectory: np.ndarray, t: int, still_px: float = 0.5) -> int
     return 3 if dy < 0 else 4
 
 
-def dense_labels(video, frames: list[int], grid: int) -> np.ndarray:
-    """int64 [3, Q, grid, grid]: colour, shape and velocity class (1-based; 0 = background) of
-    the object covering each cell of each frame; IGNORE where a cell is mixed (no object covers
-    half of it, yet objects cover a fifth or more)."""
+def dense_labels(video, frames: list[int], grid: int | tuple[int, int]) -> np.ndarray:
+    """int64 [3, Q, rows, cols] (grid: an int for a square grid, or (rows, cols)): colour, shape
+    and velocity class (1-based; 0 = background) of the object covering each cell of each frame;
+    IGNORE where a cell is mixed (no object covers half of it, yet objects cover a fifth or more)."""
+    rows, cols = (grid, grid) if isinstance(grid, int) else grid
     ids = sorted(video.objects)
     meta = {o["obj_id"]: o for o in video.objects_meta}
     colours, shapes = list(synth.COLOURS), list(synth.SHAPES)
-    out = np.full((3, len(frames), grid, grid), IGNORE, dtype=np.int64)
+    out = np.full((3, len(frames), rows, cols), IGNORE, dtype=np.int64)
     for j, f in enumerate(frames):
-        cover = np.stack([cv2.resize(video.objects[o][f].astype(np.float32), (grid, grid),
+        cover = np.stack([cv2.resize(video.objects[o][f].astype(np.float32), (cols, rows),
                                      interpolation=cv2.INTER_AREA) for o in ids])  # [O, g, g]
         best, top = cover.argmax(0), cover.max(0)
         for k, o in enumerate(ids):

@@ -21,7 +21,6 @@ loss on the [SEG] position in stage 2 (`TrainConfig.ground_weight`).
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from evalkit import synth
 
 from . import rules
-from .dense_aux import IGNORE
+from .dense_aux import IGNORE, dense_labels
 from .model import POOL
 
 PATCH_GRID = 16  # CLIP at 224/14: 16 x 16 patches
@@ -46,23 +45,11 @@ def token_centres() -> torch.Tensor:
 
 
 def clip_token_labels(video, frames: list[int]) -> torch.Tensor:
-    """int64 [2, F, 64]: colour and shape (1-based; 0 = background) of the object covering each
-    pooled token's strip; IGNORE where mixed (no object covers half of it, yet objects cover a
-    fifth or more). CLIP's centre crop of a square frame is the whole frame."""
-    ids = sorted(video.objects)
-    meta = {o["obj_id"]: o for o in video.objects_meta}
-    colours, shapes = list(synth.COLOURS), list(synth.SHAPES)
-    out = np.full((2, len(frames), PATCH_GRID * POOLED_COLS), IGNORE, dtype=np.int64)
-    for j, f in enumerate(frames):
-        cover = np.stack([cv2.resize(video.objects[o][f].astype(np.float32), (POOLED_COLS, PATCH_GRID),
-                                     interpolation=cv2.INTER_AREA).reshape(-1) for o in ids])
-        best, top = cover.argmax(0), cover.max(0)
-        for k, o in enumerate(ids):
-            cell = (best == k) & (top >= 0.5)
-            out[0, j][cell] = colours.index(meta[o]["colour"]) + 1
-            out[1, j][cell] = shapes.index(meta[o]["shape"]) + 1
-        out[:, j][:, cover.sum(0) < 0.2] = 0
-    return torch.from_numpy(out)
+    """int64 [2, F, 64]: colour and shape (1-based; 0 = background; IGNORE where mixed) of the
+    object covering each pooled token's strip (reference.dense_aux.dense_labels on a 16 x 4
+    grid). CLIP's centre crop of a square frame is the whole frame."""
+    labels = dense_labels(video, frames, (PATCH_GRID, POOLED_COLS))[:2]
+    return torch.from_numpy(labels.reshape(2, len(frames), PATCH_GRID * POOLED_COLS))
 
 
 def clip_pooled(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -166,34 +153,19 @@ def pretrain_clip(ref, cfg, *, progress: bool = True, log=None) -> list[dict]:
     """Stage 0b (`--clip-steps`): the CLIP vision tower alone learns, per pooled token, colour,
     shape and its own position, on 4 frames of one fresh video per step."""
     from .preprocess import clip_pixels
-    from .train import _optimizer, _Progress, lr_at
-    from .train_data import make_train_video
+    from .train import pretrain_on_frames
 
     model = ref.model
     vm = getattr(model.clip, "vision_model", model.clip)
     head = ClipTokenHead(model.cfg.mm_hidden_size)
-    params = list(vm.parameters()) + list(head.parameters())
-    opt = _optimizer(params, cfg.clip_lr, cfg)
-    rng = np.random.default_rng(cfg.seed + 13)
-    bar = _Progress(cfg.clip_steps, "clip", progress, log)
-    history = []
-    for step in range(cfg.clip_steps):
-        n = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
-        video = make_train_video(cfg.train_data_seed + 700, step, n, cfg.size)
-        frames = sorted(int(f) for f in rng.choice(n, cfg.n_query, replace=False))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.clip_lr, cfg.warmup, cfg.clip_steps, cfg.min_lr_frac)
+
+    def frame_loss(video, frames):
         tokens = clip_pooled(model, torch.stack([clip_pixels(ref.clip_processor, video.frames[f]) for f in frames]))
-        loss, parts = head.loss(tokens, clip_token_labels(video, frames))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        parts = dict(parts, loss=loss.item(), step=step)
-        history.append(parts)
-        bar.update(step, parts)
-    bar.close()
-    return history
+        return head.loss(tokens, clip_token_labels(video, frames))
+
+    return pretrain_on_frames(list(vm.parameters()) + list(head.parameters()), frame_loss, cfg,
+                              steps=cfg.clip_steps, lr=cfg.clip_lr, rng_seed=cfg.seed + 13,
+                              data_seed=cfg.train_data_seed + 700, desc="clip", progress=progress, log=log)
 
 
 def grounding_batch(rng: np.random.Generator, video, n: int, max_frames: int):

@@ -812,27 +812,21 @@ def _optimizer(params, lr: float, cfg: TrainConfig):
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
 
 
-def pretrain_encoder(model, head: DenseAttributeHead, cfg, *, progress: bool = True, log=None) -> list[dict]:
-    """Stage 0 (`--encoder-steps`): SAM2's image encoder alone learns per-cell colour
-    and shape (reference.dense_aux's static loss) on frames of yet another data seed, before stage 1.
-    Measured in a probe: per-cell shape starts to emerge only after ~1,400 such steps, too late
-    inside stage 1's shared budget; encoder-only steps are ~6x cheaper than stage-1 steps."""
-    from .preprocess import sam_pixels
-
-    params = list(model.sam.image_encoder.parameters()) + list(head.parameters())
-    opt = _optimizer(params, cfg.encoder_lr, cfg)
-    rng = np.random.default_rng(cfg.seed + 11)
-    bar = _Progress(cfg.encoder_steps, "encoder", progress, log)
+def pretrain_on_frames(params, frame_loss, cfg, *, steps: int, lr: float, rng_seed: int, data_seed: int,
+                       desc: str, progress: bool = True, log=None) -> list[dict]:
+    """The loop of the single-encoder stages (0 and 0b): per step one fresh video, n_query random
+    frames of it, `frame_loss(video, frames)` → (loss, parts), AdamW with warm-up + cosine."""
+    opt = _optimizer(params, lr, cfg)
+    rng = np.random.default_rng(rng_seed)
+    bar = _Progress(steps, desc, progress, log)
     history = []
-    for step in range(cfg.encoder_steps):
+    for step in range(steps):
         n = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
-        video = make_train_video(cfg.train_data_seed + 900, step, n, cfg.size)
+        video = make_train_video(data_seed, step, n, cfg.size)
         frames = sorted(int(f) for f in rng.choice(n, cfg.n_query, replace=False))
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.encoder_lr, cfg.warmup, cfg.encoder_steps, cfg.min_lr_frac)
-        feats = model.encode_image(torch.stack([sam_pixels(video.frames[f], model.sam_image_size) for f in frames]))
-        labels = torch.from_numpy(dense_labels(video, frames, cfg.dense_grid))
-        loss, parts = head.static_loss(feats.tokens[-1], feats.sizes[-1], labels)
+            g["lr"] = lr_at(step, lr, cfg.warmup, steps, cfg.min_lr_frac)
+        loss, parts = frame_loss(video, frames)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -842,6 +836,24 @@ def pretrain_encoder(model, head: DenseAttributeHead, cfg, *, progress: bool = T
         bar.update(step, parts)
     bar.close()
     return history
+
+
+def pretrain_encoder(model, head: DenseAttributeHead, cfg, *, progress: bool = True, log=None) -> list[dict]:
+    """Stage 0 (`--encoder-steps`): SAM2's image encoder alone learns per-cell colour
+    and shape (reference.dense_aux's static loss) on frames of yet another data seed, before stage 1.
+    Measured in a probe: per-cell shape starts to emerge only after ~1,400 such steps, too late
+    inside stage 1's shared budget; encoder-only steps are ~6x cheaper than stage-1 steps."""
+    from .preprocess import sam_pixels
+
+    def frame_loss(video, frames):
+        feats = model.encode_image(torch.stack([sam_pixels(video.frames[f], model.sam_image_size) for f in frames]))
+        labels = torch.from_numpy(dense_labels(video, frames, cfg.dense_grid))
+        return head.static_loss(feats.tokens[-1], feats.sizes[-1], labels)
+
+    params = list(model.sam.image_encoder.parameters()) + list(head.parameters())
+    return pretrain_on_frames(params, frame_loss, cfg, steps=cfg.encoder_steps, lr=cfg.encoder_lr,
+                              rng_seed=cfg.seed + 11, data_seed=cfg.train_data_seed + 900,
+                              desc="encoder", progress=progress, log=log)
 
 
 def pretrain_sam(ref, cfg: TrainConfig, *, progress: bool = True, log=None):
