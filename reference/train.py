@@ -143,7 +143,7 @@ class TrainConfig:
     encoder_lr: float = 1e-3
     dense_weight: float = 0.5
     dense_grid: int = 16
-    keep_stage1: bool = False  # also write OUT/stage1_sam.pt (SAM2 after stage 1)
+    keep_stage1: bool = False  # also write OUT/stage1.pt (every weight before stage 2)
     # reference.grounding (session 6): stage 0b, CLIP alone on per-token colour / shape /
     # position; stage 1b, the LLM says where the described object is (one frame for the first
     # ground_single_steps, then up to ground_frames consecutive frames); ground_weight: the same
@@ -916,12 +916,65 @@ def _replace(cfg: TrainConfig, **kw) -> TrainConfig:
     return replace(cfg, **kw)
 
 
+@dataclass
+class _PreStage2:
+    """What stages 0b, 1b, 0 and 1 hand to stage 2 (besides the model's weights)."""
+    prompt: "AttributePrompt | None"
+    ground_head: "GroundingHead | None"
+    clip_history: list
+    ground_history: list
+    sam_history: list
+    encoder_history: list
+    pre_seconds: float = 0.0
+    sam_seconds: float = 0.0
+
+    def save(self, path: Path, model) -> None:
+        torch.save({"model": model.state_dict(),
+                    "prompt": None if self.prompt is None else self.prompt.state_dict(),
+                    "ground_head": None if self.ground_head is None else self.ground_head.state_dict()},
+                   path)
+
+    @classmethod
+    def load(cls, path, ref, cfg: TrainConfig) -> "_PreStage2":
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        model = ref.model
+        model.load_state_dict(state["model"])
+        prompt = ground_head = None
+        if state["prompt"] is not None:
+            prompt = AttributePrompt(model.sam.hidden_dim,
+                                     model.sam.sam_prompt_encoder.pe_layer if cfg.locate else None)
+            prompt.load_state_dict(state["prompt"])
+            prompt.requires_grad_(False)
+        if cfg.ground_weight or state["ground_head"] is not None:
+            ground_head = GroundingHead(model.llm.config.hidden_size)
+            if state["ground_head"] is not None:
+                ground_head.load_state_dict(state["ground_head"])
+        return cls(prompt, ground_head, [], [], [], [])
+
+
+def _pretrain(ref, cfg: TrainConfig, *, progress: bool, log) -> _PreStage2:
+    """Stages 0b and 1b (CLIP, then the LLM's grounding), then 0 and 1 (SAM2)."""
+    model = ref.model
+    t_pre = time.time()
+    clip_history = pretrain_clip(ref, cfg, progress=progress, log=log) if cfg.clip_steps else []
+    ground_head = GroundingHead(model.llm.config.hidden_size) if cfg.ground_steps or cfg.ground_weight else None
+    ground_history = (pretrain_grounding(ref, cfg, ground_head, progress=progress, log=log)
+                      if cfg.ground_steps else [])
+    t0 = time.time()
+    prompt, sam_history, encoder_history = (pretrain_sam(ref, cfg, progress=progress, log=log)
+                                            if cfg.sam_steps else (None, [], []))
+    return _PreStage2(prompt, ground_head, clip_history, ground_history, sam_history, encoder_history,
+                      pre_seconds=t0 - t_pre, sam_seconds=time.time() - t0)
+
+
 def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None, eval_fn=None,
-          vision_tower: str | None = None, init_state: dict | None = None):
+          vision_tower: str | None = None, init_state: dict | None = None,
+          from_stage1: str | Path | None = None):
     """Train from a seeded random init; returns (ref, history). Saves OUT/glus + OUT/clip.
 
     Stage 1 (cfg.sam_steps): SAM2 pretraining (attribute prompts). Stage 2 (cfg.steps): GLUS training,
-    every part, with GLUS's losses.
+    every part, with GLUS's losses. `from_stage1` (development): a stage1.pt that an earlier run
+    with keep_stage1 wrote; stages 0b, 1b, 0 and 1 are skipped and stage 2 starts from it.
     """
     torch.set_num_threads(cfg.threads)
     out = Path(out)
@@ -937,19 +990,17 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         out_layer.weight.mul_(cfg.seg_init_scale)
         out_layer.bias.mul_(cfg.seg_init_scale)
     model.train()
-    t_pre = time.time()
-    clip_history = pretrain_clip(ref, cfg, progress=progress, log=log) if cfg.clip_steps else []
-    ground_head = GroundingHead(model.llm.config.hidden_size) if cfg.ground_steps or cfg.ground_weight else None
-    ground_history = (pretrain_grounding(ref, cfg, ground_head, progress=progress, log=log)
-                      if cfg.ground_steps else [])
+    if from_stage1 is not None:
+        pre = _PreStage2.load(from_stage1, ref, cfg)
+    else:
+        pre = _pretrain(ref, cfg, progress=progress, log=log)
+        if cfg.keep_stage1:
+            pre.save(out / "stage1.pt", model)
+    clip_history, ground_history = pre.clip_history, pre.ground_history
+    sam_history, encoder_history = pre.sam_history, pre.encoder_history
+    prompt, ground_head = pre.prompt, pre.ground_head
+    pre_seconds, sam_seconds = pre.pre_seconds, pre.sam_seconds
     t0 = time.time()
-    pre_seconds = t0 - t_pre  # stages 0b and 1b
-    prompt, sam_history, encoder_history = (pretrain_sam(ref, cfg, progress=progress, log=log)
-                                            if cfg.sam_steps else (None, [], []))
-    sam_seconds = time.time() - t0
-    if cfg.sam_steps and cfg.keep_stage1:
-        torch.save({k: v for k, v in model.state_dict().items() if k.startswith("sam.")},
-                   out / "stage1_sam.pt")
 
     named = [(n, p) for n, p in trainable_parameters(model) if not n.startswith(UNUSED_PREFIXES)]
     params = [p for _, p in named]
@@ -1106,7 +1157,11 @@ def main(argv=None) -> None:
     p.add_argument("--eval-data", default=None,
                    help="where the held-out set is written (default: the cache, shared with benchmarks.heldout)")
     p.add_argument("--keep-stage1", action="store_true",
-                   help="also write OUT/stage1_sam.pt (SAM2 after stage 1, for experiments)")
+                   help="also write OUT/stage1.pt (every weight before stage 2, for experiments)")
+    p.add_argument("--from-stage1", default=None, metavar="STAGE1_PT",
+                   help="development: skip stages 0b/1b/0/1 and start stage 2 from a --keep-stage1 snapshot "
+                        "(the same stage flags must be given)")
+    p.add_argument("--llm-lr", type=float, default=d.llm_lr, help="peak rate of the LLM side and the scaffold (stages 1, 1b, 2)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     fmin, _, fmax = a.frames.partition("-")
@@ -1121,12 +1176,12 @@ def main(argv=None) -> None:
         locate=a.locate, sam_hard_weight=a.sam_hard_weight, dense_weight=a.dense_weight,
         encoder_steps=a.encoder_steps, clip_steps=a.clip_steps, ground_steps=a.ground_steps,
         ground_single_steps=a.ground_single_steps, ground_frames=a.ground_frames,
-        ground_weight=a.ground_weight,
+        ground_weight=a.ground_weight, llm_lr=a.llm_lr,
     )
     out = Path(a.out)
     t0 = time.time()
     ref, hist = train(cfg, out, progress=not a.no_progress, vision_tower=a.vision_tower,
-                      log=print if a.no_progress else None)
+                      log=print if a.no_progress else None, from_stage1=a.from_stage1)
     print(f"trained {len(hist)} steps in {time.time() - t0:.0f} s → {out / 'glus'}, {out / 'clip'}")
     if a.eval:
         from .train_data import write_heldout

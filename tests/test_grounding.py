@@ -118,6 +118,22 @@ def test_stages_0b_and_1b_run_inside_train_and_repeat_exactly(tmp_path):
     assert all("g_mse" in h for h in log["history"])  # the stage-2 location loss is on
 
 
+def test_stage2_from_a_stage1_snapshot_repeats_the_full_run(tmp_path):
+    """--keep-stage1 then --from-stage1: stage 2 alone gives the full run's weights and losses."""
+    from safetensors.torch import load_file
+
+    cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=2, locate=True,
+                  ground_steps=2, ground_single_steps=1, ground_frames=2, ground_batch=4, ground_weight=1.0)
+    T.train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
+    T.train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
+    wa = load_file(str(tmp_path / "full" / "glus" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "resumed" / "glus" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    la, lb = (json.loads((tmp_path / d / "train_log.json").read_text())["history"] for d in ("full", "resumed"))
+    drop_t = [{k: v for k, v in h.items() if k != "t"} for h in la]
+    assert drop_t == [{k: v for k, v in h.items() if k != "t"} for h in lb]
+
+
 def test_attribute_loss_is_the_colour_plus_shape_cross_entropy():
     head = G.GroundingHead(4)
     hidden = torch.randn(3, 4)
