@@ -133,9 +133,12 @@ def grounding_loss(xy: torch.Tensor, target: torch.Tensor, other: torch.Tensor |
 
 
 def question_ids(tok, expr: str, n_frames: int) -> list[int]:
-    """The grounding prompt: BOS, n_frames images, GLUS's question, "ASSISTANT:"."""
+    """The grounding prompt: BOS, n_frames images, GLUS's question, then "ASSISTANT: " and GLUS's
+    answer prefix, ending where stage 2 and inference read the [SEG] embedding (the last prompt
+    position, which predicts [SEG]). Session 7: a head trained at "ASSISTANT:" read MSE 0.020
+    there but 0.085 at the [SEG] position, so run G's stage 2 started without the skill."""
     text = (rules.IMAGE_TEXT * n_frames + "\n" + rules.QUESTION_TEMPLATE.format(expr=expr)
-            + rules.SEP + rules.ASSISTANT_ROLE + ":")
+            + rules.SEP + rules.ASSISTANT_ROLE + ": " + rules.ANSWER_PREFIX)
     return tok.encode_prompt(text)
 
 
@@ -192,7 +195,7 @@ def pretrain_grounding(ref, cfg, head: GroundingHead, *, progress: bool = True, 
     described object is in the last of K consecutive frames; the first `ground_single_steps`
     use one frame (K = 1), the rest K in [1, ground_frames] (motion needs K >= 2)."""
     from .preprocess import clip_pixels
-    from .train import _optimizer, _Progress, lr_at, target_locations
+    from .train import PromptCache, _optimizer, _Progress, lr_at, target_locations
     from .train_data import make_train_video
 
     model, tok = ref.model, ref.tokenizer
@@ -201,13 +204,14 @@ def pretrain_grounding(ref, cfg, head: GroundingHead, *, progress: bool = True, 
     rng = np.random.default_rng(cfg.seed + 17)
     bar = _Progress(cfg.ground_steps, "ground", progress, log)
     history = []
+    answers = PromptCache(tok)
     for step in range(cfg.ground_steps):
         kmax = 1 if step < cfg.ground_single_steps else cfg.ground_frames
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.llm_lr, cfg.warmup, cfg.ground_steps, cfg.min_lr_frac)
         # several short videos per step: draws from one video alone are too alike (one video
         # per step did not learn the location in 6,000 steps; a varied set did in ~1,500)
-        embeds, targets, others, objs, motion = [], [], [], [], []
+        embeds, targets, others, objs, motion, ce_at = [], [], [], [], [], []
         per_video = max(1, cfg.ground_batch // cfg.ground_videos)
         for v in range(cfg.ground_videos):
             n = int(rng.integers(max(kmax, 4), 9))
@@ -223,7 +227,9 @@ def pretrain_grounding(ref, cfg, head: GroundingHead, *, progress: bool = True, 
             meta = {o["obj_id"]: o for o in video.objects_meta}
             for i, t, k in draws:
                 text, ids = video.expressions[i]
-                embeds.append(model.embed_prompt(question_ids(tok, text, k), images[[row[f] for f in range(t - k + 1, t + 1)]])[0])
+                ids_k = question_ids(tok, text, k)
+                ce_at += [(len(embeds), p, t_id) for p, t_id in answers.answer_targets(ids_k)]
+                embeds.append(model.embed_prompt(ids_k, images[[row[f] for f in range(t - k + 1, t + 1)]])[0])
                 targets.append(target_locations(video, [ids], [t])[0, 0, 0])
                 o = look_alike(video, ids)
                 others.append(target_locations(video, [(o,)], [t])[0, 0, 0] if o is not None
@@ -242,6 +248,11 @@ def pretrain_grounding(ref, cfg, head: GroundingHead, *, progress: bool = True, 
         la, pa = head.attribute_loss(last, [o["colour"] for o in objs], [o["shape"] for o in objs])
         loss = loss + cfg.ground_attr_weight * la
         parts.update(pa)
+        if cfg.ground_answer_weight:  # the answer text stage 2 asks for, so its CE starts low
+            rows, pos, tgt_ids = (torch.tensor(c) for c in zip(*ce_at))
+            ce = F.cross_entropy(model.llm.lm_head(hidden[rows, pos]), tgt_ids)
+            loss = loss + cfg.ground_answer_weight * ce
+            parts["g_ce"] = ce.item()
         motion = torch.tensor(motion)
         if motion.any():  # the pick where only the motion tells the target from its look-alike
             parts["g_pick_motion"] = grounding_loss(xy[motion].detach(), tgt[motion], oth[motion])[1].get("g_pick", float("nan"))

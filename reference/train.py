@@ -156,6 +156,7 @@ class TrainConfig:
     ground_batch: int = 32
     ground_videos: int = 8  # videos per stage-1b step (ground_batch // ground_videos draws each)
     ground_attr_weight: float = 0.1  # stage 1b: the target's colour / shape CE (the first hop)
+    ground_answer_weight: float = 1.0  # stage 1b: CE on GLUS's answer text + [SEG] (stage 2's first CE)
     ground_weight: float = 0.0
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
     weight_decay: float = 0.0
@@ -333,10 +334,10 @@ class PromptCache:
             rest_ids = rules.tokenize_with_images(rest, self.tok.encode_chunk, None)
             if self.prefix_ids() + rest_ids != ids:
                 raise AssertionError("prefix + rest tokenisation differs from the whole prompt")
-            self._cache[key] = (rest_ids, self._targets(ids))
+            self._cache[key] = (rest_ids, self.answer_targets(ids))
         return self._cache[key]
 
-    def _targets(self, ids: list[int]) -> list[tuple[int, int]]:
+    def answer_targets(self, ids: list[int]) -> list[tuple[int, int]]:
         """[(expanded position whose hidden state predicts, target id)]: every assistant answer
         token (as GLUS's labels), then [SEG] from the last prompt position (the current round)."""
         pos, shift = [], 0
@@ -785,7 +786,7 @@ class _Progress:
     """tqdm bar with smoothed loss values, and/or a plain log line every `every` steps."""
 
     KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens",
-            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "g_mse", "g_pick", "g_pick_motion", "g_attr")
+            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "g_mse", "g_pick", "g_pick_motion", "g_attr", "g_ce")
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
         from tqdm import tqdm

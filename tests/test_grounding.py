@@ -72,7 +72,23 @@ def test_question_prompt_has_the_frames_then_glus_question(tiny_ref):
     assert sum(1 for t in ids if t == rules.IMAGE_TOKEN_INDEX) == 3
     text = tok.decode([t for t in ids if t >= 0])
     assert rules.QUESTION_TEMPLATE.format(expr="the red circle") in text  # as the inference prompt words it
-    assert text.rstrip().endswith("ASSISTANT:")
+    assert text.rstrip().endswith("ASSISTANT: " + rules.ANSWER_PREFIX.strip())
+
+
+def test_question_prompt_ends_where_stage_2_reads_seg(tiny_ref):
+    """The grounding prompt's last tokens are the inference prompt's (the position whose hidden
+    state predicts [SEG] and becomes the [SEG] embedding), and its CE targets are GLUS's answer
+    text then [SEG] predicted from that last position."""
+    tok = tiny_ref.tokenizer
+    ids = G.question_ids(tok, "the red circle", 2)
+    full = tok.encode_prompt(rules.prompt_text("the red circle", []))
+    marker = tok.encode_chunk(rules.ASSISTANT_ROLE + ":")
+    tail = len(ids) - max(k for k in range(len(ids)) if ids[k:k + len(marker)] == marker)
+    assert ids[-tail:] == full[-tail:]
+    targets = T.PromptCache(tok).answer_targets(ids)
+    expanded = len(ids) + 2 * (rules.TOKENS_PER_IMAGE - 1)
+    assert targets[-1] == (expanded - 1, tok.seg_id)
+    assert tok.decode([t for _, t in targets[:-1]]).strip() == rules.ANSWER_PREFIX.strip()
 
 
 @settings(max_examples=10, deadline=None)
