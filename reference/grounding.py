@@ -190,72 +190,89 @@ def grounding_batch(rng: np.random.Generator, video, n: int, max_frames: int):
     return out
 
 
+def grounding_step_loss(ref, cfg, head: GroundingHead, rng: np.random.Generator, answers, *,
+                        video_index: int, kmax: int, n_videos: int, batch: int):
+    """One varied grounding batch (stage 1b's step): `batch` prompts drawn from `n_videos` fresh
+    short videos (video indices video_index..+n_videos); returns (loss, parts) or None when no
+    draw was possible. Loss: location MSE + attribute CE x ground_attr_weight + answer CE x
+    ground_answer_weight."""
+    from .preprocess import clip_pixels
+    from .train import target_locations
+    from .train_data import make_train_video
+
+    model, tok = ref.model, ref.tokenizer
+    embeds, targets, others, objs, motion, ce_at = [], [], [], [], [], []
+    per_video = max(1, batch // n_videos)
+    for v in range(n_videos):
+        n = int(rng.integers(max(kmax, 4), 9))
+        video = make_train_video(cfg.train_data_seed + 800, video_index + v, n, cfg.size)
+        draws = grounding_batch(rng, video, per_video, kmax)
+        if not draws:
+            continue
+        used = sorted({f for _, t, k in draws for f in range(t - k + 1, t + 1)})
+        with torch.no_grad():
+            pooled = clip_pooled(model, torch.stack([clip_pixels(ref.clip_processor, video.frames[f]) for f in used]))
+        images = model.mm_projector(pooled)
+        row = {f: j for j, f in enumerate(used)}
+        meta = {o["obj_id"]: o for o in video.objects_meta}
+        for i, t, k in draws:
+            text, ids = video.expressions[i]
+            ids_k = question_ids(tok, text, k)
+            ce_at += [(len(embeds), p, t_id) for p, t_id in answers.answer_targets(ids_k)]
+            embeds.append(model.embed_prompt(ids_k, images[[row[f] for f in range(t - k + 1, t + 1)]])[0])
+            targets.append(target_locations(video, [ids], [t])[0, 0, 0])
+            o = look_alike(video, ids)
+            others.append(target_locations(video, [(o,)], [t])[0, 0, 0] if o is not None
+                          else np.full(2, np.nan, np.float32))
+            objs.append(meta[ids[0]])
+            motion.append(video.needs(i) == "motion" and k > 1)
+    if not embeds:
+        return None
+    lengths = [e.shape[0] for e in embeds]
+    padded = torch.stack([F.pad(e, (0, 0, 0, max(lengths) - e.shape[0])) for e in embeds])
+    hidden = model.llm.model(inputs_embeds=padded).last_hidden_state  # right padding: causal
+    last = hidden[torch.arange(len(embeds)), torch.tensor(lengths) - 1]
+    xy = head(last)
+    tgt, oth = torch.from_numpy(np.stack(targets)), torch.from_numpy(np.stack(others))
+    loss, parts = grounding_loss(xy, tgt, oth)
+    la, pa = head.attribute_loss(last, [o["colour"] for o in objs], [o["shape"] for o in objs])
+    loss = loss + cfg.ground_attr_weight * la
+    parts.update(pa)
+    if cfg.ground_answer_weight:  # the answer text stage 2 asks for, so its CE starts low
+        rows, pos, tgt_ids = (torch.tensor(c) for c in zip(*ce_at))
+        ce = F.cross_entropy(model.llm.lm_head(hidden[rows, pos]), tgt_ids)
+        loss = loss + cfg.ground_answer_weight * ce
+        parts["g_ce"] = ce.item()
+    motion = torch.tensor(motion)
+    if motion.any():  # the pick where only the motion tells the target from its look-alike
+        parts["g_pick_motion"] = grounding_loss(xy[motion].detach(), tgt[motion], oth[motion])[1].get("g_pick", float("nan"))
+    return loss, parts
+
+
 def pretrain_grounding(ref, cfg, head: GroundingHead, *, progress: bool = True, log=None) -> list[dict]:
     """Stage 1b (`--ground-steps`): the LLM and projector (CLIP frozen) learn to say where the
     described object is in the last of K consecutive frames; the first `ground_single_steps`
     use one frame (K = 1), the rest K in [1, ground_frames] (motion needs K >= 2)."""
-    from .preprocess import clip_pixels
-    from .train import PromptCache, _optimizer, _Progress, lr_at, target_locations
-    from .train_data import make_train_video
+    from .train import PromptCache, _optimizer, _Progress, lr_at
 
-    model, tok = ref.model, ref.tokenizer
+    model = ref.model
     params = list(model.llm.parameters()) + list(model.mm_projector.parameters())
     opt = _optimizer(params + list(head.parameters()), cfg.llm_lr, cfg)
     rng = np.random.default_rng(cfg.seed + 17)
     bar = _Progress(cfg.ground_steps, "ground", progress, log)
     history = []
-    answers = PromptCache(tok)
+    answers = PromptCache(ref.tokenizer)
     for step in range(cfg.ground_steps):
         kmax = 1 if step < cfg.ground_single_steps else cfg.ground_frames
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.llm_lr, cfg.warmup, cfg.ground_steps, cfg.min_lr_frac)
         # several short videos per step: draws from one video alone are too alike (one video
         # per step did not learn the location in 6,000 steps; a varied set did in ~1,500)
-        embeds, targets, others, objs, motion, ce_at = [], [], [], [], [], []
-        per_video = max(1, cfg.ground_batch // cfg.ground_videos)
-        for v in range(cfg.ground_videos):
-            n = int(rng.integers(max(kmax, 4), 9))
-            video = make_train_video(cfg.train_data_seed + 800, step * cfg.ground_videos + v, n, cfg.size)
-            draws = grounding_batch(rng, video, per_video, kmax)
-            if not draws:
-                continue
-            used = sorted({f for _, t, k in draws for f in range(t - k + 1, t + 1)})
-            with torch.no_grad():
-                pooled = clip_pooled(model, torch.stack([clip_pixels(ref.clip_processor, video.frames[f]) for f in used]))
-            images = model.mm_projector(pooled)
-            row = {f: j for j, f in enumerate(used)}
-            meta = {o["obj_id"]: o for o in video.objects_meta}
-            for i, t, k in draws:
-                text, ids = video.expressions[i]
-                ids_k = question_ids(tok, text, k)
-                ce_at += [(len(embeds), p, t_id) for p, t_id in answers.answer_targets(ids_k)]
-                embeds.append(model.embed_prompt(ids_k, images[[row[f] for f in range(t - k + 1, t + 1)]])[0])
-                targets.append(target_locations(video, [ids], [t])[0, 0, 0])
-                o = look_alike(video, ids)
-                others.append(target_locations(video, [(o,)], [t])[0, 0, 0] if o is not None
-                              else np.full(2, np.nan, np.float32))
-                objs.append(meta[ids[0]])
-                motion.append(video.needs(i) == "motion" and k > 1)
-        if not embeds:
+        out = grounding_step_loss(ref, cfg, head, rng, answers, video_index=step * cfg.ground_videos,
+                                  kmax=kmax, n_videos=cfg.ground_videos, batch=cfg.ground_batch)
+        if out is None:
             continue
-        lengths = [e.shape[0] for e in embeds]
-        batch = torch.stack([F.pad(e, (0, 0, 0, max(lengths) - e.shape[0])) for e in embeds])
-        hidden = model.llm.model(inputs_embeds=batch).last_hidden_state  # right padding: causal
-        last = hidden[torch.arange(len(embeds)), torch.tensor(lengths) - 1]
-        xy = head(last)
-        tgt, oth = torch.from_numpy(np.stack(targets)), torch.from_numpy(np.stack(others))
-        loss, parts = grounding_loss(xy, tgt, oth)
-        la, pa = head.attribute_loss(last, [o["colour"] for o in objs], [o["shape"] for o in objs])
-        loss = loss + cfg.ground_attr_weight * la
-        parts.update(pa)
-        if cfg.ground_answer_weight:  # the answer text stage 2 asks for, so its CE starts low
-            rows, pos, tgt_ids = (torch.tensor(c) for c in zip(*ce_at))
-            ce = F.cross_entropy(model.llm.lm_head(hidden[rows, pos]), tgt_ids)
-            loss = loss + cfg.ground_answer_weight * ce
-            parts["g_ce"] = ce.item()
-        motion = torch.tensor(motion)
-        if motion.any():  # the pick where only the motion tells the target from its look-alike
-            parts["g_pick_motion"] = grounding_loss(xy[motion].detach(), tgt[motion], oth[motion])[1].get("g_pick", float("nan"))
+        loss, parts = out
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -157,6 +157,11 @@ class TrainConfig:
     ground_videos: int = 8  # videos per stage-1b step (ground_batch // ground_videos draws each)
     ground_attr_weight: float = 0.1  # stage 1b: the target's colour / shape CE (the first hop)
     ground_answer_weight: float = 1.0  # stage 1b: CE on GLUS's answer text + [SEG] (stage 2's first CE)
+    # stage 2 rehearses stage 1b: each step adds one varied one-frame grounding batch (ground_mix_batch
+    # prompts from 4 fresh videos) x ground_mix, as LISA/GLUS mix their datasets; stage 2's own
+    # batches come from one video, which never (re)learned the location (session 6)
+    ground_mix: float = 0.0
+    ground_mix_batch: int = 16
     ground_weight: float = 0.0
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
     weight_decay: float = 0.0
@@ -786,7 +791,7 @@ class _Progress:
     """tqdm bar with smoothed loss values, and/or a plain log line every `every` steps."""
 
     KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens",
-            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "g_mse", "g_pick", "g_pick_motion", "g_attr", "g_ce")
+            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "g_mse", "g_pick", "g_pick_motion", "g_attr", "g_ce", "m_mse", "m_pick")
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
         from tqdm import tqdm
@@ -946,7 +951,7 @@ class _PreStage2:
                                      model.sam.sam_prompt_encoder.pe_layer if cfg.locate else None)
             prompt.load_state_dict(state["prompt"])
             prompt.requires_grad_(False)
-        if cfg.ground_weight or state["ground_head"] is not None:
+        if cfg.ground_weight or cfg.ground_mix or state["ground_head"] is not None:
             ground_head = GroundingHead(model.llm.config.hidden_size)
             if state["ground_head"] is not None:
                 ground_head.load_state_dict(state["ground_head"])
@@ -958,7 +963,8 @@ def _pretrain(ref, cfg: TrainConfig, *, progress: bool, log) -> _PreStage2:
     model = ref.model
     t_pre = time.time()
     clip_history = pretrain_clip(ref, cfg, progress=progress, log=log) if cfg.clip_steps else []
-    ground_head = GroundingHead(model.llm.config.hidden_size) if cfg.ground_steps or cfg.ground_weight else None
+    ground_head = (GroundingHead(model.llm.config.hidden_size)
+                   if cfg.ground_steps or cfg.ground_weight or cfg.ground_mix else None)
     ground_history = (pretrain_grounding(ref, cfg, ground_head, progress=progress, log=log)
                       if cfg.ground_steps else [])
     t0 = time.time()
@@ -1007,8 +1013,10 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     params = [p for _, p in named]
     sam_params = [p for n, p in named if n.startswith("sam.")]
     other = [p for n, p in named if not n.startswith("sam.")]
-    if ground_head is not None and cfg.ground_weight:
+    if ground_head is not None and (cfg.ground_weight or cfg.ground_mix):
         other += list(ground_head.parameters())
+    mix_rng = np.random.default_rng(cfg.seed + 19)
+    mix_answers = PromptCache(ref.tokenizer) if cfg.ground_mix else None
     opt = torch.optim.AdamW([{"params": sam_params, "peak": cfg.lr},
                              {"params": other, "peak": cfg.llm_lr}],
                             lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -1033,14 +1041,24 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         res = forward_sample(ref, prompts, sample, step_cfg, bank, py_rng, masks_on=not warm,
                              point_weight=pw, prompt=prompt,
                              ground_head=ground_head if cfg.ground_weight else None)
+        loss = res.loss
+        mix_parts = {}
+        if cfg.ground_mix:
+            from .grounding import grounding_step_loss
+
+            out_mix = grounding_step_loss(ref, cfg, ground_head, mix_rng, mix_answers, kmax=1, n_videos=4,
+                                          video_index=10_000_000 + 4 * step, batch=cfg.ground_mix_batch)
+            if out_mix is not None:
+                loss = loss + cfg.ground_mix * out_mix[0]
+                mix_parts = {"m_" + k.removeprefix("g_"): v for k, v in out_mix[1].items()}
         opt.zero_grad(set_to_none=True)
-        res.loss.backward()
+        loss.backward()
         if step < cfg.freeze_sam_steps:
             for p in sam_params:
                 p.grad = None  # AdamW leaves parameters without a gradient untouched
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        parts = dict(res.parts, gnorm=float(gn), lr=opt.param_groups[0]["lr"], step=step,
+        parts = dict(res.parts, **mix_parts, gnorm=float(gn), lr=opt.param_groups[0]["lr"], step=step,
                      t=round(time.time() - t0, 1))
         history.append(parts)
         bar.update(step, parts)
@@ -1144,6 +1162,8 @@ def main(argv=None) -> None:
     p.add_argument("--ground-frames", type=int, default=d.ground_frames)
     p.add_argument("--ground-weight", type=float, default=d.ground_weight,
                    help="stage 2: weight of the same location loss on the [SEG] position")
+    p.add_argument("--ground-mix", type=float, default=d.ground_mix,
+                   help="stage 2 also takes one varied one-frame grounding batch per step, x this weight")
     p.add_argument("--locate", action="store_true",
                    help="experiment: the scaffold token also encodes where the target is")
     p.add_argument("--threads", type=int, default=d.threads)
@@ -1177,7 +1197,7 @@ def main(argv=None) -> None:
         locate=a.locate, sam_hard_weight=a.sam_hard_weight, dense_weight=a.dense_weight,
         encoder_steps=a.encoder_steps, clip_steps=a.clip_steps, ground_steps=a.ground_steps,
         ground_single_steps=a.ground_single_steps, ground_frames=a.ground_frames,
-        ground_weight=a.ground_weight, llm_lr=a.llm_lr,
+        ground_weight=a.ground_weight, llm_lr=a.llm_lr, ground_mix=a.ground_mix,
     )
     out = Path(a.out)
     t0 = time.time()

@@ -118,11 +118,12 @@ def tiny_ref(tmp_path_factory):
     return T.init_checkpoint(tmp_path_factory.mktemp("tiny"), "test", 0)
 
 
-def test_stages_0b_and_1b_run_inside_train_and_repeat_exactly(tmp_path):
+def test_stages_0b_1b_and_the_rehearsal_run_inside_train_and_repeat_exactly(tmp_path):
     from safetensors.torch import load_file
 
     cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=3,
-                  ground_steps=3, ground_single_steps=1, ground_frames=3, ground_batch=4, ground_weight=1.0)
+                  ground_steps=3, ground_single_steps=1, ground_frames=3, ground_batch=4, ground_weight=1.0,
+                  ground_mix=1.0, ground_mix_batch=4)
     for name in ("a", "b"):
         T.train(cfg, tmp_path / name, progress=False)
     wa = load_file(str(tmp_path / "a" / "glus" / "model.safetensors"))
@@ -132,6 +133,7 @@ def test_stages_0b_and_1b_run_inside_train_and_repeat_exactly(tmp_path):
     assert len(log["clip_history"]) == 3 and {"c_col", "c_shape", "c_pos"} <= set(log["clip_history"][0])
     assert [h["k"] for h in log["ground_history"]] == [1, 3, 3]  # one frame first, then up to 3
     assert all("g_mse" in h for h in log["history"])  # the stage-2 location loss is on
+    assert all("m_mse" in h and "m_ce" in h for h in log["history"])  # and stage 1b's rehearsal
 
 
 def test_stage2_from_a_stage1_snapshot_repeats_the_full_run(tmp_path):
