@@ -161,6 +161,9 @@ class TrainConfig:
     # prompts from 4 fresh videos) x ground_mix, as LISA/GLUS mix their datasets; stage 2's own
     # batches come from one video, which never (re)learned the location (session 6)
     ground_mix: float = 0.0
+    # stage 2's rate for the LLM body, projector and CLIP, as a fraction of llm_lr (the [SEG] head
+    # keeps llm_lr): a grounded LLM (stage 1b) is fine-tuned, not rebuilt, by stage 2's big early losses
+    stage2_llm_scale: float = 1.0
     ground_mix_batch: int = 16
     ground_weight: float = 0.0
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
@@ -1017,9 +1020,14 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         other += list(ground_head.parameters())
     mix_rng = np.random.default_rng(cfg.seed + 19)
     mix_answers = PromptCache(ref.tokenizer) if cfg.ground_mix else None
-    opt = torch.optim.AdamW([{"params": sam_params, "peak": cfg.lr},
-                             {"params": other, "peak": cfg.llm_lr}],
-                            lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    groups = [{"params": sam_params, "peak": cfg.lr}]
+    if cfg.stage2_llm_scale != 1.0:
+        body = {id(p) for n, p in named if n.startswith(("llm.", "mm_projector", "clip."))}
+        groups += [{"params": [p for p in other if id(p) in body], "peak": cfg.llm_lr * cfg.stage2_llm_scale},
+                   {"params": [p for p in other if id(p) not in body], "peak": cfg.llm_lr}]
+    else:
+        groups.append({"params": other, "peak": cfg.llm_lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     prompts = PromptCache(ref.tokenizer)
     bank = SegBank(cfg.bank_size) if cfg.contrastive and cfg.bank_negatives > 0 else None
     data_rng = np.random.default_rng(cfg.seed)
@@ -1164,6 +1172,8 @@ def main(argv=None) -> None:
                    help="stage 2: weight of the same location loss on the [SEG] position")
     p.add_argument("--ground-mix", type=float, default=d.ground_mix,
                    help="stage 2 also takes one varied one-frame grounding batch per step, x this weight")
+    p.add_argument("--stage2-llm-scale", type=float, default=d.stage2_llm_scale,
+                   help="stage 2's rate for the LLM body, projector and CLIP, as a fraction of the LLM rate")
     p.add_argument("--locate", action="store_true",
                    help="experiment: the scaffold token also encodes where the target is")
     p.add_argument("--threads", type=int, default=d.threads)
@@ -1198,6 +1208,7 @@ def main(argv=None) -> None:
         encoder_steps=a.encoder_steps, clip_steps=a.clip_steps, ground_steps=a.ground_steps,
         ground_single_steps=a.ground_single_steps, ground_frames=a.ground_frames,
         ground_weight=a.ground_weight, llm_lr=a.llm_lr, ground_mix=a.ground_mix,
+        stage2_llm_scale=a.stage2_llm_scale,
     )
     out = Path(a.out)
     t0 = time.time()

@@ -164,3 +164,18 @@ def test_attribute_loss_is_the_colour_plus_shape_cross_entropy():
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
     both = ((lc.argmax(-1) == yc) & (ls.argmax(-1) == ys)).float().mean().item()
     assert parts["g_attr"] == pytest.approx(both)
+
+
+def test_stage2_llm_scale_zero_leaves_the_grounded_llm_as_stage_1b_left_it(tmp_path):
+    """stage2_llm_scale scales the LLM body / projector / CLIP rate only: at 0 they keep the
+    snapshot's weights while the [SEG] head (text_hidden_fcs) still learns."""
+    cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=1,
+                  ground_steps=1, ground_single_steps=1, ground_batch=4, ground_weight=1.0)
+    T.train(replace(cfg, keep_stage1=True, steps=0), tmp_path / "pre", progress=False)
+    snap = torch.load(tmp_path / "pre" / "stage1.pt", weights_only=False)["model"]
+    ref, _ = T.train(replace(cfg, stage2_llm_scale=0.0, freeze_sam_steps=2), tmp_path / "s2", progress=False,
+                     from_stage1=tmp_path / "pre" / "stage1.pt")
+    now = ref.model.state_dict()
+    body = [k for k in snap if k.startswith(("llm.", "mm_projector", "clip."))]
+    assert body and all(torch.equal(now[k].float(), snap[k].float()) for k in body)
+    assert not all(torch.equal(now[k].float(), snap[k].float()) for k in snap if k.startswith("text_hidden_fcs"))
