@@ -161,10 +161,10 @@ class TrainConfig:
     # prompts from 4 fresh videos) x ground_mix, as LISA/GLUS mix their datasets; stage 2's own
     # batches come from one video, which never (re)learned the location (session 6)
     ground_mix: float = 0.0
+    ground_mix_batch: int = 16
     # stage 2's rate for the LLM body, projector and CLIP, as a fraction of llm_lr (the [SEG] head
     # keeps llm_lr): a grounded LLM (stage 1b) is fine-tuned, not rebuilt, by stage 2's big early losses
     stage2_llm_scale: float = 1.0
-    ground_mix_batch: int = 16
     ground_weight: float = 0.0
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
     weight_decay: float = 0.0
@@ -1085,7 +1085,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     shutil.rmtree(work, ignore_errors=True)
     log_path = out / "train_log.json"
     log_path.write_text(json.dumps({
-        "config": asdict(cfg), "sam_steps_done": len(sam_history), "steps_done": step + 1,
+        "config": asdict(cfg), **({"from_stage1": str(from_stage1)} if from_stage1 is not None else {}),
+        "sam_steps_done": len(sam_history), "steps_done": step + 1,
         "sam_seconds": round(sam_seconds, 1), "train_seconds": round(wall, 1),
         "sam_history": sam_history, "history": history,
         **({"encoder_history": encoder_history} if cfg.encoder_steps else {}),

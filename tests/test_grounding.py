@@ -150,6 +150,7 @@ def test_stage2_from_a_stage1_snapshot_repeats_the_full_run(tmp_path):
     la, lb = (json.loads((tmp_path / d / "train_log.json").read_text())["history"] for d in ("full", "resumed"))
     drop_t = [{k: v for k, v in h.items() if k != "t"} for h in la]
     assert drop_t == [{k: v for k, v in h.items() if k != "t"} for h in lb]
+    assert json.loads((tmp_path / "resumed" / "train_log.json").read_text())["from_stage1"].endswith("stage1.pt")
 
 
 def test_attribute_loss_is_the_colour_plus_shape_cross_entropy():
