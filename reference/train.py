@@ -77,7 +77,8 @@ import torch.nn.functional as F  # noqa: E402
 from .make_tiny import glus_config
 from . import rules
 from .dense_aux import DenseAttributeHead, dense_labels
-from .grounding import GroundingHead, clip_pooled, grounding_loss, pretrain_clip, pretrain_grounding
+from .grounding import (GroundingHead, clip_pooled, grounding_loss, grounding_step_loss, pretrain_clip,
+                        pretrain_grounding)
 from .model import ImageFeatures
 from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
 
@@ -978,8 +979,7 @@ def _pretrain(ref, cfg: TrainConfig, *, progress: bool, log) -> _PreStage2:
 
 
 def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None, eval_fn=None,
-          vision_tower: str | None = None, init_state: dict | None = None,
-          from_stage1: str | Path | None = None):
+          vision_tower: str | None = None, from_stage1: str | Path | None = None):
     """Train from a seeded random init; returns (ref, history). Saves OUT/glus + OUT/clip.
 
     Stage 1 (cfg.sam_steps): SAM2 pretraining (attribute prompts). Stage 2 (cfg.steps): GLUS training,
@@ -993,8 +993,6 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     work = out / ".init"
     ref = init_checkpoint(work, cfg.shape, cfg.seed)
     model = ref.model
-    if init_state is not None:  # development: start from given weights (e.g. a stage-1 result)
-        model.load_state_dict(init_state, strict=False)
     with torch.no_grad():
         out_layer = model.text_hidden_fcs[0][2]
         out_layer.weight.mul_(cfg.seg_init_scale)
@@ -1052,8 +1050,6 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         loss = res.loss
         mix_parts = {}
         if cfg.ground_mix:
-            from .grounding import grounding_step_loss
-
             out_mix = grounding_step_loss(ref, cfg, ground_head, mix_rng, mix_answers, kmax=1, n_videos=4,
                                           video_index=10_000_000 + 4 * step, batch=cfg.ground_mix_batch)
             if out_mix is not None:
