@@ -80,6 +80,7 @@ from .dense_aux import DenseAttributeHead, dense_labels
 from .grounding import (GroundingHead, clip_pooled, grounding_loss, grounding_step_loss, pretrain_clip,
                         pretrain_grounding)
 from .model import ImageFeatures
+from .motion import MotionTokenHead, motion_token_labels, pretrain_motion, stage2_token_loss
 from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +168,15 @@ class TrainConfig:
     # keeps llm_lr): a grounded LLM (stage 1b) is fine-tuned, not rebuilt, by stage 2's big early losses
     stage2_llm_scale: float = 1.0
     ground_weight: float = 0.0
+    # reference.motion (session 8): stage 1c, the LLM over GLUS's prompt learns each query-frame
+    # token's object motion (middle layer, x motion_weight) and the target's location ([SEG]
+    # position); motion_stage2_weight keeps the token loss in stage 2
+    motion_steps: int = 0
+    motion_weight: float = 1.0
+    motion_stage2_weight: float = 0.0
+    motion_expr_weight: float = 3.0  # stage 1c draws expressions that need the motion this much more often
+    motion_videos: int = 8
+    motion_batch: int = 32
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -465,7 +475,8 @@ class StepOut:
 def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
                    bank: SegBank | None, rng: random.Random, masks_on: bool = True,
                    point_weight: float = 0.0, prompt: "AttributePrompt | None" = None,
-                   ground_head: "GroundingHead | None" = None) -> StepOut:
+                   ground_head: "GroundingHead | None" = None,
+                   motion_head: "MotionTokenHead | None" = None) -> StepOut:
     from .preprocess import clip_pixels
 
     model, tok = ref.model, ref.tokenizer
@@ -486,13 +497,14 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
     prefix = model.embed_prompt(prefix_ids, tokens[[row[f] for f in sample.context]])
     pre = model.llm.model(inputs_embeds=prefix, use_cache=True)
     n_pre = prefix.shape[1]
-    embeds, lengths, ce_rows, ce_pos, ce_tgt = [], [], [], [], []
+    embeds, lengths, ce_rows, ce_pos, ce_tgt, rest_ids = [], [], [], [], [], []
     for text, _ in exprs:
         for w in windows:
             ids, targets = prompts.get(text, len(w))
             e = model.embed_prompt(ids, tokens[[row[f] for f in w]])[0]
             b = len(embeds)
             embeds.append(e)
+            rest_ids.append(ids)
             lengths.append(e.shape[0])
             for p, t in targets:
                 ce_rows.append(b)
@@ -505,8 +517,10 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
     cache = DynamicCache([(layer.keys.expand(bsz, -1, -1, -1), layer.values.expand(bsz, -1, -1, -1))
                           for layer in pre.past_key_values.layers])
     pos_ids = torch.arange(n_pre, n_pre + lmax)[None].expand(bsz, -1)
-    hidden = model.llm.model(inputs_embeds=batch, position_ids=pos_ids, past_key_values=cache,
-                             use_cache=True).last_hidden_state
+    token_motion = motion_head is not None and cfg.motion_stage2_weight > 0
+    llm_out = model.llm.model(inputs_embeds=batch, position_ids=pos_ids, past_key_values=cache,
+                              use_cache=True, output_hidden_states=token_motion)
+    hidden = llm_out.last_hidden_state
     logits = model.llm.lm_head(hidden[ce_rows, ce_pos])
     ce = F.cross_entropy(logits, torch.tensor(ce_tgt))
     last = hidden[torch.arange(bsz), torch.tensor(lengths) - 1]
@@ -518,6 +532,12 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
     parts = {"ce": ce.item(), "seg_acc": seg_acc.item()}
     if masks_on:
         loss = loss + sam_losses(ref, sample, exprs, seg, cfg, parts)
+    if token_motion:  # reference.motion: each query-frame token says how its object moves
+        labs = motion_token_labels(video, needed)
+        tl, tparts = stage2_token_loss(model, motion_head, llm_out.hidden_states, rest_ids,
+                                       [w for _ in exprs for w in windows], lambda f: labs[row[f]])
+        loss = loss + cfg.motion_stage2_weight * tl
+        parts.update(tparts, t_ce=tl.item())
     if ground_head is not None:  # reference.grounding: the [SEG] position says where the target is
         centres = target_locations(video, [ids for _, ids in exprs], sample.query)  # [k, q, O, 2]
         seen = ~np.isnan(centres[..., 0])
@@ -795,7 +815,8 @@ class _Progress:
     """tqdm bar with smoothed loss values, and/or a plain log line every `every` steps."""
 
     KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens",
-            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "g_mse", "g_pick", "g_pick_motion", "g_attr", "g_ce", "m_mse", "m_pick")
+            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "g_mse", "g_pick", "g_pick_motion", "g_attr", "g_ce", "m_mse", "m_pick",
+            "t_ce", "t_acc", "p_colour", "p_shape", "p_motion", "p_pair_motion")
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
         from tqdm import tqdm
@@ -928,20 +949,23 @@ def _replace(cfg: TrainConfig, **kw) -> TrainConfig:
 
 @dataclass
 class _PreStage2:
-    """What stages 0b, 1b, 0 and 1 hand to stage 2 (besides the model's weights)."""
+    """What stages 0b, 1b, 1c, 0 and 1 hand to stage 2 (besides the model's weights)."""
     prompt: "AttributePrompt | None"
     ground_head: "GroundingHead | None"
     clip_history: list
     ground_history: list
     sam_history: list
     encoder_history: list
+    motion_head: "MotionTokenHead | None" = None
+    motion_history: list = field(default_factory=list)
     pre_seconds: float = 0.0
     sam_seconds: float = 0.0
 
     def save(self, path: Path, model) -> None:
         torch.save({"model": model.state_dict(),
                     "prompt": None if self.prompt is None else self.prompt.state_dict(),
-                    "ground_head": None if self.ground_head is None else self.ground_head.state_dict()},
+                    "ground_head": None if self.ground_head is None else self.ground_head.state_dict(),
+                    "motion_head": None if self.motion_head is None else self.motion_head.state_dict()},
                    path)
 
     @classmethod
@@ -959,23 +983,32 @@ class _PreStage2:
             ground_head = GroundingHead(model.llm.config.hidden_size)
             if state["ground_head"] is not None:
                 ground_head.load_state_dict(state["ground_head"])
-        return cls(prompt, ground_head, [], [], [], [])
+        motion_head = None
+        if cfg.motion_stage2_weight or state.get("motion_head") is not None:
+            motion_head = MotionTokenHead(model.llm.config.hidden_size)
+            if state.get("motion_head") is not None:
+                motion_head.load_state_dict(state["motion_head"])
+        return cls(prompt, ground_head, [], [], [], [], motion_head)
 
 
 def _pretrain(ref, cfg: TrainConfig, *, progress: bool, log) -> _PreStage2:
-    """Stages 0b and 1b (CLIP, then the LLM's grounding), then 0 and 1 (SAM2)."""
+    """Stages 0b, 1b and 1c (CLIP, the LLM's grounding, its motion), then 0 and 1 (SAM2)."""
     model = ref.model
     t_pre = time.time()
     clip_history = pretrain_clip(ref, cfg, progress=progress, log=log) if cfg.clip_steps else []
     ground_head = (GroundingHead(model.llm.config.hidden_size)
-                   if cfg.ground_steps or cfg.ground_weight or cfg.ground_mix else None)
+                   if cfg.ground_steps or cfg.ground_weight or cfg.ground_mix or cfg.motion_steps else None)
     ground_history = (pretrain_grounding(ref, cfg, ground_head, progress=progress, log=log)
                       if cfg.ground_steps else [])
+    motion_head = (MotionTokenHead(model.llm.config.hidden_size)
+                   if cfg.motion_steps or cfg.motion_stage2_weight else None)
+    motion_history = (pretrain_motion(ref, cfg, ground_head, motion_head, progress=progress, log=log)
+                      if cfg.motion_steps else [])
     t0 = time.time()
     prompt, sam_history, encoder_history = (pretrain_sam(ref, cfg, progress=progress, log=log)
                                             if cfg.sam_steps else (None, [], []))
     return _PreStage2(prompt, ground_head, clip_history, ground_history, sam_history, encoder_history,
-                      pre_seconds=t0 - t_pre, sam_seconds=time.time() - t0)
+                      motion_head, motion_history, pre_seconds=t0 - t_pre, sam_seconds=time.time() - t0)
 
 
 def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None, eval_fn=None,
@@ -984,7 +1017,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
 
     Stage 1 (cfg.sam_steps): SAM2 pretraining (attribute prompts). Stage 2 (cfg.steps): GLUS training,
     every part, with GLUS's losses. `from_stage1` (development): a stage1.pt that an earlier run
-    with keep_stage1 wrote; stages 0b, 1b, 0 and 1 are skipped and stage 2 starts from it.
+    with keep_stage1 wrote; stages 0b, 1b, 1c, 0 and 1 are skipped and stage 2 starts from it.
     """
     torch.set_num_threads(cfg.threads)
     out = Path(out)
@@ -1006,7 +1039,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
             pre.save(out / "stage1.pt", model)
     clip_history, ground_history = pre.clip_history, pre.ground_history
     sam_history, encoder_history = pre.sam_history, pre.encoder_history
-    prompt, ground_head = pre.prompt, pre.ground_head
+    prompt, ground_head, motion_head = pre.prompt, pre.ground_head, pre.motion_head
     pre_seconds, sam_seconds = pre.pre_seconds, pre.sam_seconds
     t0 = time.time()
 
@@ -1016,6 +1049,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     other = [p for n, p in named if not n.startswith("sam.")]
     if ground_head is not None and (cfg.ground_weight or cfg.ground_mix):
         other += list(ground_head.parameters())
+    if motion_head is not None and cfg.motion_stage2_weight:
+        other += list(motion_head.parameters())
     mix_rng = np.random.default_rng(cfg.seed + 19)
     mix_answers = PromptCache(ref.tokenizer) if cfg.ground_mix else None
     groups = [{"params": sam_params, "peak": cfg.lr}]
@@ -1046,7 +1081,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         pw = cfg.point_weight * max(0.0, 1 - step / cfg.point_until) if cfg.point_until else 0.0
         res = forward_sample(ref, prompts, sample, step_cfg, bank, py_rng, masks_on=not warm,
                              point_weight=pw, prompt=prompt,
-                             ground_head=ground_head if cfg.ground_weight else None)
+                             ground_head=ground_head if cfg.ground_weight else None,
+                             motion_head=motion_head)
         loss = res.loss
         mix_parts = {}
         if cfg.ground_mix:
@@ -1088,7 +1124,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         **({"encoder_history": encoder_history} if cfg.encoder_steps else {}),
         **({"clip_history": clip_history, "pre_seconds": round(pre_seconds, 1)}
            if cfg.clip_steps or cfg.ground_steps else {}),
-        **({"ground_history": ground_history} if cfg.ground_steps else {})}))
+        **({"ground_history": ground_history} if cfg.ground_steps else {}),
+        **({"motion_history": pre.motion_history} if cfg.motion_steps else {})}))
     return ref, history
 
 
@@ -1171,6 +1208,13 @@ def main(argv=None) -> None:
                    help="stage 2 also takes one varied one-frame grounding batch per step, x this weight")
     p.add_argument("--stage2-llm-scale", type=float, default=d.stage2_llm_scale,
                    help="stage 2's rate for the LLM body, projector and CLIP, as a fraction of the LLM rate")
+    p.add_argument("--motion-steps", type=int, default=d.motion_steps,
+                   help="stage 1c: the LLM, over GLUS's prompt, learns each query-frame token's object "
+                        "motion and the target's location (reference.motion)")
+    p.add_argument("--motion-weight", type=float, default=d.motion_weight,
+                   help="stage 1c: weight of the per-token motion loss")
+    p.add_argument("--motion-stage2-weight", type=float, default=d.motion_stage2_weight,
+                   help="stage 2: weight of the same per-token motion loss (0: off)")
     p.add_argument("--locate", action="store_true",
                    help="experiment: the scaffold token also encodes where the target is")
     p.add_argument("--threads", type=int, default=d.threads)
@@ -1187,7 +1231,7 @@ def main(argv=None) -> None:
     p.add_argument("--keep-stage1", action="store_true",
                    help="also write OUT/stage1.pt (every weight before stage 2, for experiments)")
     p.add_argument("--from-stage1", default=None, metavar="STAGE1_PT",
-                   help="development: skip stages 0b/1b/0/1 and start stage 2 from a --keep-stage1 snapshot "
+                   help="development: skip stages 0b/1b/1c/0/1 and start stage 2 from a --keep-stage1 snapshot "
                         "(the same stage flags must be given)")
     p.add_argument("--llm-lr", type=float, default=d.llm_lr, help="peak rate of the LLM side and the scaffold (stages 1, 1b, 2)")
     p.add_argument("--no-progress", action="store_true")
@@ -1205,7 +1249,8 @@ def main(argv=None) -> None:
         encoder_steps=a.encoder_steps, clip_steps=a.clip_steps, ground_steps=a.ground_steps,
         ground_single_steps=a.ground_single_steps, ground_frames=a.ground_frames,
         ground_weight=a.ground_weight, llm_lr=a.llm_lr, ground_mix=a.ground_mix,
-        stage2_llm_scale=a.stage2_llm_scale,
+        stage2_llm_scale=a.stage2_llm_scale, motion_steps=a.motion_steps, motion_weight=a.motion_weight,
+        motion_stage2_weight=a.motion_stage2_weight,
     )
     out = Path(a.out)
     t0 = time.time()

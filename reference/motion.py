@@ -1,0 +1,237 @@
+"""Stage 1c (not GLUS): the LLM learns which way every object moves, over GLUS's own prompt.
+
+GLUS's LLaVA knows from pretraining what moves where; ours starts from scratch. Sessions 5-7
+(models/glus-tiny/TRAINING.md) found that the tiny LLM, asked only for the target's location at
+the [SEG] position, never learned to pick a target among look-alikes by its motion: that one
+target number per prompt has to teach, in one go, which look-alike in the query frame is which
+one in the context frames, which way each moves, and which one the words ask for.
+
+This stage splits the job the way the prompt's causal order allows. The query frame's image
+tokens come before the question, so they cannot know the expression; what they can compute is
+the motion of the object under them, by attending to the same object in the context frames and
+the window's earlier query frames. A linear head on the LLM's middle layer asks every query-frame
+token for the video-level motion of the object covering it (`evalkit.synth.MOTIONS`: left,
+right, up, down, stop, still, bounce), so the [SEG] position's last layers only have to match the
+expression's words against tokens that already carry their motion, as they match colour.
+
+A step: `motion_videos` fresh videos, `motion_batch` prompts in all; each prompt is exactly the
+inference prompt of one query frame (4 context frames by GLUS's training rule, the window of
+<= 4 query rounds, the question, the answer prefix). Loss: the per-token motion CE (object
+tokens only) x `motion_weight` + the target's location at the [SEG] position (the
+reference.grounding head). `motion_stage2_weight` keeps the token loss on in stage 2.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from evalkit import synth
+
+from . import rules
+from .dense_aux import IGNORE
+from .grounding import GroundingHead, POOLED_COLS, PATCH_GRID, clip_pooled, grounding_loss, look_alike
+
+MOTIONS = synth.MOTIONS
+
+
+def motion_token_labels(video, frames: list[int]) -> torch.Tensor:
+    """int64 [F, 64]: 1 + MOTIONS index of the object covering each pooled token's strip (its
+    motion over the whole video, as the expressions name it); 0 = background; IGNORE where mixed
+    (no object covers half of the strip, yet objects cover a fifth or more)."""
+    ids = sorted(video.objects)
+    motion = {o["obj_id"]: MOTIONS.index(o["motion"]) + 1 for o in video.objects_meta}
+    out = np.full((len(frames), PATCH_GRID, POOLED_COLS), IGNORE, dtype=np.int64)
+    for j, f in enumerate(frames):
+        cover = np.stack([cv2.resize(video.objects[o][f].astype(np.float32), (POOLED_COLS, PATCH_GRID),
+                                     interpolation=cv2.INTER_AREA) for o in ids])
+        best, top = cover.argmax(0), cover.max(0)
+        for k, o in enumerate(ids):
+            out[j][(best == k) & (top >= 0.5)] = motion[o]
+        out[j][cover.sum(0) < 0.2] = 0
+    return torch.from_numpy(out.reshape(len(frames), PATCH_GRID * POOLED_COLS))
+
+
+def image_offsets(ids: list[int]) -> list[int]:
+    """Where each image's 64 tokens start in the sequence GlusModel.embed_prompt builds from `ids`."""
+    starts, pos = [], 0
+    for t in ids:
+        if t == rules.IMAGE_TOKEN_INDEX:
+            starts.append(pos)
+            pos += rules.TOKENS_PER_IMAGE
+        else:
+            pos += 1
+    return starts
+
+
+def motion_layer(model) -> int:
+    """The hidden state the token head reads: the middle of the LLM (at least after layer 1), so
+    the layers above it are left to route the expression to the [SEG] position and match it."""
+    return max(1, model.llm.config.num_hidden_layers // 2)
+
+
+class MotionTokenHead(torch.nn.Module):
+    """Linear per-token classifier of the covering object's video-level motion."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(dim, len(MOTIONS) + 1)
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor):
+        """tokens [N, 64, D], labels [N, 64] → (CE over object tokens, {"t_acc": their accuracy}).
+        Background (most tokens, and told by colour alone) is left out."""
+        obj = labels > 0
+        if not obj.any():
+            return tokens.sum() * 0, {}
+        logits = self.fc(tokens[obj])
+        loss = F.cross_entropy(logits, labels[obj])
+        with torch.no_grad():
+            acc = float((logits.argmax(-1) == labels[obj]).float().mean())
+        return loss, {"t_acc": acc}
+
+
+def nearest_pick(xy: np.ndarray, target: np.ndarray, others: np.ndarray) -> float:
+    """1.0 when the point is nearer the target's centre than every other visible object's
+    (others [O, 2], NaN rows: not visible), NaN when the target is not visible."""
+    if np.isnan(target).any():
+        return float("nan")
+    d = np.linalg.norm(xy - target)
+    rest = others[~np.isnan(others).any(-1)]
+    return float(np.all(d < np.linalg.norm(rest - xy, axis=-1)))
+
+
+def motion_draws(rng: np.random.Generator, video, n: int, motion_weight: float) -> list[tuple[int, int]]:
+    """n (expression index, query frame t) draws: single-object targets visible in frame t;
+    expressions that need the motion are drawn `motion_weight` times as often."""
+    singles = [i for i, (_, ids) in enumerate(video.expressions) if len(ids) == 1]
+    if not singles:
+        return []
+    w = np.array([motion_weight if video.needs(i) == "motion" else 1.0 for i in singles])
+    out = []
+    for _ in range(50 * n):
+        if len(out) == n:
+            break
+        i = singles[int(rng.choice(len(singles), p=w / w.sum()))]
+        t = int(rng.integers(0, len(video.frames)))
+        if video.objects[video.expressions[i][1][0]][t].any():
+            out.append((i, t))
+    return out
+
+
+def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead, rng: np.random.Generator,
+                     prompts, *, video_index: int):
+    """One stage-1c batch; returns (loss, parts) or None when nothing could be drawn."""
+    from .preprocess import clip_pixels
+    from .train import target_locations
+    from .train_data import context_frames, make_train_video
+
+    model = ref.model
+    prefix_ids = prompts.prefix_ids()
+    embeds, at, labels, targets, pairs, others, needs = [], [], [], [], [], [], []
+    per_video = max(1, cfg.motion_batch // cfg.motion_videos)
+    for v in range(cfg.motion_videos):
+        n = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
+        video = make_train_video(cfg.train_data_seed + 900, video_index + v, n, cfg.size)
+        ctx = context_frames(rng, n, cfg.exact_context_prob)
+        draws = motion_draws(rng, video, per_video, cfg.motion_expr_weight)
+        if not draws:
+            continue
+        used = sorted(set(ctx) | {f for _, t in draws for f in rules.window_positions(t + 1)})
+        with torch.no_grad():  # CLIP is frozen here (stage 0b taught it)
+            pooled = clip_pooled(model, torch.stack([clip_pixels(ref.clip_processor, video.frames[f]) for f in used]))
+        images = model.mm_projector(pooled)
+        row = {f: j for j, f in enumerate(used)}
+        labs = motion_token_labels(video, used)
+        obj_ids = sorted(video.objects)
+        for i, t in draws:
+            text, tid = video.expressions[i]
+            window = rules.window_positions(t + 1)
+            ids = prefix_ids + prompts.get(text, len(window))[0]
+            b = len(embeds)
+            embeds.append(model.embed_prompt(ids, images[[row[f] for f in ctx + window]])[0])
+            for s, f in zip(image_offsets(ids)[len(ctx):], window):  # the query frames' tokens
+                at.append((b, s))
+                labels.append(labs[row[f]])
+            targets.append(target_locations(video, [tid], [t])[0, 0, 0])
+            o = look_alike(video, tid)
+            pairs.append(target_locations(video, [(o,)], [t])[0, 0, 0] if o is not None
+                         else np.full(2, np.nan, np.float32))
+            others.append(target_locations(video, [tuple(x for x in obj_ids if x != tid[0])], [t])[0, 0])
+            needs.append(video.needs(i))
+    if not embeds:
+        return None
+    lengths = [e.shape[0] for e in embeds]
+    padded = torch.stack([F.pad(e, (0, 0, 0, max(lengths) - e.shape[0])) for e in embeds])  # right padding
+    out = model.llm.model(inputs_embeds=padded, output_hidden_states=True)
+    mid = out.hidden_states[motion_layer(model)]
+    tl, parts = head.loss(torch.stack([mid[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in at]), torch.stack(labels))
+    last = out.last_hidden_state[torch.arange(len(embeds)), torch.tensor(lengths) - 1]
+    xy = ground_head(last)
+    tgt = torch.from_numpy(np.stack(targets))
+    gl, gparts = grounding_loss(xy, tgt)
+    parts.update(gparts, t_ce=tl.item())
+    parts.update(pick_parts(xy.detach().numpy(), np.stack(targets), np.stack(pairs), others, needs))
+    return cfg.motion_weight * tl + gl, parts
+
+
+def pick_parts(xy: np.ndarray, targets: np.ndarray, pairs: np.ndarray, others: list, needs: list[str]) -> dict:
+    """Share of points nearest their target among all objects, per expression need ("p_colour",
+    "p_shape", "p_motion"), and against the look-alike alone for motion ("p_pair_motion")."""
+    near = np.array([nearest_pick(p, t, o) for p, t, o in zip(xy, targets, others)])
+    pair = np.array([nearest_pick(p, t, o[None]) for p, t, o in zip(xy, targets, pairs)])
+    needs = np.array(needs)
+    out = {}
+    for name in ("colour", "shape", "motion"):
+        m = (needs == name) & ~np.isnan(near)
+        if m.any():
+            out[f"p_{name}"] = float(near[m].mean())
+    m = (needs == "motion") & ~np.isnan(pair) & ~np.isnan(pairs).any(-1)
+    if m.any():
+        out["p_pair_motion"] = float(pair[m].mean())
+    return out
+
+
+def pretrain_motion(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead, *, progress: bool = True,
+                    log=None) -> list[dict]:
+    """Stage 1c (`--motion-steps`): LLM + projector (CLIP frozen) on GLUS's prompt, per-token
+    motion CE at the middle layer and the target's location at the [SEG] position."""
+    from .train import PromptCache, _optimizer, _Progress, lr_at
+
+    model = ref.model
+    params = list(model.llm.parameters()) + list(model.mm_projector.parameters())
+    opt = _optimizer(params + list(ground_head.parameters()) + list(head.parameters()), cfg.llm_lr, cfg)
+    rng = np.random.default_rng(cfg.seed + 23)
+    prompts = PromptCache(ref.tokenizer)
+    bar = _Progress(cfg.motion_steps, "motion", progress, log)
+    history = []
+    for step in range(cfg.motion_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.llm_lr, cfg.warmup, cfg.motion_steps, cfg.min_lr_frac)
+        out = motion_step_loss(ref, cfg, ground_head, head, rng, prompts, video_index=step * cfg.motion_videos)
+        if out is None:
+            continue
+        loss, parts = out
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        parts = dict(parts, loss=loss.item(), step=step)
+        history.append(parts)
+        bar.update(step, parts)
+    bar.close()
+    return history
+
+
+def stage2_token_loss(model, head: MotionTokenHead, hidden_states, rest_ids: list[list[int]], windows_of,
+                      labels_of) -> tuple[torch.Tensor, dict]:
+    """The stage-2 form: hidden_states of the continuation after the shared prefix (one row per
+    prompt, `rest_ids[b]` its ids, `windows_of[b]` its query frames), labels_of(frame) → [64]."""
+    mid = hidden_states[motion_layer(model)]
+    at, labels = [], []
+    for b, ids in enumerate(rest_ids):
+        for s, f in zip(image_offsets(ids), windows_of[b]):
+            at.append((b, s))
+            labels.append(labels_of(f))
+    return head.loss(torch.stack([mid[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in at]), torch.stack(labels))
