@@ -253,32 +253,20 @@ def pretrain_grounding(ref, cfg, head: GroundingHead, *, progress: bool = True, 
     """Stage 1b (`--ground-steps`): the LLM and projector (CLIP frozen) learn to say where the
     described object is in the last of K consecutive frames; the first `ground_single_steps`
     use one frame (K = 1), the rest K in [1, ground_frames] (motion needs K >= 2)."""
-    from .train import PromptCache, _optimizer, _Progress, lr_at
+    from .train import PromptCache, run_stage
 
     model = ref.model
     params = list(model.llm.parameters()) + list(model.mm_projector.parameters())
-    opt = _optimizer(params + list(head.parameters()), cfg.llm_lr, cfg)
     rng = np.random.default_rng(cfg.seed + 17)
-    bar = _Progress(cfg.ground_steps, "ground", progress, log)
-    history = []
     answers = PromptCache(ref.tokenizer)
-    for step in range(cfg.ground_steps):
+
+    def step_loss(step):
         kmax = 1 if step < cfg.ground_single_steps else cfg.ground_frames
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.llm_lr, cfg.warmup, cfg.ground_steps, cfg.min_lr_frac)
         # several short videos per step: draws from one video alone are too alike (one video
         # per step did not learn the location in 6,000 steps; a varied set did in ~1,500)
         out = grounding_step_loss(ref, cfg, head, rng, answers, video_index=step * cfg.ground_videos,
                                   kmax=kmax, n_videos=cfg.ground_videos, batch=cfg.ground_batch)
-        if out is None:
-            continue
-        loss, parts = out
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        parts = dict(parts, loss=loss.item(), step=step, k=kmax)
-        history.append(parts)
-        bar.update(step, parts)
-    bar.close()
-    return history
+        return None if out is None else (out[0], dict(out[1], k=kmax))
+
+    return run_stage(params + list(head.parameters()), params, step_loss, cfg, steps=cfg.ground_steps,
+                     lr=cfg.llm_lr, desc="ground", progress=progress, log=log)

@@ -197,31 +197,18 @@ def pretrain_motion(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead,
                     log=None) -> list[dict]:
     """Stage 1c (`--motion-steps`): LLM + projector (CLIP frozen) on GLUS's prompt, per-token
     motion CE at the middle layer and the target's location at the [SEG] position."""
-    from .train import PromptCache, _optimizer, _Progress, lr_at
+    from .train import PromptCache, run_stage
 
     model = ref.model
     params = list(model.llm.parameters()) + list(model.mm_projector.parameters())
-    opt = _optimizer(params + list(ground_head.parameters()) + list(head.parameters()), cfg.llm_lr, cfg)
     rng = np.random.default_rng(cfg.seed + 23)
     prompts = PromptCache(ref.tokenizer)
-    bar = _Progress(cfg.motion_steps, "motion", progress, log)
-    history = []
-    for step in range(cfg.motion_steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.llm_lr, cfg.warmup, cfg.motion_steps, cfg.min_lr_frac)
-        out = motion_step_loss(ref, cfg, ground_head, head, rng, prompts, video_index=step * cfg.motion_videos)
-        if out is None:
-            continue
-        loss, parts = out
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        parts = dict(parts, loss=loss.item(), step=step)
-        history.append(parts)
-        bar.update(step, parts)
-    bar.close()
-    return history
+
+    def step_loss(step):
+        return motion_step_loss(ref, cfg, ground_head, head, rng, prompts, video_index=step * cfg.motion_videos)
+
+    return run_stage(params + list(ground_head.parameters()) + list(head.parameters()), params, step_loss, cfg,
+                     steps=cfg.motion_steps, lr=cfg.llm_lr, desc="motion", progress=progress, log=log)
 
 
 def stage2_token_loss(model, head: MotionTokenHead, hidden_states, rest_ids: list[list[int]], windows_of,

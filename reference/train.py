@@ -847,20 +847,34 @@ def pretrain_on_frames(params, frame_loss, cfg, *, steps: int, lr: float, rng_se
                        desc: str, progress: bool = True, log=None) -> list[dict]:
     """The loop of the single-encoder stages (0 and 0b): per step one fresh video, n_query random
     frames of it, `frame_loss(video, frames)` → (loss, parts), AdamW with warm-up + cosine."""
-    opt = _optimizer(params, lr, cfg)
     rng = np.random.default_rng(rng_seed)
+
+    def step_loss(step):
+        n = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
+        video = make_train_video(data_seed, step, n, cfg.size)
+        return frame_loss(video, sorted(int(f) for f in rng.choice(n, cfg.n_query, replace=False)))
+
+    return run_stage(params, params, step_loss, cfg, steps=steps, lr=lr, desc=desc, progress=progress, log=log)
+
+
+def run_stage(params, clipped, step_loss, cfg, *, steps: int, lr: float, desc: str, progress: bool = True,
+              log=None) -> list[dict]:
+    """The pretraining stages' loop: AdamW over `params` with warm-up + cosine to `lr`,
+    step_loss(step) → (loss, parts) or None (nothing drawn: no update), the gradient of
+    `clipped` clipped to cfg.grad_clip; returns every step's parts."""
+    opt = _optimizer(params, lr, cfg)
     bar = _Progress(steps, desc, progress, log)
     history = []
     for step in range(steps):
-        n = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
-        video = make_train_video(data_seed, step, n, cfg.size)
-        frames = sorted(int(f) for f in rng.choice(n, cfg.n_query, replace=False))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, lr, cfg.warmup, steps, cfg.min_lr_frac)
-        loss, parts = frame_loss(video, frames)
+        out = step_loss(step)
+        if out is None:
+            continue
+        loss, parts = out
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
         opt.step()
         parts = dict(parts, loss=loss.item(), step=step)
         history.append(parts)
