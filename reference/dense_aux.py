@@ -38,27 +38,37 @@ def velocity_class(trajectory: np.ndarray, t: int, still_px: float = 0.5) -> int
     return 3 if dy < 0 else 4
 
 
-def dense_labels(video, frames: list[int], grid: int | tuple[int, int]) -> np.ndarray:
-    """int64 [3, Q, rows, cols] (grid: an int for a square grid, or (rows, cols)): colour, shape
-    and velocity class (1-based; 0 = background) of the object covering each cell of each frame;
-    IGNORE where a cell is mixed (no object covers half of it, yet objects cover a fifth or more)."""
+def cell_owners(video, frames: list[int], grid: int | tuple[int, int]) -> np.ndarray:
+    """int64 [Q, rows, cols] (grid: an int for a square grid, or (rows, cols)): the obj_id covering
+    half or more of each cell of each frame; 0 = background (objects cover under a fifth of the
+    cell); IGNORE where the cell is mixed (no object covers half of it, yet objects cover a fifth or more)."""
     rows, cols = (grid, grid) if isinstance(grid, int) else grid
     ids = sorted(video.objects)
-    meta = {o["obj_id"]: o for o in video.objects_meta}
-    colours, shapes = list(synth.COLOURS), list(synth.SHAPES)
-    out = np.full((3, len(frames), rows, cols), IGNORE, dtype=np.int64)
+    out = np.full((len(frames), rows, cols), IGNORE, dtype=np.int64)
     for j, f in enumerate(frames):
         cover = np.stack([cv2.resize(video.objects[o][f].astype(np.float32), (cols, rows),
                                      interpolation=cv2.INTER_AREA) for o in ids])  # [O, g, g]
         best, top = cover.argmax(0), cover.max(0)
         for k, o in enumerate(ids):
-            m = meta[o]
-            cell = (best == k) & (top >= 0.5)
-            traj = np.asarray(m["trajectory"], dtype=np.float64)
+            out[j][(best == k) & (top >= 0.5)] = o
+        out[j][cover.sum(0) < 0.2] = 0
+    return out
+
+
+def dense_labels(video, frames: list[int], grid: int | tuple[int, int]) -> np.ndarray:
+    """int64 [3, Q, rows, cols] (grid: an int for a square grid, or (rows, cols)): colour, shape
+    and velocity class (1-based; 0 = background) of the object covering each cell of each frame;
+    IGNORE where a cell is mixed (cell_owners)."""
+    owners = cell_owners(video, frames, grid)
+    colours, shapes = list(synth.COLOURS), list(synth.SHAPES)
+    out = np.where(owners[None] <= 0, owners[None], IGNORE).repeat(3, axis=0)
+    for m in video.objects_meta:
+        traj = np.asarray(m["trajectory"], dtype=np.float64)
+        for j, f in enumerate(frames):
+            cell = owners[j] == m["obj_id"]
             out[0, j][cell] = colours.index(m["colour"]) + 1
             out[1, j][cell] = shapes.index(m["shape"]) + 1
             out[2, j][cell] = velocity_class(traj, f) + 1
-        out[:, j][:, cover.sum(0) < 0.2] = 0
     return out
 
 

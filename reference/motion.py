@@ -23,7 +23,6 @@ reference.grounding head). `motion_stage2_weight` keeps the token loss on in sta
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from evalkit import synth
 
 from . import rules
-from .dense_aux import IGNORE
+from .dense_aux import cell_owners
 from .grounding import GroundingHead, POOLED_COLS, PATCH_GRID, clip_pooled, grounding_loss, look_alike
 
 MOTIONS = synth.MOTIONS
@@ -40,17 +39,11 @@ MOTIONS = synth.MOTIONS
 def motion_token_labels(video, frames: list[int]) -> torch.Tensor:
     """int64 [F, 64]: 1 + MOTIONS index of the object covering each pooled token's strip (its
     motion over the whole video, as the expressions name it); 0 = background; IGNORE where mixed
-    (no object covers half of the strip, yet objects cover a fifth or more)."""
-    ids = sorted(video.objects)
-    motion = {o["obj_id"]: MOTIONS.index(o["motion"]) + 1 for o in video.objects_meta}
-    out = np.full((len(frames), PATCH_GRID, POOLED_COLS), IGNORE, dtype=np.int64)
-    for j, f in enumerate(frames):
-        cover = np.stack([cv2.resize(video.objects[o][f].astype(np.float32), (POOLED_COLS, PATCH_GRID),
-                                     interpolation=cv2.INTER_AREA) for o in ids])
-        best, top = cover.argmax(0), cover.max(0)
-        for k, o in enumerate(ids):
-            out[j][(best == k) & (top >= 0.5)] = motion[o]
-        out[j][cover.sum(0) < 0.2] = 0
+    (reference.dense_aux.cell_owners on the 16 x 4 strip grid)."""
+    owners = cell_owners(video, frames, (PATCH_GRID, POOLED_COLS))
+    out = owners.copy()
+    for o in video.objects_meta:
+        out[owners == o["obj_id"]] = MOTIONS.index(o["motion"]) + 1
     return torch.from_numpy(out.reshape(len(frames), PATCH_GRID * POOLED_COLS))
 
 

@@ -15,7 +15,7 @@ from reference import train as T
 from reference.dense_aux import IGNORE
 from reference.train_data import make_train_video
 
-from .test_train import TEST_CFG
+from .test_train import TEST_CFG, same_weights
 
 
 def test_token_centres_follow_the_row_major_pooling_of_16x16_patches():
@@ -119,16 +119,12 @@ def tiny_ref(tmp_path_factory):
 
 
 def test_stages_0b_1b_and_the_rehearsal_run_inside_train_and_repeat_exactly(tmp_path):
-    from safetensors.torch import load_file
-
     cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=3,
                   ground_steps=3, ground_single_steps=1, ground_frames=3, ground_batch=4, ground_weight=1.0,
                   ground_mix=1.0, ground_mix_batch=4)
     for name in ("a", "b"):
         T.train(cfg, tmp_path / name, progress=False)
-    wa = load_file(str(tmp_path / "a" / "glus" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "glus" / "model.safetensors"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_weights(tmp_path / "a", tmp_path / "b")
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())
     assert len(log["clip_history"]) == 3 and {"c_col", "c_shape", "c_pos"} <= set(log["clip_history"][0])
     assert [h["k"] for h in log["ground_history"]] == [1, 3, 3]  # one frame first, then up to 3
@@ -138,15 +134,11 @@ def test_stages_0b_1b_and_the_rehearsal_run_inside_train_and_repeat_exactly(tmp_
 
 def test_stage2_from_a_stage1_snapshot_repeats_the_full_run(tmp_path):
     """--keep-stage1 then --from-stage1: stage 2 alone gives the full run's weights and losses."""
-    from safetensors.torch import load_file
-
     cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=2, locate=True,
                   ground_steps=2, ground_single_steps=1, ground_frames=2, ground_batch=4, ground_weight=1.0)
     T.train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
     T.train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
-    wa = load_file(str(tmp_path / "full" / "glus" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "resumed" / "glus" / "model.safetensors"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_weights(tmp_path / "full", tmp_path / "resumed")
     la, lb = (json.loads((tmp_path / d / "train_log.json").read_text())["history"] for d in ("full", "resumed"))
     drop_t = [{k: v for k, v in h.items() if k != "t"} for h in la]
     assert drop_t == [{k: v for k, v in h.items() if k != "t"} for h in lb]

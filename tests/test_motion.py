@@ -17,7 +17,7 @@ from reference.dense_aux import IGNORE
 from reference.train_data import make_train_video
 
 from .test_grounding import _strip_cover
-from .test_train import TEST_CFG
+from .test_train import TEST_CFG, same_weights
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +121,11 @@ def test_stage_1c_learns_the_token_motion_of_a_fixed_batch(tiny_ref):
 
 
 def test_stage_1c_and_the_stage2_token_loss_run_inside_train_and_repeat_exactly(tmp_path):
-    from safetensors.torch import load_file
-
     cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=2,
                   motion_steps=3, motion_videos=2, motion_batch=4, motion_stage2_weight=1.0)
     for name in ("a", "b"):
         T.train(cfg, tmp_path / name, progress=False)
-    wa = load_file(str(tmp_path / "a" / "glus" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "glus" / "model.safetensors"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_weights(tmp_path / "a", tmp_path / "b")
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())
     assert len(log["motion_history"]) == 3 and {"t_ce", "t_acc", "g_mse"} <= set(log["motion_history"][0])
     assert all("t_ce" in h for h in log["history"])  # the token loss stays on in stage 2
@@ -137,12 +133,8 @@ def test_stage_1c_and_the_stage2_token_loss_run_inside_train_and_repeat_exactly(
 
 def test_stage2_from_a_snapshot_keeps_the_motion_head(tmp_path):
     """--keep-stage1 saves the token head; --from-stage1 restarts stage 2 with it, bit for bit."""
-    from safetensors.torch import load_file
-
     cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=1,
                   motion_steps=2, motion_videos=2, motion_batch=4, motion_stage2_weight=1.0)
     T.train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
     T.train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
-    wa = load_file(str(tmp_path / "full" / "glus" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "resumed" / "glus" / "model.safetensors"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_weights(tmp_path / "full", tmp_path / "resumed")

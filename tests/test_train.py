@@ -22,6 +22,15 @@ TEST_CFG = T.TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8
                          encoder_steps=2)
 
 
+def same_weights(dir_a: Path, dir_b: Path) -> bool:
+    """Do two training outputs hold bit-identical GLUS weights?"""
+    from safetensors.torch import load_file
+
+    wa = load_file(str(Path(dir_a) / "glus" / "model.safetensors"))
+    wb = load_file(str(Path(dir_b) / "glus" / "model.safetensors"))
+    return all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def _overfit(tmp: Path, steps: int) -> list[float]:
     """`steps` optimiser steps on one fixed sample, from the seeded random init."""
     T.seed_everything(0)
