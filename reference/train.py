@@ -102,6 +102,10 @@ TRAIN_SHAPES = {
 TRAIN_SHAPES["small256"] = {**TRAIN_SHAPES["small"],
                              "sam2": dict(TRAIN_SHAPES["small"]["sam2"], image_size=256,
                                           window_spec=[8, 4, 14, 7])}
+# A 4-layer LLM: room for reference.motion's two token layers (context frames after layer 1, query
+# frames after layer 2) below the two that match words at [SEG].
+TRAIN_SHAPES["small4"] = {**TRAIN_SHAPES["small"],
+                          "llama": dict(TRAIN_SHAPES["small"]["llama"], num_hidden_layers=4)}
 # For tests only: the same code path in seconds.
 TRAIN_SHAPES["test"] = {
     "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -174,6 +178,7 @@ class TrainConfig:
     motion_steps: int = 0
     motion_weight: float = 1.0
     motion_stage2_weight: float = 0.0
+    motion_context: bool = False  # stage 1c also asks context frames 2-4, at a lower layer (reference.motion)
     motion_expr_weight: float = 3.0  # stage 1c draws expressions that need the motion this much more often
     motion_videos: int = 8
     motion_batch: int = 32
@@ -816,7 +821,7 @@ class _Progress:
 
     KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens",
             "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "g_mse", "g_pick", "g_pick_motion", "g_attr", "g_ce", "m_mse", "m_pick",
-            "t_ce", "t_acc", "p_colour", "p_shape", "p_motion", "p_pair_motion")
+            "t_ce", "t_acc", "t_acc_ctx", "p_colour", "p_shape", "p_motion", "p_pair_motion")
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
         from tqdm import tqdm
@@ -1227,6 +1232,9 @@ def main(argv=None) -> None:
                         "motion and the target's location (reference.motion)")
     p.add_argument("--motion-weight", type=float, default=d.motion_weight,
                    help="stage 1c: weight of the per-token motion loss")
+    p.add_argument("--motion-context", action="store_true",
+                   help="stage 1c: also ask context frames 2-4 for their tokens' motion, at a quarter of the "
+                        "LLM's depth (the query frames at half of it)")
     p.add_argument("--motion-stage2-weight", type=float, default=d.motion_stage2_weight,
                    help="stage 2: weight of the same per-token motion loss (0: off)")
     p.add_argument("--locate", action="store_true",
@@ -1264,7 +1272,7 @@ def main(argv=None) -> None:
         ground_single_steps=a.ground_single_steps, ground_frames=a.ground_frames,
         ground_weight=a.ground_weight, llm_lr=a.llm_lr, ground_mix=a.ground_mix,
         stage2_llm_scale=a.stage2_llm_scale, motion_steps=a.motion_steps, motion_weight=a.motion_weight,
-        motion_stage2_weight=a.motion_stage2_weight,
+        motion_stage2_weight=a.motion_stage2_weight, motion_context=a.motion_context,
     )
     out = Path(a.out)
     t0 = time.time()

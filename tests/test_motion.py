@@ -138,3 +138,69 @@ def test_stage2_from_a_snapshot_keeps_the_motion_head(tmp_path):
     T.train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
     T.train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
     assert same_weights(tmp_path / "full", tmp_path / "resumed")
+
+
+def test_token_accuracy_is_reported_apart_for_query_and_context_images():
+    torch.manual_seed(1)
+    head = M.MotionTokenHead(6)
+    tokens = torch.randn(3, 64, 6)
+    labels = torch.zeros(3, 64, dtype=torch.long)
+    labels[0, :5], labels[1, 7:9], labels[2, 20:24] = 1, 3, 6
+    is_query = torch.tensor([True, False, True])
+    _, parts = head.loss(tokens, labels, is_query)
+    pred = head.fc(tokens).argmax(-1)
+    right = (pred == labels) & (labels > 0)
+    assert parts["t_acc"] == pytest.approx((right[0].sum() + right[2].sum()).item() / 9)
+    assert parts["t_acc_ctx"] == pytest.approx(right[1].sum().item() / 2)
+
+
+@pytest.mark.parametrize("layers,expected", [(1, (1, 1)), (2, (1, 1)), (4, (1, 2)), (8, (2, 4))])
+def test_context_images_are_read_below_or_at_the_query_images_layer(layers, expected):
+    class Cfg:
+        num_hidden_layers = layers
+
+    class Model:
+        llm = type("L", (), {"config": Cfg})
+
+    assert M.motion_layers(Model) == expected
+
+
+def test_motion_context_asks_context_frames_2_to_4_at_the_lower_layer(tmp_path, monkeypatch):
+    """With motion_context, the head also gets context frames 2-4 (not the first), their labels,
+    read from the hidden state after layer 1 of a 4-layer LLM; query frames after layer 2."""
+    import reference.train_data as TD
+
+    monkeypatch.setitem(T.TRAIN_SHAPES, "test4", {**T.TRAIN_SHAPES["test"], "llama": dict(
+        T.TRAIN_SHAPES["test"]["llama"], num_hidden_layers=4)})
+    T.seed_everything(0)
+    ref = T.init_checkpoint(tmp_path, "test4", 0)
+    ctx = [0, 2, 4, 6]
+    monkeypatch.setattr(TD, "context_frames", lambda rng, n, p: list(ctx))
+    videos = []
+    real_video = TD.make_train_video
+    monkeypatch.setattr(TD, "make_train_video", lambda *a: videos.append(real_video(*a)) or videos[-1])
+    hidden, seen = [], {}
+    ref.model.llm.model.register_forward_hook(lambda m, i, out: hidden.append(out.hidden_states))
+    head = M.MotionTokenHead(ref.model.llm.config.hidden_size)
+    real_loss = head.loss
+    head.loss = lambda tokens, labels, is_query=None: seen.update(t=tokens, y=labels, q=is_query) or real_loss(tokens, labels, is_query)
+    cfg = replace(TEST_CFG, frames_min=8, frames_max=8, motion_videos=1, motion_batch=3, motion_context=True)
+    _, parts = M.motion_step_loss(ref, cfg, M.GroundingHead(ref.model.llm.config.hidden_size), head,
+                                  np.random.default_rng(0), T.PromptCache(ref.tokenizer), video_index=0)
+    assert "t_acc_ctx" in parts or not (seen["y"][~seen["q"]] > 0).any()
+    q = seen["q"]
+    n_prompts = len(hidden[0][0])
+    assert (~q).sum() == 3 * n_prompts
+    want = M.motion_token_labels(videos[0], ctx[1:])
+    ctx_rows = torch.nonzero(~q).flatten()
+    for j, k in enumerate(ctx_rows):
+        assert torch.equal(seen["y"][k], want[j % 3])
+    hs = hidden[0]
+
+    def found_at(row, layer):
+        return any(torch.equal(row, hs[layer][b, s:s + 64]) for b in range(n_prompts)
+                   for s in range(hs[layer].shape[1] - 63))
+
+    assert found_at(seen["t"][ctx_rows[0]], 1) and not found_at(seen["t"][ctx_rows[0]], 2)
+    first_query = torch.nonzero(q).flatten()[0]
+    assert found_at(seen["t"][first_query], 2) and not found_at(seen["t"][first_query], 1)
