@@ -21,6 +21,7 @@ loss on the [SEG] position in stage 2 (`TrainConfig.ground_weight`).
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,24 @@ def clip_token_labels(video, frames: list[int]) -> torch.Tensor:
     grid). CLIP's centre crop of a square frame is the whole frame."""
     labels = dense_labels(video, frames, (PATCH_GRID, POOLED_COLS))[:2]
     return torch.from_numpy(labels.reshape(2, len(frames), PATCH_GRID * POOLED_COLS))
+
+
+FINE_COLS = 8  # sub-columns of a pooled token's strip (4 px each at 128 px) for clip_fine_cover
+
+
+def clip_fine_cover(video, frames: list[int]) -> torch.Tensor:
+    """float32 [F, 64, FINE_COLS]: the share of each of a pooled token's strip's sub-columns (its
+    height x 1/FINE_COLS of its width) covered by any object. A strip is 32 px wide at 128 px,
+    wider than an object moves between two context frames: without this the pooled token
+    says that an object is in the strip, not where in it."""
+    out = []
+    for f in frames:
+        fg = np.zeros(video.frames[f].shape[:2], np.float32)
+        for masks in video.objects.values():
+            fg = np.maximum(fg, masks[f].astype(np.float32))
+        cells = cv2.resize(fg, (POOLED_COLS * FINE_COLS, PATCH_GRID), interpolation=cv2.INTER_AREA)
+        out.append(cells.reshape(PATCH_GRID * POOLED_COLS, FINE_COLS))
+    return torch.from_numpy(np.stack(out))
 
 
 def clip_pooled(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -154,19 +173,27 @@ def look_alike(video, target: tuple[int, ...]) -> int | None:
 # ---------------------------------------------------------------------------------------------
 def pretrain_clip(ref, cfg, *, progress: bool = True, log=None) -> list[dict]:
     """Stage 0b (`--clip-steps`): the CLIP vision tower alone learns, per pooled token, colour,
-    shape and its own position, on 4 frames of one fresh video per step."""
+    shape and its own position (with `clip_fine_weight`, also where in its strip objects are:
+    clip_fine_cover), on 4 frames of one fresh video per step."""
     from .preprocess import clip_pixels
     from .train import pretrain_on_frames
 
     model = ref.model
     vm = getattr(model.clip, "vision_model", model.clip)
     head = ClipTokenHead(model.cfg.mm_hidden_size)
+    # created only when asked, so the default run's random draws stay as they were
+    fine = torch.nn.Linear(model.cfg.mm_hidden_size, FINE_COLS) if cfg.clip_fine_weight else None
 
     def frame_loss(video, frames):
         tokens = clip_pooled(model, torch.stack([clip_pixels(ref.clip_processor, video.frames[f]) for f in frames]))
-        return head.loss(tokens, clip_token_labels(video, frames))
+        loss, parts = head.loss(tokens, clip_token_labels(video, frames))
+        if fine is not None:
+            lf = F.mse_loss(fine(tokens), clip_fine_cover(video, frames))
+            loss, parts = loss + cfg.clip_fine_weight * lf, dict(parts, c_fine=lf.item())
+        return loss, parts
 
-    return pretrain_on_frames(list(vm.parameters()) + list(head.parameters()), frame_loss, cfg,
+    extra = [] if fine is None else list(fine.parameters())
+    return pretrain_on_frames(list(vm.parameters()) + list(head.parameters()) + extra, frame_loss, cfg,
                               steps=cfg.clip_steps, lr=cfg.clip_lr, rng_seed=cfg.seed + 13,
                               data_seed=cfg.train_data_seed + 700, desc="clip", progress=progress, log=log)
 

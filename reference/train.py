@@ -156,6 +156,7 @@ class TrainConfig:
     # head on the [SEG] position in stage 2
     clip_steps: int = 0
     clip_lr: float = 1e-3
+    clip_fine_weight: float = 0.0  # stage 0b: x MSE of the sub-strip object cover (reference.grounding.clip_fine_cover)
     ground_steps: int = 0
     ground_single_steps: int = 0
     ground_frames: int = 4
@@ -820,7 +821,7 @@ class _Progress:
     """tqdm bar with smoothed loss values, and/or a plain log line every `every` steps."""
 
     KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens",
-            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "g_mse", "g_pick", "g_pick_motion", "g_attr", "g_ce", "m_mse", "m_pick",
+            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "c_fine", "g_mse", "g_pick", "g_pick_motion", "g_attr", "g_ce", "m_mse", "m_pick",
             "t_ce", "t_acc", "t_acc_ctx", "p_colour", "p_shape", "p_motion", "p_pair_motion")
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
@@ -1213,6 +1214,8 @@ def main(argv=None) -> None:
     p.add_argument("--encoder-steps", type=int, default=d.encoder_steps,
                    help="stage 0: SAM2's image encoder alone learns per-cell colour and "
                         "shape for this many steps before stage 1 (reference.dense_aux)")
+    p.add_argument("--clip-fine-weight", type=float, default=d.clip_fine_weight,
+                   help="stage 0b: weight of the per-token regression of where in its strip objects are (0: off)")
     p.add_argument("--clip-steps", type=int, default=d.clip_steps,
                    help="stage 0b: CLIP alone learns per-token colour, shape and position "
                         "(reference.grounding)")
@@ -1268,7 +1271,7 @@ def main(argv=None) -> None:
         sam_steps=a.sam_steps, freeze_sam_steps=a.freeze_sam_steps, point_until=a.point_until,
         keep_stage1=a.keep_stage1, contrastive_weight_warmup=a.contrastive_warmup_weight,
         locate=a.locate, sam_hard_weight=a.sam_hard_weight, dense_weight=a.dense_weight,
-        encoder_steps=a.encoder_steps, clip_steps=a.clip_steps, ground_steps=a.ground_steps,
+        encoder_steps=a.encoder_steps, clip_steps=a.clip_steps, clip_fine_weight=a.clip_fine_weight, ground_steps=a.ground_steps,
         ground_single_steps=a.ground_single_steps, ground_frames=a.ground_frames,
         ground_weight=a.ground_weight, llm_lr=a.llm_lr, ground_mix=a.ground_mix,
         stage2_llm_scale=a.stage2_llm_scale, motion_steps=a.motion_steps, motion_weight=a.motion_weight,

@@ -172,3 +172,28 @@ def test_stage2_llm_scale_zero_leaves_the_grounded_llm_as_stage_1b_left_it(tmp_p
     body = [k for k in snap if k.startswith(("llm.", "mm_projector", "clip."))]
     assert body and all(torch.equal(now[k].float(), snap[k].float()) for k in body)
     assert not all(torch.equal(now[k].float(), snap[k].float()) for k in snap if k.startswith("text_hidden_fcs"))
+
+
+@settings(max_examples=8, deadline=None)
+@given(index=st.integers(0, 10_000), frame=st.integers(0, 7))
+def test_fine_cover_is_the_union_of_objects_over_each_strips_sub_columns(index, frame):
+    """Hand-computed at 128 px: token k = (row r, strip c) covers rows 8r..8r+7, columns 32c..32c+31;
+    sub-column j of it, columns 32c+4j..32c+4j+3. Their mean is the strip's cover."""
+    video = make_train_video(5, index, 8, (128, 128))
+    fine = G.clip_fine_cover(video, [frame]).numpy()[0]
+    union = np.zeros((128, 128))
+    for masks in video.objects.values():
+        union = np.maximum(union, masks[frame])
+    for k in range(64):
+        r, c = divmod(k, 4)
+        for j in range(G.FINE_COLS):
+            want = union[8 * r:8 * r + 8, 32 * c + 4 * j:32 * c + 4 * j + 4].mean()
+            assert fine[k, j] == pytest.approx(want, abs=1e-6)
+    assert np.allclose(fine.mean(-1), _strip_cover(union), atol=1e-6)
+
+
+def test_clip_fine_weight_adds_the_sub_strip_read_out_and_is_off_by_default(tiny_ref):
+    cfg = replace(TEST_CFG, clip_steps=3, warmup=1)
+    assert "c_fine" not in G.pretrain_clip(tiny_ref, cfg, progress=False)[0]
+    hist = G.pretrain_clip(tiny_ref, replace(cfg, clip_fine_weight=20.0), progress=False)
+    assert all(h["c_fine"] >= 0 for h in hist)
