@@ -26,8 +26,9 @@ time, so a query token cannot tell which context frames are earlier than its own
 direction estimate is a guess (0.67 on a video's first frame, 0.32-0.46 on the others). The
 context frames are in time order: each of their tokens sees its object's earlier positions in
 causal order and can compute the direction; a query token above that layer only has to fetch it
-from the context token of its own object. Measured in a probe: a 4-layer LLM with context tokens
-at layer 1 and query tokens at layer 2 passed the 2-layer plateau (0.40) in a quarter of the steps.
+from the context token of its own object. Measured (session 9, `--shape small4`): the query
+tokens reach 0.742 on videos of an unseen seed, 0.72-0.75 at every window length, where the
+2-layer head plateaued at 0.40 (0.38 on the unseen seed).
 """
 
 from __future__ import annotations
