@@ -61,13 +61,9 @@ def clip_fine_cover(video, frames: list[int]) -> torch.Tensor:
     height x 1/FINE_COLS of its width) covered by any object. A strip is 32 px wide at 128 px,
     wider than an object moves between two context frames: without this the pooled token
     says that an object is in the strip, not where in it."""
-    out = []
-    for f in frames:
-        fg = np.zeros(video.frames[f].shape[:2], np.float32)
-        for masks in video.objects.values():
-            fg = np.maximum(fg, masks[f].astype(np.float32))
-        cells = cv2.resize(fg, (POOLED_COLS * FINE_COLS, PATCH_GRID), interpolation=cv2.INTER_AREA)
-        out.append(cells.reshape(PATCH_GRID * POOLED_COLS, FINE_COLS))
+    union = video.target(tuple(video.objects))
+    out = [cv2.resize(union[f].astype(np.float32), (POOLED_COLS * FINE_COLS, PATCH_GRID), interpolation=cv2.INTER_AREA)
+           .reshape(PATCH_GRID * POOLED_COLS, FINE_COLS) for f in frames]
     return torch.from_numpy(np.stack(out))
 
 
