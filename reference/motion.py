@@ -106,6 +106,58 @@ class MotionTokenHead(torch.nn.Module):
         return loss, parts
 
 
+class PointerHead(torch.nn.Module):
+    """The pick as attention (session 9's probe): logits over the current query frame's 64 image
+    tokens, (W_q h_seg) . (W_k h_token) / sqrt(D), at the LLM's last layer; the answer is the
+    target's tokens. Regressing the target's (x, y) from [SEG] left the motion pick at chance in
+    every run (sessions 5-9): the gradient of one point says little about which token to read.
+    A CE over tokens says it directly; the [SEG] position then has to fetch the target's tokens,
+    whose CLIP features carry where they are, so the location follows."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.q = torch.nn.Linear(dim, dim)
+        self.k = torch.nn.Linear(dim, dim)
+
+    def forward(self, seg: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """seg [B, D], tokens [B, 64, D] → logits [B, 64]."""
+        return torch.einsum("bd,bkd->bk", self.q(seg), self.k(tokens)) / seg.shape[-1] ** 0.5
+
+
+def pointer_masks(video, frame: int, target: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """bool [64] each: the frame's pooled tokens the target covers, and those its look-alike
+    covers (all False without one); reference.dense_aux.cell_owners on the 16 x 4 strip grid."""
+    owners = cell_owners(video, [frame], (PATCH_GRID, POOLED_COLS)).reshape(-1)
+    other = look_alike(video, target)
+    return np.isin(owners, target), owners == (other if other is not None else -1)
+
+
+def pointer_loss(logits: torch.Tensor, tmask: torch.Tensor, pmask: torch.Tensor, needs: list[str]):
+    """logits [B, 64], tmask / pmask bool [B, 64] (pointer_masks), needs [B] → (CE of the
+    target's tokens: -log of their summed probability, mean over rows where the target covers a
+    token; parts): "ptr", the top token's hit rate per need ("ptr_colour", ...), and on motion
+    expressions the pick between the target's and its look-alike's tokens ("ptr_pair_motion")."""
+    ok = tmask.any(1)
+    if not ok.any():
+        return logits.sum() * 0, {}
+    lse = torch.logsumexp(logits, 1)
+    loss = (lse - torch.logsumexp(logits.masked_fill(~tmask, float("-inf")), 1))[ok].mean()
+    parts = {"ptr": loss.item()}
+    with torch.no_grad():
+        rows = torch.arange(len(logits))
+        hit = tmask[rows, logits.argmax(1)]
+        nd = np.array(needs)
+        for name in ("colour", "shape", "motion"):
+            m = torch.from_numpy(nd == name) & ok
+            if m.any():
+                parts[f"ptr_{name}"] = float(hit[m].float().mean())
+        both = ok & pmask.any(1) & torch.from_numpy(nd == "motion")
+        if both.any():
+            pick = logits.masked_fill(~(tmask | pmask), float("-inf")).argmax(1)
+            parts["ptr_pair_motion"] = float(tmask[rows, pick][both].float().mean())
+    return loss, parts
+
+
 def nearest_pick(xy: np.ndarray, target: np.ndarray, others: np.ndarray) -> float:
     """1.0 when the point is nearer the target's centre than every other visible object's
     (others [O, 2], NaN rows: not visible), NaN when the target is not visible."""
@@ -135,8 +187,9 @@ def motion_draws(rng: np.random.Generator, video, n: int, motion_weight: float) 
 
 
 def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead, rng: np.random.Generator,
-                     prompts, *, video_index: int):
-    """One stage-1c batch; returns (loss, parts) or None when nothing could be drawn."""
+                     prompts, *, video_index: int, pointer: PointerHead | None = None):
+    """One stage-1c batch; returns (loss, parts) or None when nothing could be drawn. With a
+    pointer head (and cfg.pointer_weight), the pick as a CE over the current frame's tokens too."""
     from .preprocess import clip_pixels
     from .train import target_locations
     from .train_data import context_frames, make_train_video
@@ -145,6 +198,7 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
     prefix_ids = prompts.prefix_ids()
     ctx_layer, query_layer = motion_layers(model)
     embeds, at, labels, targets, pairs, others, needs = [], [], [], [], [], [], []
+    current, tmasks, pmasks = [], [], []  # the pointer's: current frame's offset, its masks
     per_video = max(1, cfg.motion_batch // cfg.motion_videos)
     for v in range(cfg.motion_videos):
         n = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
@@ -180,6 +234,11 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
                          else np.full(2, np.nan, np.float32))
             others.append(target_locations(video, [tuple(x for x in obj_ids if x != tid[0])], [t])[0, 0])
             needs.append(video.needs(i))
+            if pointer is not None:
+                current.append(offsets[-1])
+                tm, pm = pointer_masks(video, t, tid)
+                tmasks.append(torch.from_numpy(tm))
+                pmasks.append(torch.from_numpy(pm))
     if not embeds:
         return None
     lengths = [e.shape[0] for e in embeds]
@@ -194,7 +253,13 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
     gl, gparts = grounding_loss(xy, tgt)
     parts.update(gparts, t_ce=tl.item())
     parts.update(pick_parts(xy.detach().numpy(), np.stack(targets), np.stack(pairs), others, needs))
-    return cfg.motion_weight * tl + gl, parts
+    loss = cfg.motion_weight * tl + gl
+    if pointer is not None:
+        toks = torch.stack([out.last_hidden_state[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in enumerate(current)])
+        pl, pparts = pointer_loss(pointer(last, toks), torch.stack(tmasks), torch.stack(pmasks), needs)
+        loss = loss + cfg.pointer_weight * pl
+        parts.update(pparts)
+    return loss, parts
 
 
 def pick_parts(xy: np.ndarray, targets: np.ndarray, pairs: np.ndarray, others: list, needs: list[str]) -> dict:
@@ -215,9 +280,10 @@ def pick_parts(xy: np.ndarray, targets: np.ndarray, pairs: np.ndarray, others: l
 
 
 def pretrain_motion(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead, *, progress: bool = True,
-                    log=None) -> list[dict]:
+                    log=None, pointer: PointerHead | None = None) -> list[dict]:
     """Stage 1c (`--motion-steps`): LLM + projector (CLIP frozen) on GLUS's prompt, per-token
-    motion CE at the middle layer and the target's location at the [SEG] position."""
+    motion CE at the middle layer and the target's location at the [SEG] position (and, with a
+    pointer head, the pick over the current frame's tokens)."""
     from .train import PromptCache, run_stage
 
     model = ref.model
@@ -226,9 +292,13 @@ def pretrain_motion(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead,
     prompts = PromptCache(ref.tokenizer)
 
     def step_loss(step):
-        return motion_step_loss(ref, cfg, ground_head, head, rng, prompts, video_index=step * cfg.motion_videos)
+        return motion_step_loss(ref, cfg, ground_head, head, rng, prompts, video_index=step * cfg.motion_videos,
+                                pointer=pointer)
 
-    return run_stage(params + list(ground_head.parameters()) + list(head.parameters()), params, step_loss, cfg,
+    heads = list(ground_head.parameters()) + list(head.parameters())
+    if pointer is not None:
+        heads += list(pointer.parameters())
+    return run_stage(params + heads, params, step_loss, cfg,
                      steps=cfg.motion_steps, lr=cfg.llm_lr, desc="motion", progress=progress, log=log)
 
 
@@ -243,3 +313,15 @@ def stage2_token_loss(model, head: MotionTokenHead, hidden_states, rest_ids: lis
             at.append((b, s))
             labels.append(labels_of(f))
     return head.loss(torch.stack([mid[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in at]), torch.stack(labels))
+
+
+def stage2_pointer_loss(pointer: PointerHead, hidden: torch.Tensor, seg: torch.Tensor, rest_ids: list[list[int]],
+                        masks: list[tuple[np.ndarray, np.ndarray]], needs: list[str]) -> tuple[torch.Tensor, dict]:
+    """The stage-2 form: hidden [B, L, D] (last layer, the continuation after the shared prefix),
+    seg [B, D] the [SEG] positions' states, rest_ids[b] row b's ids (its last image is the
+    current query frame), masks[b] = pointer_masks of that frame and row b's target."""
+    cur = [image_offsets(ids)[-1] for ids in rest_ids]
+    toks = torch.stack([hidden[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in enumerate(cur)])
+    tm = torch.stack([torch.from_numpy(t) for t, _ in masks])
+    pm = torch.stack([torch.from_numpy(p) for _, p in masks])
+    return pointer_loss(pointer(seg, toks), tm, pm, needs)

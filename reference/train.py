@@ -80,7 +80,8 @@ from .dense_aux import DenseAttributeHead, dense_labels
 from .grounding import (GroundingHead, clip_pooled, grounding_loss, grounding_step_loss, pretrain_clip,
                         pretrain_grounding)
 from .model import ImageFeatures
-from .motion import MotionTokenHead, motion_token_labels, pretrain_motion, stage2_token_loss
+from .motion import (MotionTokenHead, PointerHead, motion_token_labels, pointer_masks, pretrain_motion,
+                     stage2_pointer_loss, stage2_token_loss)
 from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +182,10 @@ class TrainConfig:
     motion_stage2_weight: float = 0.0
     motion_context: bool = False  # stage 1c also asks context frames 2-4, at a lower layer (reference.motion)
     motion_expr_weight: float = 3.0  # stage 1c draws expressions that need the motion this much more often
+    # reference.motion.PointerHead (session 10): the pick as a CE over the current frame's tokens
+    # from the [SEG] position, x pointer_weight in stage 1c, x pointer_stage2_weight in stage 2
+    pointer_weight: float = 0.0
+    pointer_stage2_weight: float = 0.0
     motion_videos: int = 8
     motion_batch: int = 32
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
@@ -482,7 +487,8 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
                    bank: SegBank | None, rng: random.Random, masks_on: bool = True,
                    point_weight: float = 0.0, prompt: "AttributePrompt | None" = None,
                    ground_head: "GroundingHead | None" = None,
-                   motion_head: "MotionTokenHead | None" = None) -> StepOut:
+                   motion_head: "MotionTokenHead | None" = None,
+                   pointer: "PointerHead | None" = None) -> StepOut:
     from .preprocess import clip_pixels
 
     model, tok = ref.model, ref.tokenizer
@@ -544,6 +550,12 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
                                        [w for _ in exprs for w in windows], lambda f: labs[row[f]])
         loss = loss + cfg.motion_stage2_weight * tl
         parts.update(tparts, t_ce=tl.item())
+    if pointer is not None and cfg.pointer_stage2_weight > 0:  # the [SEG] position points at the target's tokens
+        masks = [pointer_masks(video, w[-1], tuple(ids)) for _, ids in exprs for w in windows]
+        needs = [video.needs(i) for i in sample.exprs for _ in windows]
+        pl, pparts = stage2_pointer_loss(pointer, hidden, last, rest_ids, masks, needs)
+        loss = loss + cfg.pointer_stage2_weight * pl
+        parts.update(pparts)
     if ground_head is not None:  # reference.grounding: the [SEG] position says where the target is
         centres = target_locations(video, [ids for _, ids in exprs], sample.query)  # [k, q, O, 2]
         seen = ~np.isnan(centres[..., 0])
@@ -978,6 +990,7 @@ class _PreStage2:
     encoder_history: list
     motion_head: "MotionTokenHead | None" = None
     motion_history: list = field(default_factory=list)
+    pointer: "PointerHead | None" = None
     pre_seconds: float = 0.0
     sam_seconds: float = 0.0
 
@@ -985,7 +998,8 @@ class _PreStage2:
         torch.save({"model": model.state_dict(),
                     "prompt": None if self.prompt is None else self.prompt.state_dict(),
                     "ground_head": None if self.ground_head is None else self.ground_head.state_dict(),
-                    "motion_head": None if self.motion_head is None else self.motion_head.state_dict()},
+                    "motion_head": None if self.motion_head is None else self.motion_head.state_dict(),
+                    "pointer": None if self.pointer is None else self.pointer.state_dict()},
                    path)
 
     @classmethod
@@ -1008,7 +1022,12 @@ class _PreStage2:
             motion_head = MotionTokenHead(model.llm.config.hidden_size)
             if state.get("motion_head") is not None:
                 motion_head.load_state_dict(state["motion_head"])
-        return cls(prompt, ground_head, [], [], [], [], motion_head)
+        pointer = None
+        if cfg.pointer_stage2_weight or state.get("pointer") is not None:
+            pointer = PointerHead(model.llm.config.hidden_size)
+            if state.get("pointer") is not None:
+                pointer.load_state_dict(state["pointer"])
+        return cls(prompt, ground_head, [], [], [], [], motion_head, pointer=pointer)
 
 
 def _pretrain(ref, cfg: TrainConfig, *, progress: bool, log) -> _PreStage2:
@@ -1022,13 +1041,17 @@ def _pretrain(ref, cfg: TrainConfig, *, progress: bool, log) -> _PreStage2:
                       if cfg.ground_steps else [])
     motion_head = (MotionTokenHead(model.llm.config.hidden_size)
                    if cfg.motion_steps or cfg.motion_stage2_weight else None)
-    motion_history = (pretrain_motion(ref, cfg, ground_head, motion_head, progress=progress, log=log)
+    # created only when asked, so runs without it keep their random draws
+    pointer = (PointerHead(model.llm.config.hidden_size)
+               if (cfg.motion_steps and cfg.pointer_weight) or cfg.pointer_stage2_weight else None)
+    motion_history = (pretrain_motion(ref, cfg, ground_head, motion_head, progress=progress, log=log,
+                                      pointer=pointer if cfg.pointer_weight else None)
                       if cfg.motion_steps else [])
     t0 = time.time()
     prompt, sam_history, encoder_history = (pretrain_sam(ref, cfg, progress=progress, log=log)
                                             if cfg.sam_steps else (None, [], []))
     return _PreStage2(prompt, ground_head, clip_history, ground_history, sam_history, encoder_history,
-                      motion_head, motion_history, pre_seconds=t0 - t_pre, sam_seconds=time.time() - t0)
+                      motion_head, motion_history, pointer, pre_seconds=t0 - t_pre, sam_seconds=time.time() - t0)
 
 
 def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None, eval_fn=None,
@@ -1059,7 +1082,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
             pre.save(out / "stage1.pt", model)
     clip_history, ground_history = pre.clip_history, pre.ground_history
     sam_history, encoder_history = pre.sam_history, pre.encoder_history
-    prompt, ground_head, motion_head = pre.prompt, pre.ground_head, pre.motion_head
+    prompt, ground_head, motion_head, pointer = pre.prompt, pre.ground_head, pre.motion_head, pre.pointer
     pre_seconds, sam_seconds = pre.pre_seconds, pre.sam_seconds
     t0 = time.time()
 
@@ -1071,6 +1094,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         other += list(ground_head.parameters())
     if motion_head is not None and cfg.motion_stage2_weight:
         other += list(motion_head.parameters())
+    if pointer is not None and cfg.pointer_stage2_weight:
+        other += list(pointer.parameters())
     mix_rng = np.random.default_rng(cfg.seed + 19)
     mix_answers = PromptCache(ref.tokenizer) if cfg.ground_mix else None
     groups = [{"params": sam_params, "peak": cfg.lr}]
@@ -1102,7 +1127,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         res = forward_sample(ref, prompts, sample, step_cfg, bank, py_rng, masks_on=not warm,
                              point_weight=pw, prompt=prompt,
                              ground_head=ground_head if cfg.ground_weight else None,
-                             motion_head=motion_head)
+                             motion_head=motion_head, pointer=pointer)
         loss = res.loss
         mix_parts = {}
         if cfg.ground_mix:
@@ -1240,6 +1265,10 @@ def main(argv=None) -> None:
                         "LLM's depth (the query frames at half of it)")
     p.add_argument("--motion-stage2-weight", type=float, default=d.motion_stage2_weight,
                    help="stage 2: weight of the same per-token motion loss (0: off)")
+    p.add_argument("--pointer-weight", type=float, default=d.pointer_weight,
+                   help="stage 1c: x the pick as a CE over the current frame's tokens (reference.motion.PointerHead)")
+    p.add_argument("--pointer-stage2-weight", type=float, default=d.pointer_stage2_weight,
+                   help="stage 2: x the same pointer CE from the [SEG] position")
     p.add_argument("--locate", action="store_true",
                    help="experiment: the scaffold token also encodes where the target is")
     p.add_argument("--threads", type=int, default=d.threads)
@@ -1276,6 +1305,7 @@ def main(argv=None) -> None:
         ground_weight=a.ground_weight, llm_lr=a.llm_lr, ground_mix=a.ground_mix,
         stage2_llm_scale=a.stage2_llm_scale, motion_steps=a.motion_steps, motion_weight=a.motion_weight,
         motion_stage2_weight=a.motion_stage2_weight, motion_context=a.motion_context,
+        pointer_weight=a.pointer_weight, pointer_stage2_weight=a.pointer_stage2_weight,
     )
     out = Path(a.out)
     t0 = time.time()

@@ -204,3 +204,49 @@ def test_motion_context_asks_context_frames_2_to_4_at_the_lower_layer(tmp_path, 
     assert found_at(seen["t"][ctx_rows[0]], 1) and not found_at(seen["t"][ctx_rows[0]], 2)
     first_query = torch.nonzero(q).flatten()[0]
     assert found_at(seen["t"][first_query], 2) and not found_at(seen["t"][first_query], 1)
+
+
+# --- the pointer (session 10): the pick as a CE over the current frame's tokens ---------------
+def test_pointer_loss_is_minus_log_of_the_targets_summed_probability():
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.0, 3.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    tm = torch.tensor([[True, False, True, False], [True, False, False, False], [False] * 4])
+    pm = torch.tensor([[False, True, False, False], [False, True, False, False], [True] + [False] * 3])
+    loss, parts = M.pointer_loss(logits, tm, pm, ["colour", "motion", "motion"])
+    p0 = (np.exp(2) + np.exp(1)) / (np.exp(2) + 1 + np.exp(1) + np.exp(-1))
+    p1 = 1 / (3 + np.exp(3))
+    assert loss.item() == pytest.approx(-(np.log(p0) + np.log(p1)) / 2, rel=1e-5)  # row 2: no target token
+    # row 0's top token is the target's; row 1's is the look-alike's, which wins the pair too
+    assert parts["ptr_colour"] == 1.0 and parts["ptr_motion"] == 0.0 and parts["ptr_pair_motion"] == 0.0
+
+
+@settings(max_examples=6, deadline=None)
+@given(index=st.integers(0, 10_000), frame=st.integers(0, 7))
+def test_pointer_masks_are_the_target_and_look_alike_strips(index, frame):
+    video = make_train_video(11, index, 8, (128, 128))
+    owners = M.cell_owners(video, [frame], (16, 4)).reshape(-1)
+    for _, ids in video.expressions:
+        tm, pm = M.pointer_masks(video, frame, ids)
+        assert np.array_equal(tm, np.isin(owners, ids))
+        other = M.look_alike(video, ids)
+        assert np.array_equal(pm, owners == other) if other is not None else not pm.any()
+        assert not (tm & pm).any()
+
+
+def test_pointer_runs_in_stage_1c_and_stage_2_and_its_head_survives_the_snapshot(tmp_path):
+    cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=1,
+                  motion_steps=2, motion_videos=2, motion_batch=4, pointer_weight=1.0, pointer_stage2_weight=1.0)
+    T.train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
+    log = json.loads((tmp_path / "full" / "train_log.json").read_text())
+    assert all("ptr" in h for h in log["motion_history"]) and all("ptr" in h for h in log["history"])
+    assert torch.load(tmp_path / "full" / "stage1.pt", weights_only=False)["pointer"] is not None
+    T.train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
+    assert same_weights(tmp_path / "full", tmp_path / "resumed")
+
+
+def test_pointer_is_off_by_default(tmp_path):
+    cfg = replace(TEST_CFG, steps=1, mask_warmup=1, weights_dtype="float32", motion_steps=1, motion_videos=2,
+                  motion_batch=4, keep_stage1=True)
+    T.train(cfg, tmp_path / "a", progress=False)
+    assert torch.load(tmp_path / "a" / "stage1.pt", weights_only=False)["pointer"] is None
+    log = json.loads((tmp_path / "a" / "train_log.json").read_text())
+    assert not any("ptr" in h for h in log["motion_history"] + log["history"])
