@@ -834,7 +834,7 @@ class _Progress:
 
     KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens",
             "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "c_fine", "g_mse", "g_pick", "g_pick_motion", "g_attr", "g_ce", "m_mse", "m_pick",
-            "t_ce", "t_acc", "t_acc_ctx", "p_colour", "p_shape", "p_motion", "p_pair_motion")
+            "t_ce", "t_acc", "t_acc_ctx", "p_colour", "p_shape", "p_motion", "p_pair_motion", "ptr", "ptr_motion", "ptr_pair_motion")
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
         from tqdm import tqdm
