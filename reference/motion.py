@@ -255,8 +255,10 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
     parts.update(pick_parts(xy.detach().numpy(), np.stack(targets), np.stack(pairs), others, needs))
     loss = cfg.motion_weight * tl + gl
     if pointer is not None:
-        toks = torch.stack([out.last_hidden_state[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in enumerate(current)])
-        pl, pparts = pointer_loss(pointer(last, toks), torch.stack(tmasks), torch.stack(pmasks), needs)
+        ph = hs[-2] if cfg.pointer_below else out.last_hidden_state
+        seg = ph[torch.arange(len(embeds)), torch.tensor(lengths) - 1]
+        toks = torch.stack([ph[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in enumerate(current)])
+        pl, pparts = pointer_loss(pointer(seg, toks), torch.stack(tmasks), torch.stack(pmasks), needs)
         loss = loss + cfg.pointer_weight * pl
         parts.update(pparts)
     return loss, parts
@@ -317,7 +319,7 @@ def stage2_token_loss(model, head: MotionTokenHead, hidden_states, rest_ids: lis
 
 def stage2_pointer_loss(pointer: PointerHead, hidden: torch.Tensor, seg: torch.Tensor, rest_ids: list[list[int]],
                         masks: list[tuple[np.ndarray, np.ndarray]], needs: list[str]) -> tuple[torch.Tensor, dict]:
-    """The stage-2 form: hidden [B, L, D] (last layer, the continuation after the shared prefix),
+    """The stage-2 form: hidden [B, L, D] (the layer it points from, over the continuation after the shared prefix),
     seg [B, D] the [SEG] positions' states, rest_ids[b] row b's ids (its last image is the
     current query frame), masks[b] = pointer_masks of that frame and row b's target."""
     cur = [image_offsets(ids)[-1] for ids in rest_ids]

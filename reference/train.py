@@ -186,6 +186,9 @@ class TrainConfig:
     # from the [SEG] position, x pointer_weight in stage 1c, x pointer_stage2_weight in stage 2
     pointer_weight: float = 0.0
     pointer_stage2_weight: float = 0.0
+    # point from the input of the LLM's last layer (hidden_states[-2]), so that layer can fetch
+    # what the [SEG] position points at (the target's tokens, their place) into the [SEG] state
+    pointer_below: bool = False
     motion_videos: int = 8
     motion_batch: int = 32
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
@@ -530,8 +533,9 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
                           for layer in pre.past_key_values.layers])
     pos_ids = torch.arange(n_pre, n_pre + lmax)[None].expand(bsz, -1)
     token_motion = motion_head is not None and cfg.motion_stage2_weight > 0
+    pointing = pointer is not None and cfg.pointer_stage2_weight > 0
     llm_out = model.llm.model(inputs_embeds=batch, position_ids=pos_ids, past_key_values=cache,
-                              use_cache=True, output_hidden_states=token_motion)
+                              use_cache=True, output_hidden_states=token_motion or (pointing and cfg.pointer_below))
     hidden = llm_out.last_hidden_state
     logits = model.llm.lm_head(hidden[ce_rows, ce_pos])
     ce = F.cross_entropy(logits, torch.tensor(ce_tgt))
@@ -550,10 +554,12 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
                                        [w for _ in exprs for w in windows], lambda f: labs[row[f]])
         loss = loss + cfg.motion_stage2_weight * tl
         parts.update(tparts, t_ce=tl.item())
-    if pointer is not None and cfg.pointer_stage2_weight > 0:  # the [SEG] position points at the target's tokens
+    if pointing:  # the [SEG] position points at the target's tokens
         masks = [pointer_masks(video, w[-1], tuple(ids)) for _, ids in exprs for w in windows]
         needs = [video.needs(i) for i in sample.exprs for _ in windows]
-        pl, pparts = stage2_pointer_loss(pointer, hidden, last, rest_ids, masks, needs)
+        ph = llm_out.hidden_states[-2] if cfg.pointer_below else hidden
+        pl, pparts = stage2_pointer_loss(pointer, ph, ph[torch.arange(bsz), torch.tensor(lengths) - 1],
+                                         rest_ids, masks, needs)
         loss = loss + cfg.pointer_stage2_weight * pl
         parts.update(pparts)
     if ground_head is not None:  # reference.grounding: the [SEG] position says where the target is
@@ -1269,6 +1275,8 @@ def main(argv=None) -> None:
                    help="stage 1c: x the pick as a CE over the current frame's tokens (reference.motion.PointerHead)")
     p.add_argument("--pointer-stage2-weight", type=float, default=d.pointer_stage2_weight,
                    help="stage 2: x the same pointer CE from the [SEG] position")
+    p.add_argument("--pointer-below", action="store_true",
+                   help="point from the input of the LLM's last layer, so that layer can fetch the place into [SEG]")
     p.add_argument("--locate", action="store_true",
                    help="experiment: the scaffold token also encodes where the target is")
     p.add_argument("--threads", type=int, default=d.threads)
@@ -1305,7 +1313,7 @@ def main(argv=None) -> None:
         ground_weight=a.ground_weight, llm_lr=a.llm_lr, ground_mix=a.ground_mix,
         stage2_llm_scale=a.stage2_llm_scale, motion_steps=a.motion_steps, motion_weight=a.motion_weight,
         motion_stage2_weight=a.motion_stage2_weight, motion_context=a.motion_context,
-        pointer_weight=a.pointer_weight, pointer_stage2_weight=a.pointer_stage2_weight,
+        pointer_weight=a.pointer_weight, pointer_stage2_weight=a.pointer_stage2_weight, pointer_below=a.pointer_below,
     )
     out = Path(a.out)
     t0 = time.time()

@@ -250,3 +250,30 @@ def test_pointer_is_off_by_default(tmp_path):
     assert torch.load(tmp_path / "a" / "stage1.pt", weights_only=False)["pointer"] is None
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())
     assert not any("ptr" in h for h in log["motion_history"] + log["history"])
+
+
+def test_pointer_below_reads_the_input_of_the_last_layer(tiny_ref, monkeypatch):
+    """With pointer_below the pointer gets hidden_states[-2] (before the last layer), else the last."""
+    model = tiny_ref.model
+    D = model.llm.config.hidden_size
+    seen = {}
+
+    class Spy(M.PointerHead):
+        def forward(self, seg, tokens):
+            seen["seg"] = seg.detach().clone()
+            return super().forward(seg, tokens)
+
+    real = model.llm.model.forward
+    def spy_llm(*a, **kw):
+        out = real(*a, **{**kw, "output_hidden_states": True})
+        seen["hs"] = [h.detach() for h in out.hidden_states]
+        return out
+    monkeypatch.setattr(model.llm.model, "forward", spy_llm)
+    for below, layer in ((False, -1), (True, -2)):
+        cfg = replace(TEST_CFG, motion_videos=1, motion_batch=2, pointer_weight=1.0, pointer_below=below)
+        out = M.motion_step_loss(tiny_ref, cfg, M.GroundingHead(D), M.MotionTokenHead(D), np.random.default_rng(3),
+                                 T.PromptCache(tiny_ref.tokenizer), video_index=0, pointer=Spy(D))
+        assert out is not None
+        hs = seen["hs"][layer]
+        assert any(torch.allclose(seen["seg"][0], hs[0, i]) for i in range(hs.shape[1]))
+        assert not any(torch.allclose(seen["seg"][0], seen["hs"][-1 if below else -2][0, i]) for i in range(hs.shape[1]))
