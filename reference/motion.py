@@ -253,7 +253,7 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
     gl, gparts = grounding_loss(xy, tgt)
     parts.update(gparts, t_ce=tl.item())
     parts.update(pick_parts(xy.detach().numpy(), np.stack(targets), np.stack(pairs), others, needs))
-    loss = cfg.motion_weight * tl + gl
+    loss = cfg.motion_weight * tl + cfg.motion_ground_weight * gl
     if pointer is not None:
         ph = hs[-2] if cfg.pointer_below else out.last_hidden_state
         seg = ph[torch.arange(len(embeds)), torch.tensor(lengths) - 1]

@@ -179,6 +179,7 @@ class TrainConfig:
     # position); motion_stage2_weight keeps the token loss in stage 2
     motion_steps: int = 0
     motion_weight: float = 1.0
+    motion_ground_weight: float = 1.0  # stage 1c: x the [SEG] centre's MSE (session 10: x20 lets the place follow the pointer)
     motion_stage2_weight: float = 0.0
     motion_context: bool = False  # stage 1c also asks context frames 2-4, at a lower layer (reference.motion)
     motion_expr_weight: float = 3.0  # stage 1c draws expressions that need the motion this much more often
@@ -1266,6 +1267,8 @@ def main(argv=None) -> None:
                         "motion and the target's location (reference.motion)")
     p.add_argument("--motion-weight", type=float, default=d.motion_weight,
                    help="stage 1c: weight of the per-token motion loss")
+    p.add_argument("--motion-ground-weight", type=float, default=d.motion_ground_weight,
+                   help="stage 1c: x the [SEG] position's centre regression")
     p.add_argument("--motion-context", action="store_true",
                    help="stage 1c: also ask context frames 2-4 for their tokens' motion, at a quarter of the "
                         "LLM's depth (the query frames at half of it)")
@@ -1313,6 +1316,7 @@ def main(argv=None) -> None:
         ground_weight=a.ground_weight, llm_lr=a.llm_lr, ground_mix=a.ground_mix,
         stage2_llm_scale=a.stage2_llm_scale, motion_steps=a.motion_steps, motion_weight=a.motion_weight,
         motion_stage2_weight=a.motion_stage2_weight, motion_context=a.motion_context,
+        motion_ground_weight=a.motion_ground_weight,
         pointer_weight=a.pointer_weight, pointer_stage2_weight=a.pointer_stage2_weight, pointer_below=a.pointer_below,
     )
     out = Path(a.out)

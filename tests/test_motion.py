@@ -277,3 +277,18 @@ def test_pointer_below_reads_the_input_of_the_last_layer(tiny_ref, monkeypatch):
         hs = seen["hs"][layer]
         assert any(torch.allclose(seen["seg"][0], hs[0, i]) for i in range(hs.shape[1]))
         assert not any(torch.allclose(seen["seg"][0], seen["hs"][-1 if below else -2][0, i]) for i in range(hs.shape[1]))
+
+
+def test_motion_ground_weight_scales_the_centre_term_of_stage_1c(tiny_ref):
+    """loss(w) - loss(1) = (w - 1) x the centre MSE, the other terms and draws unchanged."""
+    model = tiny_ref.model
+    D = model.llm.config.hidden_size
+    torch.manual_seed(0)
+    ground, head = M.GroundingHead(D), M.MotionTokenHead(D)
+    out = {}
+    for w in (1.0, 5.0):
+        cfg = replace(TEST_CFG, motion_videos=1, motion_batch=2, motion_ground_weight=w)
+        out[w] = M.motion_step_loss(tiny_ref, cfg, ground, head, np.random.default_rng(4),
+                                    T.PromptCache(tiny_ref.tokenizer), video_index=0)
+    assert out[5.0][1]["g_mse"] == out[1.0][1]["g_mse"]
+    assert (out[5.0][0] - out[1.0][0]).item() == pytest.approx(4 * out[1.0][1]["g_mse"], rel=1e-4)
