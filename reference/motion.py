@@ -29,6 +29,12 @@ causal order and can compute the direction; a query token above that layer only 
 from the context token of its own object. Measured (session 9, `--shape small4`): the query
 tokens reach 0.742 on videos of an unseen seed, 0.72-0.75 at every window length, where the
 2-layer head plateaued at 0.40 (0.38 on the unseen seed).
+
+With a PointerHead (`pointer_weight`, `pointer_stage2_weight`, `pointer_below`), the [SEG]
+position is also asked which of the current frame's tokens are the target's (a CE over them).
+Measured (session 10): the pick among look-alikes reaches 0.89 on training batches pointing from
+below the last layer, but SAM2 only sees the [SEG] state, and the place follows it only when the
+centre regression is weighted up (`motion_ground_weight` 20: look-alike pick 0.57 -> 0.69).
 """
 
 from __future__ import annotations
