@@ -117,8 +117,9 @@ class PointerHead(torch.nn.Module):
     tokens, (W_q h_seg) . (W_k h_token) / sqrt(D), at the LLM's last layer; the answer is the
     target's tokens. Regressing the target's (x, y) from [SEG] left the motion pick at chance in
     every run (sessions 5-9): the gradient of one point says little about which token to read.
-    A CE over tokens says it directly; the [SEG] position then has to fetch the target's tokens,
-    whose CLIP features carry where they are, so the location follows."""
+    A CE over tokens says it directly. It does not by itself put the target's place into the
+    [SEG] state that prompts SAM2 (session 10: held-out J&F unchanged); with the centre regression
+    weighted up (`motion_ground_weight`) the place starts to follow."""
 
     def __init__(self, dim: int):
         super().__init__()
