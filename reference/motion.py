@@ -56,11 +56,16 @@ def motion_token_labels(video, frames: list[int]) -> torch.Tensor:
     """int64 [F, 64]: 1 + MOTIONS index of the object covering each pooled token's strip (its
     motion over the whole video, as the expressions name it); 0 = background; IGNORE where mixed
     (reference.dense_aux.cell_owners on the 16 x 4 strip grid)."""
-    owners = cell_owners(video, frames, (PATCH_GRID, POOLED_COLS))
+    owners = token_owners(video, frames)
     out = owners.copy()
     for o in video.objects_meta:
         out[owners == o["obj_id"]] = MOTIONS.index(o["motion"]) + 1
-    return torch.from_numpy(out.reshape(len(frames), PATCH_GRID * POOLED_COLS))
+    return torch.from_numpy(out)
+
+
+def token_owners(video, frames: list[int]) -> np.ndarray:
+    """int64 [F, 64]: the obj_id covering each pooled token's strip (0 background, IGNORE mixed)."""
+    return cell_owners(video, frames, (PATCH_GRID, POOLED_COLS)).reshape(len(frames), PATCH_GRID * POOLED_COLS)
 
 
 def image_offsets(ids: list[int]) -> list[int]:
@@ -131,10 +136,9 @@ class PointerHead(torch.nn.Module):
         return torch.einsum("bd,bkd->bk", self.q(seg), self.k(tokens)) / seg.shape[-1] ** 0.5
 
 
-def pointer_masks(video, frame: int, target: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def pointer_masks(video, owners: np.ndarray, target: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """bool [64] each: the frame's pooled tokens the target covers, and those its look-alike
-    covers (all False without one); reference.dense_aux.cell_owners on the 16 x 4 strip grid."""
-    owners = cell_owners(video, [frame], (PATCH_GRID, POOLED_COLS)).reshape(-1)
+    covers (all False without one); owners [64]: that frame's row of token_owners."""
     other = look_alike(video, target)
     return np.isin(owners, target), owners == (other if other is not None else -1)
 
@@ -205,7 +209,7 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
     prefix_ids = prompts.prefix_ids()
     ctx_layer, query_layer = motion_layers(model)
     embeds, at, labels, targets, pairs, others, needs = [], [], [], [], [], [], []
-    current, tmasks, pmasks = [], [], []  # the pointer's: current frame's offset, its masks
+    current, masks = [], []  # the pointer's: the current frame's offset, pointer_masks
     per_video = max(1, cfg.motion_batch // cfg.motion_videos)
     for v in range(cfg.motion_videos):
         n = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
@@ -221,6 +225,7 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
         row = {f: j for j, f in enumerate(used)}
         labs = motion_token_labels(video, used)
         obj_ids = sorted(video.objects)
+        owners = token_owners(video, used) if pointer is not None else None
         for i, t in draws:
             text, tid = video.expressions[i]
             window = rules.window_positions(t + 1)
@@ -243,9 +248,7 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
             needs.append(video.needs(i))
             if pointer is not None:
                 current.append(offsets[-1])
-                tm, pm = pointer_masks(video, t, tid)
-                tmasks.append(torch.from_numpy(tm))
-                pmasks.append(torch.from_numpy(pm))
+                masks.append(pointer_masks(video, owners[row[t]], tid))
     if not embeds:
         return None
     lengths = [e.shape[0] for e in embeds]
@@ -262,10 +265,7 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
     parts.update(pick_parts(xy.detach().numpy(), np.stack(targets), np.stack(pairs), others, needs))
     loss = cfg.motion_weight * tl + cfg.motion_ground_weight * gl
     if pointer is not None:
-        ph = hs[-2] if cfg.pointer_below else out.last_hidden_state
-        seg = ph[torch.arange(len(embeds)), torch.tensor(lengths) - 1]
-        toks = torch.stack([ph[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in enumerate(current)])
-        pl, pparts = pointer_loss(pointer(seg, toks), torch.stack(tmasks), torch.stack(pmasks), needs)
+        pl, pparts = point_at(pointer, out, cfg.pointer_below, lengths, current, masks, needs)
         loss = loss + cfg.pointer_weight * pl
         parts.update(pparts)
     return loss, parts
@@ -324,13 +324,14 @@ def stage2_token_loss(model, head: MotionTokenHead, hidden_states, rest_ids: lis
     return head.loss(torch.stack([mid[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in at]), torch.stack(labels))
 
 
-def stage2_pointer_loss(pointer: PointerHead, hidden: torch.Tensor, seg: torch.Tensor, rest_ids: list[list[int]],
-                        masks: list[tuple[np.ndarray, np.ndarray]], needs: list[str]) -> tuple[torch.Tensor, dict]:
-    """The stage-2 form: hidden [B, L, D] (the layer it points from, over the continuation after the shared prefix),
-    seg [B, D] the [SEG] positions' states, rest_ids[b] row b's ids (its last image is the
-    current query frame), masks[b] = pointer_masks of that frame and row b's target."""
-    cur = [image_offsets(ids)[-1] for ids in rest_ids]
-    toks = torch.stack([hidden[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in enumerate(cur)])
+def point_at(pointer: PointerHead, out, below: bool, lengths: list[int], starts: list[int],
+             masks: list[tuple[np.ndarray, np.ndarray]], needs: list[str]) -> tuple[torch.Tensor, dict]:
+    """pointer_loss for a right-padded batch: `out` the LLM's output (with hidden_states when
+    `below`), row b's [SEG] state at lengths[b] - 1, its current frame's 64 tokens from starts[b],
+    masks[b] = pointer_masks of that frame and row b's target. Stage 1c and stage 2 both call it."""
+    hidden = out.hidden_states[-2] if below else out.last_hidden_state
+    seg = hidden[torch.arange(len(lengths)), torch.tensor(lengths) - 1]
+    toks = torch.stack([hidden[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in enumerate(starts)])
     tm = torch.stack([torch.from_numpy(t) for t, _ in masks])
     pm = torch.stack([torch.from_numpy(p) for _, p in masks])
     return pointer_loss(pointer(seg, toks), tm, pm, needs)

@@ -80,8 +80,8 @@ from .dense_aux import DenseAttributeHead, dense_labels
 from .grounding import (GroundingHead, clip_pooled, grounding_loss, grounding_step_loss, pretrain_clip,
                         pretrain_grounding)
 from .model import ImageFeatures
-from .motion import (MotionTokenHead, PointerHead, motion_token_labels, pointer_masks, pretrain_motion,
-                     stage2_pointer_loss, stage2_token_loss)
+from .motion import (MotionTokenHead, PointerHead, image_offsets, motion_token_labels, point_at, pointer_masks,
+                     pretrain_motion, stage2_token_loss, token_owners)
 from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
 
 # ---------------------------------------------------------------------------------------------
@@ -556,11 +556,11 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
         loss = loss + cfg.motion_stage2_weight * tl
         parts.update(tparts, t_ce=tl.item())
     if pointing:  # the [SEG] position points at the target's tokens
-        masks = [pointer_masks(video, w[-1], tuple(ids)) for _, ids in exprs for w in windows]
+        owners = token_owners(video, sample.query)  # each window ends on its query frame
+        masks = [pointer_masks(video, owners[j], tuple(ids)) for _, ids in exprs for j in range(q)]
         needs = [video.needs(i) for i in sample.exprs for _ in windows]
-        ph = llm_out.hidden_states[-2] if cfg.pointer_below else hidden
-        pl, pparts = stage2_pointer_loss(pointer, ph, ph[torch.arange(bsz), torch.tensor(lengths) - 1],
-                                         rest_ids, masks, needs)
+        pl, pparts = point_at(pointer, llm_out, cfg.pointer_below, lengths,
+                              [image_offsets(ids)[-1] for ids in rest_ids], masks, needs)
         loss = loss + cfg.pointer_stage2_weight * pl
         parts.update(pparts)
     if ground_head is not None:  # reference.grounding: the [SEG] position says where the target is

@@ -225,7 +225,7 @@ def test_pointer_masks_are_the_target_and_look_alike_strips(index, frame):
     video = make_train_video(11, index, 8, (128, 128))
     owners = M.cell_owners(video, [frame], (16, 4)).reshape(-1)
     for _, ids in video.expressions:
-        tm, pm = M.pointer_masks(video, frame, ids)
+        tm, pm = M.pointer_masks(video, M.token_owners(video, [frame])[0], ids)
         assert np.array_equal(tm, np.isin(owners, ids))
         other = M.look_alike(video, ids)
         assert np.array_equal(pm, owners == other) if other is not None else not pm.any()
