@@ -179,6 +179,27 @@ def nearest_pick(xy: np.ndarray, target: np.ndarray, others: np.ndarray) -> floa
     return float(np.all(d < np.linalg.norm(rest - xy, axis=-1)))
 
 
+def shared_prefix_forward(llm, prefixes: torch.Tensor, video_of: list[int], conts: list[torch.Tensor],
+                          prefix_hidden: bool = False):
+    """GLUS prompts that share a prefix, run as one prefill of each distinct prefix plus the
+    continuations over its keys/values (the same numbers as running every whole prompt: causal
+    attention, positions continued). prefixes [V, Lp, D] (equal lengths); video_of[b] = the prefix
+    row of continuation b; conts[b] [L_b, D], right-padded here. Returns (prefix output, with
+    hidden_states when prefix_hidden; continuation output with hidden_states; lengths)."""
+    from transformers import DynamicCache
+
+    pre = llm(inputs_embeds=prefixes, use_cache=True, output_hidden_states=prefix_hidden)
+    idx = torch.tensor(video_of)
+    cache = DynamicCache([(layer.keys[idx], layer.values[idx]) for layer in pre.past_key_values.layers])
+    lengths = [c.shape[0] for c in conts]
+    n_pre, lmax = prefixes.shape[1], max(lengths)
+    batch = torch.stack([F.pad(c, (0, 0, 0, lmax - c.shape[0])) for c in conts])
+    pos = torch.arange(n_pre, n_pre + lmax)[None].expand(len(conts), -1)
+    out = llm(inputs_embeds=batch, position_ids=pos, past_key_values=cache, use_cache=True,
+              output_hidden_states=True)
+    return pre, out, lengths
+
+
 def motion_draws(rng: np.random.Generator, video, n: int, motion_weight: float) -> list[tuple[int, int]]:
     """n (expression index, query frame t) draws: single-object targets visible in frame t;
     expressions that need the motion are drawn `motion_weight` times as often."""
@@ -207,8 +228,9 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
 
     model = ref.model
     prefix_ids = prompts.prefix_ids()
+    ctx_offsets = image_offsets(prefix_ids)
     ctx_layer, query_layer = motion_layers(model)
-    embeds, at, labels, targets, pairs, others, needs = [], [], [], [], [], [], []
+    prefixes, video_of, conts, at, labels, targets, pairs, others, needs = [], [], [], [], [], [], [], [], []
     current, masks = [], []  # the pointer's: the current frame's offset, pointer_masks
     per_video = max(1, cfg.motion_batch // cfg.motion_videos)
     for v in range(cfg.motion_videos):
@@ -226,19 +248,22 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
         labs = motion_token_labels(video, used)
         obj_ids = sorted(video.objects)
         owners = token_owners(video, used) if pointer is not None else None
+        vrow = len(prefixes)  # the video's prompts share its prefix (system, context frames, sentence)
+        prefixes.append(model.embed_prompt(prefix_ids, images[[row[f] for f in ctx]])[0])
         for i, t in draws:
             text, tid = video.expressions[i]
             window = rules.window_positions(t + 1)
-            ids = prefix_ids + prompts.get(text, len(window))[0]
-            b = len(embeds)
-            embeds.append(model.embed_prompt(ids, images[[row[f] for f in ctx + window]])[0])
-            offsets = image_offsets(ids)
-            for s, f in zip(offsets[len(ctx):], window):  # the query frames' tokens
-                at.append((b, s, query_layer, True))
+            rest = prompts.get(text, len(window))[0]
+            b = len(conts)
+            conts.append(model.embed_prompt(rest, images[[row[f] for f in window]])[0])
+            video_of.append(vrow)
+            offsets = image_offsets(rest)
+            for s, f in zip(offsets, window):  # the query frames' tokens
+                at.append((True, b, s))
                 labels.append(labs[row[f]])
-            if cfg.motion_context:  # context frames 2-4 (the first sees no earlier frame)
-                for s, f in zip(offsets[1:len(ctx)], ctx[1:]):
-                    at.append((b, s, ctx_layer, False))
+            if cfg.motion_context:  # context frames 2-4 (the first sees no earlier frame), once per
+                for s, f in zip(ctx_offsets[1:], ctx[1:]):  # prompt as with unshared prompts
+                    at.append((False, vrow, s))
                     labels.append(labs[row[f]])
             targets.append(target_locations(video, [tid], [t])[0, 0, 0])
             o = look_alike(video, tid)
@@ -249,15 +274,15 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
             if pointer is not None:
                 current.append(offsets[-1])
                 masks.append(pointer_masks(video, owners[row[t]], tid))
-    if not embeds:
+    if not conts:
         return None
-    lengths = [e.shape[0] for e in embeds]
-    padded = torch.stack([F.pad(e, (0, 0, 0, max(lengths) - e.shape[0])) for e in embeds])  # right padding
-    out = model.llm.model(inputs_embeds=padded, output_hidden_states=True)
-    hs = out.hidden_states
-    tl, parts = head.loss(torch.stack([hs[ly][b, s:s + rules.TOKENS_PER_IMAGE] for b, s, ly, _ in at]),
-                          torch.stack(labels), torch.tensor([q for *_, q in at]))
-    last = out.last_hidden_state[torch.arange(len(embeds)), torch.tensor(lengths) - 1]
+    pre, out, lengths = shared_prefix_forward(model.llm.model, torch.stack(prefixes), video_of, conts,
+                                              prefix_hidden=cfg.motion_context)
+    hs = {True: out.hidden_states, False: pre.hidden_states}
+    tl, parts = head.loss(torch.stack([hs[q][query_layer if q else ctx_layer][b, s:s + rules.TOKENS_PER_IMAGE]
+                                       for q, b, s in at]),
+                          torch.stack(labels), torch.tensor([q for q, *_ in at]))
+    last = out.last_hidden_state[torch.arange(len(conts)), torch.tensor(lengths) - 1]
     xy = ground_head(last)
     tgt = torch.from_numpy(np.stack(targets))
     gl, gparts = grounding_loss(xy, tgt)

@@ -189,21 +189,21 @@ def test_motion_context_asks_context_frames_2_to_4_at_the_lower_layer(tmp_path, 
                                   np.random.default_rng(0), T.PromptCache(ref.tokenizer), video_index=0)
     assert "t_acc_ctx" in parts or not (seen["y"][~seen["q"]] > 0).any()
     q = seen["q"]
-    n_prompts = len(hidden[0][0])
-    assert (~q).sum() == 3 * n_prompts
+    prefix_hs, cont_hs = hidden  # one prefill of the video's shared prefix, then the continuations
+    n_prompts = len(cont_hs[0])
+    assert len(prefix_hs[0]) == 1 and (~q).sum() == 3 * n_prompts
     want = M.motion_token_labels(videos[0], ctx[1:])
     ctx_rows = torch.nonzero(~q).flatten()
     for j, k in enumerate(ctx_rows):
         assert torch.equal(seen["y"][k], want[j % 3])
-    hs = hidden[0]
 
-    def found_at(row, layer):
-        return any(torch.equal(row, hs[layer][b, s:s + 64]) for b in range(n_prompts)
+    def found_at(hs, row, layer):
+        return any(torch.equal(row, hs[layer][b, s:s + 64]) for b in range(len(hs[layer]))
                    for s in range(hs[layer].shape[1] - 63))
 
-    assert found_at(seen["t"][ctx_rows[0]], 1) and not found_at(seen["t"][ctx_rows[0]], 2)
+    assert found_at(prefix_hs, seen["t"][ctx_rows[0]], 1) and not found_at(prefix_hs, seen["t"][ctx_rows[0]], 2)
     first_query = torch.nonzero(q).flatten()[0]
-    assert found_at(seen["t"][first_query], 2) and not found_at(seen["t"][first_query], 1)
+    assert found_at(cont_hs, seen["t"][first_query], 2) and not found_at(cont_hs, seen["t"][first_query], 1)
 
 
 # --- the pointer (session 10): the pick as a CE over the current frame's tokens ---------------
@@ -292,3 +292,23 @@ def test_motion_ground_weight_scales_the_centre_term_of_stage_1c(tiny_ref):
                                     T.PromptCache(tiny_ref.tokenizer), video_index=0)
     assert out[5.0][1]["g_mse"] == out[1.0][1]["g_mse"]
     assert (out[5.0][0] - out[1.0][0]).item() == pytest.approx(4 * out[1.0][1]["g_mse"], rel=1e-4)
+
+
+def test_shared_prefix_forward_equals_running_every_whole_prompt(tiny_ref):
+    """Stage 1c's one prefill per video + continuations over its cache = each whole prompt run alone."""
+    llm = tiny_ref.model.llm.model
+    D = tiny_ref.model.llm.config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    prefixes = torch.randn(2, 7, D, generator=g)
+    conts = [torch.randn(n, D, generator=g) for n in (3, 5, 1)]
+    video_of = [1, 0, 1]
+    with torch.no_grad():
+        pre, out, lengths = M.shared_prefix_forward(llm, prefixes, video_of, conts, prefix_hidden=True)
+        assert lengths == [3, 5, 1]
+        for b, (v, c) in enumerate(zip(video_of, conts)):
+            whole = llm(inputs_embeds=torch.cat([prefixes[v], c])[None], output_hidden_states=True)
+            for layer, h in enumerate(whole.hidden_states):
+                torch.testing.assert_close(out.hidden_states[layer][b, :len(c)], h[0, 7:], atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(pre.hidden_states[layer][v], h[0, :7], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(out.last_hidden_state[b, :len(c)], whole.last_hidden_state[0, 7:],
+                                       atol=1e-5, rtol=1e-4)
