@@ -317,7 +317,13 @@ def pretrain_motion(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead,
                     log=None, pointer: PointerHead | None = None) -> list[dict]:
     """Stage 1c (`--motion-steps`): LLM + projector (CLIP frozen) on GLUS's prompt, per-token
     motion CE at the middle layer and the target's location at the [SEG] position (and, with a
-    pointer head, the pick over the current frame's tokens)."""
+    pointer head, the pick over the current frame's tokens). With `pointer_from` K > 0 the stage
+    runs in two phases, each with its own warm-up and cosine: K steps without the pointer and the
+    centre x1 (the token skill first, as run H), then the rest with the pointer and the centre x
+    `motion_ground_weight` (sessions 10-11: the place follows the pick once the tokens know
+    their motion)."""
+    from dataclasses import replace
+
     from .train import PromptCache, run_stage
 
     model = ref.model
@@ -325,15 +331,25 @@ def pretrain_motion(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead,
     rng = np.random.default_rng(cfg.seed + 23)
     prompts = PromptCache(ref.tokenizer)
 
-    def step_loss(step):
-        return motion_step_loss(ref, cfg, ground_head, head, rng, prompts, video_index=step * cfg.motion_videos,
-                                pointer=pointer)
+    def phase(first: int, steps: int, ptr: PointerHead | None, ground_weight: float, desc: str) -> list[dict]:
+        c = replace(cfg, motion_ground_weight=ground_weight)
 
-    heads = list(ground_head.parameters()) + list(head.parameters())
-    if pointer is not None:
-        heads += list(pointer.parameters())
-    return run_stage(params + heads, params, step_loss, cfg,
-                     steps=cfg.motion_steps, lr=cfg.llm_lr, desc="motion", progress=progress, log=log)
+        def step_loss(step):
+            return motion_step_loss(ref, c, ground_head, head, rng, prompts,
+                                    video_index=(first + step) * cfg.motion_videos, pointer=ptr)
+
+        heads = list(ground_head.parameters()) + list(head.parameters())
+        if ptr is not None:
+            heads += list(ptr.parameters())
+        hist = run_stage(params + heads, params, step_loss, c, steps=steps, lr=cfg.llm_lr, desc=desc,
+                         progress=progress, log=log)
+        return [dict(h, step=h["step"] + first) for h in hist]
+
+    k = min(cfg.pointer_from, cfg.motion_steps) if pointer is not None else 0
+    if k <= 0:
+        return phase(0, cfg.motion_steps, pointer, cfg.motion_ground_weight, "motion")
+    return (phase(0, k, None, 1.0, "motion") +
+            phase(k, cfg.motion_steps - k, pointer, cfg.motion_ground_weight, "motion+pointer"))
 
 
 def stage2_token_loss(model, head: MotionTokenHead, hidden_states, rest_ids: list[list[int]], windows_of,

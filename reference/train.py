@@ -190,6 +190,9 @@ class TrainConfig:
     # point from the input of the LLM's last layer (hidden_states[-2]), so that layer can fetch
     # what the [SEG] position points at (the target's tokens, their place) into the [SEG] state
     pointer_below: bool = False
+    # stage 1c's first pointer_from steps run without the pointer and with the centre x1, then the
+    # rest with both, the rate warmed up again (reference.motion.pretrain_motion; 0: one phase)
+    pointer_from: int = 0
     motion_videos: int = 8
     motion_batch: int = 32
     llm_lr: float = 1e-3  # CLIP, projector, LLaMA, text_hidden_fcs: from scratch, a faster rate
@@ -1280,6 +1283,8 @@ def main(argv=None) -> None:
                    help="stage 2: x the same pointer CE from the [SEG] position")
     p.add_argument("--pointer-below", action="store_true",
                    help="point from the input of the LLM's last layer, so that layer can fetch the place into [SEG]")
+    p.add_argument("--pointer-from", type=int, default=d.pointer_from,
+                   help="stage 1c: steps before the pointer and --motion-ground-weight switch on (a second warm-up there)")
     p.add_argument("--locate", action="store_true",
                    help="experiment: the scaffold token also encodes where the target is")
     p.add_argument("--threads", type=int, default=d.threads)
@@ -1318,6 +1323,7 @@ def main(argv=None) -> None:
         motion_stage2_weight=a.motion_stage2_weight, motion_context=a.motion_context,
         motion_ground_weight=a.motion_ground_weight,
         pointer_weight=a.pointer_weight, pointer_stage2_weight=a.pointer_stage2_weight, pointer_below=a.pointer_below,
+        pointer_from=a.pointer_from,
     )
     out = Path(a.out)
     t0 = time.time()

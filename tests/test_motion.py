@@ -312,3 +312,25 @@ def test_shared_prefix_forward_equals_running_every_whole_prompt(tiny_ref):
                 torch.testing.assert_close(pre.hidden_states[layer][v], h[0, :7], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(out.last_hidden_state[b, :len(c)], whole.last_hidden_state[0, 7:],
                                        atol=1e-5, rtol=1e-4)
+
+
+def test_pointer_from_splits_stage_1c_into_a_token_phase_and_a_pointer_phase(tmp_path, monkeypatch):
+    """pointer_from K: K steps without the pointer, centre x1; then the pointer and the centre x
+    motion_ground_weight, with its own warm-up (a second run_stage); steps numbered on."""
+    calls = []
+    real = T.run_stage
+
+    def spy(params, clipped, step_loss, cfg, *, steps, **kw):
+        if kw["desc"].startswith("motion"):
+            calls.append((steps, cfg.motion_ground_weight, len(params)))
+        return real(params, clipped, step_loss, cfg, steps=steps, **kw)
+
+    monkeypatch.setattr(T, "run_stage", spy)
+    cfg = replace(TEST_CFG, steps=0, sam_steps=0, encoder_steps=0, weights_dtype="float32", motion_steps=3,
+                  motion_videos=2, motion_batch=4, pointer_weight=1.0, pointer_from=2, motion_ground_weight=7.0)
+    T.train(cfg, tmp_path / "a", progress=False)
+    log = json.loads((tmp_path / "a" / "train_log.json").read_text())["motion_history"]
+    assert [h["step"] for h in log] == [0, 1, 2]
+    assert ["ptr" in h for h in log] == [False, False, True]
+    (n1, w1, p1), (n2, w2, p2) = calls
+    assert (n1, w1, n2, w2) == (2, 1.0, 1, 7.0) and p2 == p1 + 4  # + the pointer's 2 weights, 2 biases
