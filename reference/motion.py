@@ -345,7 +345,10 @@ def pretrain_motion(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead,
                          progress=progress, log=log)
         return [dict(h, step=h["step"] + first) for h in hist]
 
-    k = min(cfg.pointer_from, cfg.motion_steps) if pointer is not None else 0
+    if cfg.pointer_from < 0 or (pointer is not None and cfg.pointer_from and cfg.pointer_from >= cfg.motion_steps):
+        raise ValueError(f"pointer_from {cfg.pointer_from} must be in [0, motion_steps {cfg.motion_steps}): "
+                         "the pointer phase would have no steps")
+    k = cfg.pointer_from if pointer is not None else 0
     if k <= 0:
         return phase(0, cfg.motion_steps, pointer, cfg.motion_ground_weight, "motion")
     return (phase(0, k, None, 1.0, "motion") +

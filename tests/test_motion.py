@@ -334,3 +334,12 @@ def test_pointer_from_splits_stage_1c_into_a_token_phase_and_a_pointer_phase(tmp
     assert ["ptr" in h for h in log] == [False, False, True]
     (n1, w1, p1), (n2, w2, p2) = calls
     assert (n1, w1, n2, w2) == (2, 1.0, 1, 7.0) and p2 == p1 + 4  # + the pointer's 2 weights, 2 biases
+
+
+@pytest.mark.parametrize("start", [-1, 3, 5])
+def test_pointer_from_outside_stage_1c_is_refused(tiny_ref, start):
+    D = tiny_ref.model.llm.config.hidden_size
+    cfg = replace(TEST_CFG, motion_steps=3, pointer_weight=1.0, pointer_from=start)
+    with pytest.raises(ValueError, match="pointer_from"):
+        M.pretrain_motion(tiny_ref, cfg, M.GroundingHead(D), M.MotionTokenHead(D), progress=False,
+                          pointer=M.PointerHead(D))
