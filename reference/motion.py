@@ -185,12 +185,18 @@ def shared_prefix_forward(llm, prefixes: torch.Tensor, video_of: list[int], cont
     continuations over its keys/values (the same numbers as running every whole prompt: causal
     attention, positions continued). prefixes [V, Lp, D] (equal lengths); video_of[b] = the prefix
     row of continuation b; conts[b] [L_b, D], right-padded here. Returns (prefix output, with
-    hidden_states when prefix_hidden; continuation output with hidden_states; lengths)."""
+    hidden_states when prefix_hidden; continuation output with hidden_states; lengths). Stage 1c
+    (one prefix per video) and stage 2 (one per sample) both run their prompts through it."""
     from transformers import DynamicCache
 
     pre = llm(inputs_embeds=prefixes, use_cache=True, output_hidden_states=prefix_hidden)
-    idx = torch.tensor(video_of)
-    cache = DynamicCache([(layer.keys[idx], layer.values[idx]) for layer in pre.past_key_values.layers])
+    if len(prefixes) == 1:  # one prefix (stage 2's sample): a view, no copy per continuation
+        kv = [(k.expand(len(conts), -1, -1, -1), v.expand(len(conts), -1, -1, -1))
+              for k, v in ((layer.keys, layer.values) for layer in pre.past_key_values.layers)]
+    else:
+        idx = torch.tensor(video_of)
+        kv = [(layer.keys[idx], layer.values[idx]) for layer in pre.past_key_values.layers]
+    cache = DynamicCache(kv)
     lengths = [c.shape[0] for c in conts]
     n_pre, lmax = prefixes.shape[1], max(lengths)
     batch = torch.stack([F.pad(c, (0, 0, 0, lmax - c.shape[0])) for c in conts])

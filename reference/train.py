@@ -81,7 +81,7 @@ from .grounding import (GroundingHead, clip_pooled, grounding_loss, grounding_st
                         pretrain_grounding)
 from .model import ImageFeatures
 from .motion import (MotionTokenHead, PointerHead, image_offsets, motion_token_labels, point_at, pointer_masks,
-                     pretrain_motion, stage2_token_loss, token_owners)
+                     pretrain_motion, shared_prefix_forward, stage2_token_loss, token_owners)
 from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
 
 # ---------------------------------------------------------------------------------------------
@@ -514,9 +514,8 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
     # sample: one prefill, its keys/values shared by all continuations (exact: FINDINGS.md).
     prefix_ids = prompts.prefix_ids()
     prefix = model.embed_prompt(prefix_ids, tokens[[row[f] for f in sample.context]])
-    pre = model.llm.model(inputs_embeds=prefix, use_cache=True)
     n_pre = prefix.shape[1]
-    embeds, lengths, ce_rows, ce_pos, ce_tgt, rest_ids = [], [], [], [], [], []
+    embeds, ce_rows, ce_pos, ce_tgt, rest_ids = [], [], [], [], []
     for text, _ in exprs:
         for w in windows:
             ids, targets = prompts.get(text, len(w))
@@ -524,22 +523,14 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
             b = len(embeds)
             embeds.append(e)
             rest_ids.append(ids)
-            lengths.append(e.shape[0])
             for p, t in targets:
                 ce_rows.append(b)
                 ce_pos.append(p - n_pre)
                 ce_tgt.append(t)
-    bsz, lmax = len(embeds), max(lengths)
-    batch = torch.stack([F.pad(e, (0, 0, 0, lmax - e.shape[0])) for e in embeds])  # right padding
-    from transformers import DynamicCache
-
-    cache = DynamicCache([(layer.keys.expand(bsz, -1, -1, -1), layer.values.expand(bsz, -1, -1, -1))
-                          for layer in pre.past_key_values.layers])
-    pos_ids = torch.arange(n_pre, n_pre + lmax)[None].expand(bsz, -1)
+    bsz = len(embeds)
     token_motion = motion_head is not None and cfg.motion_stage2_weight > 0
     pointing = pointer is not None and cfg.pointer_stage2_weight > 0
-    llm_out = model.llm.model(inputs_embeds=batch, position_ids=pos_ids, past_key_values=cache,
-                              use_cache=True, output_hidden_states=token_motion or (pointing and cfg.pointer_below))
+    _, llm_out, lengths = shared_prefix_forward(model.llm.model, prefix, [0] * bsz, embeds)
     hidden = llm_out.last_hidden_state
     logits = model.llm.lm_head(hidden[ce_rows, ce_pos])
     ce = F.cross_entropy(logits, torch.tensor(ce_tgt))
