@@ -1,6 +1,7 @@
 """Train a small GLUS on synthetic referring videos, the way GLUS trains (model/GLUS.py), on a CPU.
 
-    python -m reference.train --out models/glus-tiny [--seed 0] [--steps N] [--sam-steps N]
+    python -m reference.train --out DIR --recipe glus-tiny-v4 --eval   # the default model (~3 h, 2 cores)
+    python -m reference.train --out DIR [--seed 0] [--steps N] [--sam-steps N]
                               [--minutes M] [--no-contrastive] [--no-memory] [--eval]
                               [--encoder-steps N] [--dense-weight W] [--locate]
 
@@ -61,6 +62,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -1207,7 +1209,47 @@ def evaluate_checkpoint(glus_dir, clip_dir, data: list[tuple[str, str]], *, use_
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
+# The shipped models' recipes, by name: `--recipe NAME` stands for these flags (flags given after
+# it on the command line, or anywhere, still win). v4 = run R1 of models/glus-tiny/TRAINING.md.
+RECIPES = {
+    "glus-tiny-v3": [],
+    "glus-tiny-v4": ("--shape small4 --locate --clip-steps 12000 --clip-fine-weight 20 "
+                     "--ground-steps 1200 --ground-single-steps 1200 --ground-weight 20 --ground-mix 10 "
+                     "--stage2-llm-scale 0.1 --motion-steps 2750 --pointer-from 1200 --motion-context "
+                     "--motion-stage2-weight 1 --motion-ground-weight 20 --pointer-weight 1 "
+                     "--pointer-stage2-weight 1 --pointer-below --sam-steps 4400").split(),
+}
+
+
 def main(argv=None) -> None:
+    a, cfg = parse_args(argv)
+    out = Path(a.out)
+    t0 = time.time()
+    ref, hist = train(cfg, out, progress=not a.no_progress, vision_tower=a.vision_tower,
+                      log=print if a.no_progress else None, from_stage1=a.from_stage1)
+    print(f"trained {len(hist)} steps in {time.time() - t0:.0f} s → {out / 'glus'}, {out / 'clip'}")
+    if a.eval:
+        from .train_data import write_heldout
+
+        eh, _, ew = a.eval_size.partition("x")
+        from export.default_model import cache_dir
+
+        data_dir = (Path(a.eval_data) if a.eval_data else
+                    cache_dir() / f"heldout-{a.eval_videos}x{a.eval_frames}-{a.eval_size}")
+        data = write_heldout(data_dir, a.eval_videos, a.eval_frames, (int(eh), int(ew)))
+        results = {}
+        for name, mem in (("offline", True), ("no_memory", False)):
+            t1 = time.time()
+            r = evaluate_checkpoint(out / "glus", out / "clip", data, use_memory=mem, threads=a.threads)
+            r["seconds"] = round(time.time() - t1, 1)
+            results[name] = r
+            print(f"held-out {name}: J {r['J']:.4f} F {r['F']:.4f} J&F {r['JF']:.4f} "
+                  f"({r['n_expressions']} expressions, [SEG] rate {r['seg_token_rate']:.3f})")
+        (out / "eval.json").write_text(json.dumps(results, indent=1))
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
+    """The command line → (its namespace, the TrainConfig it asks for)."""
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m reference.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output directory (gets glus/ and clip/)")
@@ -1296,7 +1338,12 @@ def main(argv=None) -> None:
                         "(the same stage flags must be given)")
     p.add_argument("--llm-lr", type=float, default=d.llm_lr, help="peak rate of the LLM side and the scaffold (stages 1, 1b, 2)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="a shipped model's flags (glus-tiny-v4: the default model); other flags override them")
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = p.parse_args(argv)
+    if a.recipe:  # the recipe's flags first, so that the ones given explicitly override them
+        a = p.parse_args(RECIPES[a.recipe] + argv)
     fmin, _, fmax = a.frames.partition("-")
     h, _, w = a.size.partition("x")
     cfg = TrainConfig(
@@ -1316,29 +1363,7 @@ def main(argv=None) -> None:
         pointer_weight=a.pointer_weight, pointer_stage2_weight=a.pointer_stage2_weight, pointer_below=a.pointer_below,
         pointer_from=a.pointer_from,
     )
-    out = Path(a.out)
-    t0 = time.time()
-    ref, hist = train(cfg, out, progress=not a.no_progress, vision_tower=a.vision_tower,
-                      log=print if a.no_progress else None, from_stage1=a.from_stage1)
-    print(f"trained {len(hist)} steps in {time.time() - t0:.0f} s → {out / 'glus'}, {out / 'clip'}")
-    if a.eval:
-        from .train_data import write_heldout
-
-        eh, _, ew = a.eval_size.partition("x")
-        from export.default_model import cache_dir
-
-        data_dir = (Path(a.eval_data) if a.eval_data else
-                    cache_dir() / f"heldout-{a.eval_videos}x{a.eval_frames}-{a.eval_size}")
-        data = write_heldout(data_dir, a.eval_videos, a.eval_frames, (int(eh), int(ew)))
-        results = {}
-        for name, mem in (("offline", True), ("no_memory", False)):
-            t1 = time.time()
-            r = evaluate_checkpoint(out / "glus", out / "clip", data, use_memory=mem, threads=a.threads)
-            r["seconds"] = round(time.time() - t1, 1)
-            results[name] = r
-            print(f"held-out {name}: J {r['J']:.4f} F {r['F']:.4f} J&F {r['JF']:.4f} "
-                  f"({r['n_expressions']} expressions, [SEG] rate {r['seg_token_rate']:.3f})")
-        (out / "eval.json").write_text(json.dumps(results, indent=1))
+    return a, cfg
 
 
 if __name__ == "__main__":

@@ -184,3 +184,17 @@ def test_train_video_needs_match_the_evaluation_split(tmp_path):
         assert got == [needs[(vid, k)] for k in sorted(v["expressions"], key=int)]
         seen |= set(got)
     assert seen == {"colour", "shape", "motion"}
+
+
+def test_recipe_stands_for_the_shipped_models_flags():
+    """--recipe glus-tiny-v4 = R1's command line (TRAINING.md, session 12); explicit flags win."""
+    _, cfg = T.parse_args(["--out", "x", "--recipe", "glus-tiny-v4"])
+    assert (cfg.shape, cfg.locate, cfg.clip_steps, cfg.clip_fine_weight) == ("small4", True, 12000, 20)
+    assert (cfg.ground_steps, cfg.ground_single_steps, cfg.ground_weight, cfg.ground_mix) == (1200, 1200, 20, 10)
+    assert (cfg.stage2_llm_scale, cfg.motion_steps, cfg.pointer_from, cfg.motion_context) == (0.1, 2750, 1200, True)
+    assert (cfg.motion_stage2_weight, cfg.motion_ground_weight, cfg.pointer_weight) == (1, 20, 1)
+    assert (cfg.pointer_stage2_weight, cfg.pointer_below, cfg.sam_steps) == (1, True, 4400)
+    assert cfg.contrastive and cfg.memory and cfg.threads == 2
+    _, ablation = T.parse_args(["--out", "x", "--sam-steps", "10", "--recipe", "glus-tiny-v4", "--no-memory"])
+    assert ablation == replace(cfg, sam_steps=10, memory=False)
+    assert T.parse_args(["--out", "x", "--recipe", "glus-tiny-v3"])[1] == T.parse_args(["--out", "x"])[1]
