@@ -107,6 +107,22 @@ def test_stream_causal_add_remove_and_flat_state(tiny_engine):
     assert max(stream.context_indices) > 20  # the context follows the stream
 
 
+def test_stream_refreshes_its_context_as_the_stream_grows(tiny_engine, monkeypatch):
+    """Frames 1-4, then each time the stream grew by half since the last refresh, and every refresh_every."""
+    calls, prefix = [], tiny_engine.prefix
+    monkeypatch.setattr(tiny_engine, "prefix", lambda tokens: calls.append(len(tokens)) or prefix(tokens))
+    for every, want in [(1000, [1, 2, 3, 4, 6, 9, 14, 21, 32]), (10, [1, 2, 3, 4, 6, 9, 10, 15, 20, 30])]:
+        stream, seen = tiny_engine.stream(["the red square"], refresh_every=every), []
+        for k, f in enumerate(moving_square_video(33, 32, 32)):
+            calls.clear()
+            stream.push(f)
+            if calls:
+                seen.append(k + 1)  # GLUS's rule on the frames so far (pool_size 16: every other one after 16)
+                pool = list(range(k + 1)) if k < 16 else [i for i in range(k + 1) if i % 2 == 0]
+                assert stream.context_indices == [pool[i] for i in rules.context_frame_indices(len(pool))]
+        assert seen == want
+
+
 def test_memory_bank_is_fixed_over_2000_frames():
     bank = MemoryBank((2, 3, 3))
     kept = {}
