@@ -43,6 +43,10 @@ scratch, in three stages, in one command:
    token of the expression), SAM2 stays frozen until `freeze_sam_steps`, and the distillation
    weight decays linearly to 0 at `point_until`; from there on only GLUS's losses train.
 
+The default model (v4, `--recipe glus-tiny-v4`) first runs three optional stages for the parts
+GLUS gets pretrained: 0b CLIP (`--clip-steps`, reference.grounding), 1b the LLM's grounding
+(`--ground-steps`) and 1c the LLM's motion and pointer (`--motion-steps`, reference.motion).
+
 The two layer-scale tensors GLUS's loader never loads (memory encoder fuser gamma) would stay
 at 1e-6; this shape has no fuser layer (their output would be scaled by 1e-6 anyway). Besides
 the main mask, the decoder's three multimask outputs and its IoU head get an auxiliary loss: at
