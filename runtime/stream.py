@@ -88,8 +88,7 @@ class Stream:
                 self.stride *= 2
                 self.pool = [(i, t) for i, t in self.pool if i % self.stride == 0]
         n = self.frames_seen
-        if (self.prefix is None or n <= rules.NUM_CONTEXT or n % self.refresh_every == 0
-                or 2 * n >= 3 * self.refreshed_at):
+        if n <= rules.NUM_CONTEXT or n % self.refresh_every == 0 or 2 * n >= 3 * self.refreshed_at:
             self.refreshed_at = n
             picks = rules.context_frame_indices(len(self.pool))
             self.context_indices = [self.pool[p][0] for p in picks]
