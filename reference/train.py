@@ -1037,6 +1037,25 @@ class _PreStage2:
         return cls(prompt, ground_head, [], [], [], [], motion_head, pointer=pointer)
 
 
+SNAPSHOT_PARTS = ("model", "prompt", "ground_head", "motion_head", "pointer")
+
+
+def snapshot_digest(path) -> str:
+    """SHA-256 of a stage1.pt's tensors (`--keep-stage1`): every state dict of SNAPSHOT_PARTS in
+    that order, keys sorted, each key's bytes then its tensor's raw bytes. The file's own bytes
+    are not compared (pickle framing); equal digests mean bit-identical weights before stage 2."""
+    import hashlib
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    h = hashlib.sha256()
+    for part in SNAPSHOT_PARTS:
+        sd = state.get(part)
+        for key in sorted(sd or {}):
+            h.update(key.encode())
+            h.update(sd[key].detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _pretrain(ref, cfg: TrainConfig, *, progress: bool, log) -> _PreStage2:
     """Stages 0b, 1b and 1c (CLIP, the LLM's grounding, its motion), then 0 and 1 (SAM2)."""
     model = ref.model
@@ -1081,12 +1100,17 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         out_layer.weight.mul_(cfg.seg_init_scale)
         out_layer.bias.mul_(cfg.seg_init_scale)
     model.train()
+    stage1_sha256 = None  # of the snapshot stage 2 starts from, when there is one
     if from_stage1 is not None:
         pre = _PreStage2.load(from_stage1, ref, cfg)
+        stage1_sha256 = snapshot_digest(from_stage1)
     else:
         pre = _pretrain(ref, cfg, progress=progress, log=log)
         if cfg.keep_stage1:
             pre.save(out / "stage1.pt", model)
+            stage1_sha256 = snapshot_digest(out / "stage1.pt")
+            if log is not None:
+                log(f"stage1.pt written, tensors' SHA-256 {stage1_sha256}")
     clip_history, ground_history = pre.clip_history, pre.ground_history
     sam_history, encoder_history = pre.sam_history, pre.encoder_history
     prompt, ground_head, motion_head, pointer = pre.prompt, pre.ground_head, pre.motion_head, pre.pointer
@@ -1170,6 +1194,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     log_path = out / "train_log.json"
     log_path.write_text(json.dumps({
         "config": asdict(cfg), **({"from_stage1": str(from_stage1)} if from_stage1 is not None else {}),
+        **({"stage1_sha256": stage1_sha256} if stage1_sha256 is not None else {}),
         "sam_steps_done": len(sam_history), "steps_done": step + 1,
         "sam_seconds": round(sam_seconds, 1), "train_seconds": round(wall, 1),
         "sam_history": sam_history, "history": history,

@@ -142,7 +142,23 @@ def test_stage2_from_a_stage1_snapshot_repeats_the_full_run(tmp_path):
     la, lb = (json.loads((tmp_path / d / "train_log.json").read_text())["history"] for d in ("full", "resumed"))
     drop_t = [{k: v for k, v in h.items() if k != "t"} for h in la]
     assert drop_t == [{k: v for k, v in h.items() if k != "t"} for h in lb]
-    assert json.loads((tmp_path / "resumed" / "train_log.json").read_text())["from_stage1"].endswith("stage1.pt")
+    logs = [json.loads((tmp_path / d / "train_log.json").read_text()) for d in ("full", "resumed")]
+    assert logs[1]["from_stage1"].endswith("stage1.pt")
+    # both runs record the snapshot's tensor digest, which is that of the file on disk
+    assert logs[0]["stage1_sha256"] == logs[1]["stage1_sha256"] == T.snapshot_digest(tmp_path / "full" / "stage1.pt")
+
+
+def test_snapshot_digest_sees_one_changed_weight_and_not_the_file_framing(tmp_path):
+    """The digest is over tensors: re-saving the same state (new file bytes) keeps it, one
+    changed value anywhere in it changes it."""
+    state = {"model": {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(2)},
+             "prompt": None, "ground_head": {"fc.weight": torch.zeros(2, 2)}, "motion_head": None, "pointer": None}
+    torch.save(state, tmp_path / "one.pt")
+    torch.save({k: state[k] for k in reversed(list(state))}, tmp_path / "two.pt")  # other pickle order
+    assert T.snapshot_digest(tmp_path / "one.pt") == T.snapshot_digest(tmp_path / "two.pt")
+    state["ground_head"]["fc.weight"][1, 0] = 1e-30
+    torch.save(state, tmp_path / "three.pt")
+    assert T.snapshot_digest(tmp_path / "three.pt") != T.snapshot_digest(tmp_path / "one.pt")
 
 
 def test_attribute_loss_is_the_colour_plus_shape_cross_entropy():
