@@ -83,8 +83,8 @@ import torch.nn.functional as F  # noqa: E402
 from .make_tiny import glus_config
 from . import rules
 from .dense_aux import DenseAttributeHead, dense_labels
-from .grounding import (GroundingHead, clip_pooled, grounding_loss, grounding_step_loss, look_alike,
-                        pretrain_clip, pretrain_grounding)
+from .grounding import (GroundingHead, clip_pooled, grounding_loss, grounding_step_loss, pretrain_clip,
+                        pretrain_grounding)
 from .model import ImageFeatures
 from .motion import (MotionTokenHead, PointerHead, image_offsets, motion_token_labels, point_at, pointer_masks,
                      pretrain_motion, shared_prefix_forward, stage2_token_loss, token_owners)
@@ -208,10 +208,6 @@ class TrainConfig:
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     aux_mask_weight: float = 0.25  # multimask outputs 1..3
-    # stage 2's mask BCE weighs the look-alike's pixels (the target's same-shape twin) this much
-    # (1.0: GLUS's plain BCE). Session 14: v4's misses on motion expressions are masks covering
-    # both twins, not masks on the wrong one
-    lookalike_weight: float = 1.0
     iou_weight: float = 0.5
     contrastive: bool = True
     contrastive_weight: float = 0.1
@@ -436,10 +432,9 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> 
     return 1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)
 
 
-def bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-mask mean pixel BCE, [N, H, W] → [N] (GLUS's sigmoid_ce_loss, per mask); `weight`
-    [N, H, W] multiplies each pixel's term (the mean stays over all pixels)."""
-    return F.binary_cross_entropy_with_logits(logits, target, weight, reduction="none").flatten(1).mean(1)
+def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-mask mean pixel BCE, [N, H, W] → [N] (GLUS's sigmoid_ce_loss, per mask)."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
 
 
 class SegBank:
@@ -633,13 +628,12 @@ def sam_losses(ref, sample: Sample, exprs, seg: torch.Tensor, cfg: TrainConfig, 
     sam_in = torch.stack([sam_pixels(video.frames[f], model.sam_image_size) for f in sample.query])
     feats = model.encode_image(sam_in)
     gt = torch.from_numpy(np.stack([video.target(ids)[sample.query] for _, ids in exprs])).float()
-    weight = lookalike_weights(video, [tuple(ids) for _, ids in exprs], sample.query, cfg.lookalike_weight)
     terms = []
 
     def on_frame(j, masks, iou):
         if j == 0:  # how much the masks depend on the expression (0: the prompt is ignored)
             parts["sens"] = float((masks[:, 0] - masks[:, 0].mean(0)).abs().mean().detach())
-        terms.append(mask_losses(cfg, masks, iou, gt[:, j], None if weight is None else weight[:, j]))
+        terms.append(mask_losses(cfg, masks, iou, gt[:, j]))
 
     memory_run(model, feats, k, lambda j: seg[:, j], cfg.memory, on_frame)
     bce, dice, aux, il = (torch.cat(t).mean() for t in zip(*terms))
@@ -648,26 +642,11 @@ def sam_losses(ref, sample: Sample, exprs, seg: torch.Tensor, cfg: TrainConfig, 
     return loss + cfg.iou_weight * il
 
 
-def lookalike_weights(video, targets: list[tuple[int, ...]], frames: list[int], w: float):
-    """float32 [K, Q, H, W] pixel weights of the mask BCE: `w` on the look-alike of each target
-    (grounding.look_alike; none: all 1), 1 elsewhere; None when w == 1 (the plain loss)."""
-    if w == 1.0:
-        return None
-    out = np.ones((len(targets), len(frames), *video.frames[0].shape[:2]), np.float32)
-    for e, ids in enumerate(targets):
-        other = look_alike(video, ids)
-        if other is not None:
-            out[e][video.target((other,))[frames]] = w
-    return torch.from_numpy(out)
-
-
-def mask_losses(cfg: TrainConfig, masks: torch.Tensor, iou: torch.Tensor, tgt: torch.Tensor,
-                weight: torch.Tensor | None = None):
-    """bce, dice ([B] each, main output), aux ([B*3], multimask outputs), iou-head loss [B];
-    weight [B, H, W] (optional) weighs the main output's pixel BCE."""
+def mask_losses(cfg: TrainConfig, masks: torch.Tensor, iou: torch.Tensor, tgt: torch.Tensor):
+    """bce, dice ([B] each, main output), aux ([B*3], multimask outputs), iou-head loss [B]."""
     hw = tgt.shape[-2:]
     up = F.interpolate(masks, hw, mode="bilinear", align_corners=False)  # [B, 4, H, W]
-    bce, dice = bce_loss(up[:, 0], tgt, weight), dice_loss(up[:, 0], tgt)
+    bce, dice = bce_loss(up[:, 0], tgt), dice_loss(up[:, 0], tgt)
     a_up = up[:, 1:].reshape(-1, *hw)
     a_t = tgt.repeat_interleave(3, 0)
     aux = cfg.bce_weight * bce_loss(a_up, a_t) + cfg.dice_weight * dice_loss(a_up, a_t)
@@ -1324,8 +1303,6 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
                    help="contrastive weight during the [SEG] bootstrap (until --point-until); "
                         "GLUS's own weight (0.1) applies after it")
     p.add_argument("--no-memory", action="store_true", help="train without the memory bank")
-    p.add_argument("--lookalike-weight", type=float, default=d.lookalike_weight,
-                   help="stage 2's mask BCE weighs the target's same-shape look-alike's pixels this much")
     p.add_argument("--sam-hard-weight", type=float, default=d.sam_hard_weight,
                    help="stage 1: sampling weight of expressions colour alone cannot resolve")
     p.add_argument("--dense-weight", type=float, default=d.dense_weight,
@@ -1413,7 +1390,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
         motion_stage2_weight=a.motion_stage2_weight, motion_context=a.motion_context,
         motion_ground_weight=a.motion_ground_weight,
         pointer_weight=a.pointer_weight, pointer_stage2_weight=a.pointer_stage2_weight, pointer_below=a.pointer_below,
-        pointer_from=a.pointer_from, lookalike_weight=a.lookalike_weight,
+        pointer_from=a.pointer_from,
     )
     return a, cfg
 

@@ -198,26 +198,3 @@ def test_recipe_stands_for_the_shipped_models_flags():
     _, ablation = T.parse_args(["--out", "x", "--sam-steps", "10", "--recipe", "glus-tiny-v4", "--no-memory"])
     assert ablation == replace(cfg, sam_steps=10, memory=False)
     assert T.parse_args(["--out", "x", "--recipe", "glus-tiny-v3"])[1] == T.parse_args(["--out", "x"])[1]
-
-
-def test_lookalike_weights_mark_the_twin_of_the_target_and_nothing_else():
-    video = make_train_video(7, 3, 6, (64, 64))
-    a, b = video.pair
-    frames = [1, 2, 4]
-    assert T.lookalike_weights(video, [(a,)], frames, 1.0) is None  # the plain loss: no weights
-    w = T.lookalike_weights(video, [(a,), (b,), tuple(sorted(video.objects))], frames, 5.0).numpy()
-    assert w.shape == (3, 3, 64, 64)
-    np.testing.assert_array_equal(w[0] == 5.0, video.objects[b][frames])  # a's twin is b
-    np.testing.assert_array_equal(w[1] == 5.0, video.objects[a][frames])
-    assert set(np.unique(w[0])) <= {1.0, 5.0} and (w[2] == 1.0).all()  # several targets: no twin
-
-
-def test_weighted_bce_is_the_per_pixel_weighted_mean():
-    logits, target = torch.randn(2, 5, 7), (torch.rand(2, 5, 7) > 0.5).float()
-    assert torch.equal(T.bce_loss(logits, target, torch.ones(2, 5, 7)), T.bce_loss(logits, target))
-    w = torch.ones(2, 5, 7)
-    w[0, 1, 2] = 4.0
-    plain = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    expect = (plain[0].sum() + 3 * plain[0, 1, 2]) / 35  # that pixel counted four times
-    torch.testing.assert_close(T.bce_loss(logits, target, w)[0], expect)
-    torch.testing.assert_close(T.bce_loss(logits, target, w)[1], plain[1].mean())
