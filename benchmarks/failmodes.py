@@ -26,6 +26,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def collect(ref, data, progress: bool = True):
     """Per TwinCase: (outcomes per frame, [SEG] embeddings [T, D]) of reference.segment_video."""
+    from itertools import groupby
+
     from tqdm import tqdm
 
     import reference
@@ -34,20 +36,21 @@ def collect(ref, data, progress: bool = True):
     from evalkit.heldout import _frames
 
     cases, outcomes, segs = [], [], []
-    todo = [(root, c) for root, split in data for c in twin_cases(root, split)]
-    datasets = {}
-    frames_of = {}
-    for root, c in tqdm(todo, desc="twin cases", disable=not progress):
-        ds = datasets.setdefault((root, c.split), load_dataset("mevis", root, c.split))
-        if (c.split, c.video) not in frames_of:
-            frames_of.clear()  # cases come video by video: keep one video's frames
-            frames_of[(c.split, c.video)] = _frames(ds, c.video)
-        exprs = {e.exp_id: e for e in ds.expressions_of(c.video)}
-        res = reference.segment_video(ref, frames_of[(c.split, c.video)], exprs[c.exp_id].text)
-        outcomes.append([frame_outcome(m, ds.gt_mask(exprs[c.exp_id], f), ds.gt_mask(exprs[c.twin_exp_id], f))
-                         for f, m in enumerate(res.masks)])
-        segs.append(np.stack([np.asarray(fr.seg_embedding, np.float32) for fr in res.frames]))
-        cases.append(c)
+    bar = tqdm(desc="twin cases", disable=not progress)
+    for root, split in data:
+        ds = load_dataset("mevis", root, split)
+        for video, mine in groupby(twin_cases(root, split), key=lambda c: c.video):  # video by video
+            frames = _frames(ds, video)
+            exprs = {e.exp_id: e for e in ds.expressions_of(video)}
+            for c in mine:
+                res = reference.segment_video(ref, frames, exprs[c.exp_id].text)
+                outcomes.append([frame_outcome(m, ds.gt_mask(exprs[c.exp_id], f),
+                                               ds.gt_mask(exprs[c.twin_exp_id], f))
+                                 for f, m in enumerate(res.masks)])
+                segs.append(np.stack([np.asarray(fr.seg_embedding, np.float32) for fr in res.frames]))
+                cases.append(c)
+                bar.update()
+    bar.close()
     return cases, outcomes, segs
 
 

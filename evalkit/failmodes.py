@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import region_similarity
+
 OUTCOMES = ("right", "merge", "swap", "other", "miss")  # "absent" frames are not counted
 
 
@@ -31,16 +33,11 @@ def frame_outcome(pred: np.ndarray, target: np.ndarray, twin: np.ndarray, thr: f
         return "miss"
     if (pred & target).sum() >= thr * target.sum() and (pred & twin).sum() >= thr * twin.sum():
         return "merge"
-    if _iou(pred, target) >= thr:
+    if region_similarity(target, pred) >= thr:
         return "right"
-    if _iou(pred, twin) >= thr:
+    if region_similarity(twin, pred) >= thr:
         return "swap"
     return "other"
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 1.0
 
 
 @dataclass(frozen=True)
