@@ -232,6 +232,11 @@ class TrainConfig:
     threads: int = 2
     ckpt_every: int = 500
     weights_dtype: str = "float16"  # what the shipped checkpoint stores
+    # reference.finetune (stage 3, session 15): GLUS's losses again on the saved checkpoint, the query
+    # run starting at frame 0 with probability finetune_early, at finetune_lr_scale x stage 2's rates
+    finetune_steps: int = 0
+    finetune_early: float = 0.5
+    finetune_lr_scale: float = 0.3
 
     @property
     def train_data_seed(self) -> int:
@@ -1203,7 +1208,19 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
            if cfg.clip_steps or cfg.ground_steps else {}),
         **({"ground_history": ground_history} if cfg.ground_steps else {}),
         **({"motion_history": pre.motion_history} if cfg.motion_steps else {})}))
+    if cfg.finetune_steps:
+        from .finetune import finetune
+
+        ref, ft_history, ft_seconds = finetune(cfg, out, out, progress=progress, log=log, vision_tower=vision_tower)
+        add_finetune_log(log_path, ft_history, ft_seconds)
     return ref, history
+
+
+def add_finetune_log(log_path: Path, history: list[dict], seconds: float, src: str | None = None) -> None:
+    d = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    d.update(finetune_history=history, finetune_seconds=round(seconds, 1),
+             **({"finetune_from": src} if src is not None else {}))
+    log_path.write_text(json.dumps(d))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1254,8 +1271,20 @@ def main(argv=None) -> None:
     a, cfg = parse_args(argv)
     out = Path(a.out)
     t0 = time.time()
-    ref, hist = train(cfg, out, progress=not a.no_progress, vision_tower=a.vision_tower,
-                      log=print if a.no_progress else None, from_stage1=a.from_stage1)
+    if a.finetune_from:
+        from .finetune import finetune
+
+        src = Path(a.finetune_from)
+        if not cfg.finetune_steps:
+            raise SystemExit("--finetune-from needs --finetune-steps N (N > 0)")
+        ref, hist, seconds = finetune(cfg, src, out, progress=not a.no_progress, vision_tower=a.vision_tower,
+                                      log=print if a.no_progress else None)
+        if (src / "train_log.json").is_file() and src.resolve() != out.resolve():
+            shutil.copy2(src / "train_log.json", out / "train_log.json")
+        add_finetune_log(out / "train_log.json", hist, seconds, str(src))
+    else:
+        ref, hist = train(cfg, out, progress=not a.no_progress, vision_tower=a.vision_tower,
+                          log=print if a.no_progress else None, from_stage1=a.from_stage1)
     print(f"trained {len(hist)} steps in {time.time() - t0:.0f} s → {out / 'glus'}, {out / 'clip'}")
     if a.eval:
         from .train_data import write_heldout
@@ -1365,6 +1394,15 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     p.add_argument("--from-stage1", default=None, metavar="STAGE1_PT",
                    help="development: skip stages 0b/1b/1c/0/1 and start stage 2 from a --keep-stage1 snapshot "
                         "(the same stage flags must be given)")
+    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps,
+                   help="stage 3 (reference.finetune): GLUS's losses again on the saved checkpoint, query runs "
+                        "from the video's start (0: off)")
+    p.add_argument("--finetune-early", type=float, default=d.finetune_early,
+                   help="stage 3: probability that a sample's query run starts at frame 0")
+    p.add_argument("--finetune-lr-scale", type=float, default=d.finetune_lr_scale,
+                   help="stage 3: its rates as a fraction of stage 2's")
+    p.add_argument("--finetune-from", default=None, metavar="DIR",
+                   help="run stage 3 alone on DIR/glus + DIR/clip (give the recipe's flags too)")
     p.add_argument("--llm-lr", type=float, default=d.llm_lr, help="peak rate of the LLM side and the scaffold (stages 1, 1b, 2)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
@@ -1390,7 +1428,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
         motion_stage2_weight=a.motion_stage2_weight, motion_context=a.motion_context,
         motion_ground_weight=a.motion_ground_weight,
         pointer_weight=a.pointer_weight, pointer_stage2_weight=a.pointer_stage2_weight, pointer_below=a.pointer_below,
-        pointer_from=a.pointer_from,
+        pointer_from=a.pointer_from, finetune_steps=a.finetune_steps, finetune_early=a.finetune_early,
+        finetune_lr_scale=a.finetune_lr_scale,
     )
     return a, cfg
 
