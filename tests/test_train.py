@@ -198,3 +198,6 @@ def test_recipe_stands_for_the_shipped_models_flags():
     _, ablation = T.parse_args(["--out", "x", "--sam-steps", "10", "--recipe", "glus-tiny-v4", "--no-memory"])
     assert ablation == replace(cfg, sam_steps=10, memory=False)
     assert T.parse_args(["--out", "x", "--recipe", "glus-tiny-v3"])[1] == T.parse_args(["--out", "x"])[1]
+    assert cfg.finetune_steps == 0  # v4 has no stage 3
+    _, v5 = T.parse_args(["--out", "x", "--recipe", "glus-tiny-v5"])
+    assert v5 == replace(cfg, finetune_steps=600, finetune_early=0.5, finetune_lr_scale=0.3)
