@@ -1,6 +1,6 @@
 """Train a small GLUS on synthetic referring videos, the way GLUS trains (model/GLUS.py), on a CPU.
 
-    python -m reference.train --out DIR --recipe glus-tiny-v4 --eval   # the default model (~3 h, 2 cores)
+    python -m reference.train --out DIR --recipe glus-tiny-v5 --eval   # the default model (~3 h 10 min, 2 cores)
     python -m reference.train --out DIR [--seed 0] [--steps N] [--sam-steps N]
                               [--minutes M] [--no-contrastive] [--no-memory] [--eval]
                               [--encoder-steps N] [--dense-weight W] [--locate]
@@ -43,9 +43,11 @@ scratch, in three stages, in one command:
    token of the expression), SAM2 stays frozen until `freeze_sam_steps`, and the distillation
    weight decays linearly to 0 at `point_until`; from there on only GLUS's losses train.
 
-The default model (v4, `--recipe glus-tiny-v4`) first runs three optional stages for the parts
+The default model (v5, `--recipe glus-tiny-v5`) first runs three optional stages for the parts
 GLUS gets pretrained: 0b CLIP (`--clip-steps`, reference.grounding), 1b the LLM's grounding
-(`--ground-steps`) and 1c the LLM's motion and pointer (`--motion-steps`, reference.motion).
+(`--ground-steps`) and 1c the LLM's motion and pointer (`--motion-steps`, reference.motion), and
+after stage 2 a stage 3 (`--finetune-steps`, reference.finetune): GLUS's losses again on the saved
+weights, query runs drawn from the video's start more often.
 
 The two layer-scale tensors GLUS's loader never loads (memory encoder fuser gamma) would stay
 at 1e-6; this shape has no fuser layer (their output would be scaled by 1e-6 anyway). Besides
@@ -1408,7 +1410,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     p.add_argument("--llm-lr", type=float, default=d.llm_lr, help="peak rate of the LLM side and the scaffold (stages 1, 1b, 2)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="a shipped model's flags (glus-tiny-v4: the default model); other flags override them")
+                   help="a shipped model's flags (glus-tiny-v5: the default model); other flags override them")
     argv = sys.argv[1:] if argv is None else list(argv)
     a = p.parse_args(argv)
     if a.recipe:  # the recipe's flags first, so that the ones given explicitly override them
