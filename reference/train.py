@@ -1281,8 +1281,13 @@ def main(argv=None) -> None:
         src = Path(a.finetune_from)
         if not cfg.finetune_steps:
             raise SystemExit("--finetune-from needs --finetune-steps N (N > 0)")
-        ref, hist, seconds = finetune(cfg, src, out, progress=not a.no_progress, vision_tower=a.vision_tower,
-                                      log=print if a.no_progress else None)
+        from .errors import CheckpointError
+
+        try:
+            ref, hist, seconds = finetune(cfg, src, out, progress=not a.no_progress, vision_tower=a.vision_tower,
+                                          log=print if a.no_progress else None)
+        except CheckpointError as e:
+            raise SystemExit(f"--finetune-from {src}: {e}") from None
         if (src / "train_log.json").is_file() and src.resolve() != out.resolve():
             shutil.copy2(src / "train_log.json", out / "train_log.json")
         add_finetune_log(out / "train_log.json", hist, seconds, str(src))
@@ -1415,6 +1420,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     a = p.parse_args(argv)
     if a.recipe:  # the recipe's flags first, so that the ones given explicitly override them
         a = p.parse_args(RECIPES[a.recipe] + argv)
+    if not 0.0 <= a.finetune_early <= 1.0:
+        p.error(f"--finetune-early is a probability, got {a.finetune_early}")
+    if a.finetune_lr_scale <= 0 or a.finetune_steps < 0:
+        p.error("--finetune-lr-scale must be > 0 and --finetune-steps >= 0")
     fmin, _, fmax = a.frames.partition("-")
     h, _, w = a.size.partition("x")
     cfg = TrainConfig(

@@ -77,3 +77,21 @@ def test_stage3_refuses_a_checkpoint_of_another_shape(tmp_path):
     with pytest.raises(CheckpointError, match="layers"):
         finetune(replace(TEST_CFG, shape="small4", finetune_steps=1), tmp_path / "a", tmp_path / "b",
                  progress=False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--finetune-early", "1.5"], "probability"),
+    (["--finetune-lr-scale", "0"], "lr-scale"),
+    (["--finetune-from", "nowhere"], "needs --finetune-steps"),
+])
+def test_cli_refuses_bad_stage3_flags(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        T.main(["--out", str(tmp_path / "o")] + argv)
+    said = str(exit_.value.code) + capsys.readouterr().err  # argparse: exit code 2, message on stderr
+    assert message in said
+    assert not (tmp_path / "o" / "glus").exists()  # refused before any training
+
+
+def test_cli_names_a_missing_stage3_source(tmp_path):
+    with pytest.raises(SystemExit, match="checkpoint directory not found"):
+        T.main(["--out", str(tmp_path / "o"), "--finetune-from", str(tmp_path / "none"), "--finetune-steps", "1"])
