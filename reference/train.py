@@ -1268,7 +1268,7 @@ RECIPES = {
                      "--pointer-stage2-weight 1 --pointer-below --sam-steps 4400").split(),
 }
 # v5 = v4, then stage 3 (reference.finetune) on v4's saved weights (session 15)
-RECIPES["glus-tiny-v5"] = RECIPES["glus-tiny-v4"] + "--finetune-steps 600 --finetune-early 0.5 --finetune-lr-scale 0.3".split()
+RECIPES["glus-tiny-v5"] = RECIPES["glus-tiny-v4"] + "--finetune-steps 1200 --finetune-early 0.5 --finetune-lr-scale 0.3".split()
 
 
 def main(argv=None) -> None:

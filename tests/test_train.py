@@ -200,4 +200,4 @@ def test_recipe_stands_for_the_shipped_models_flags():
     assert T.parse_args(["--out", "x", "--recipe", "glus-tiny-v3"])[1] == T.parse_args(["--out", "x"])[1]
     assert cfg.finetune_steps == 0  # v4 has no stage 3
     _, v5 = T.parse_args(["--out", "x", "--recipe", "glus-tiny-v5"])
-    assert v5 == replace(cfg, finetune_steps=600, finetune_early=0.5, finetune_lr_scale=0.3)
+    assert v5 == replace(cfg, finetune_steps=1200, finetune_early=0.5, finetune_lr_scale=0.3)
