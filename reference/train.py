@@ -1,6 +1,6 @@
 """Train a small GLUS on synthetic referring videos, the way GLUS trains (model/GLUS.py), on a CPU.
 
-    python -m reference.train --out DIR --recipe glus-tiny-v5 --eval   # the default model (~3 h 10 min, 2 cores)
+    python -m reference.train --out DIR --recipe glus-tiny-v5 --eval   # the default model (~3 h 20 min, 2 cores)
     python -m reference.train --out DIR [--seed 0] [--steps N] [--sam-steps N]
                               [--minutes M] [--no-contrastive] [--no-memory] [--eval]
                               [--encoder-steps N] [--dense-weight W] [--locate]
