@@ -4,7 +4,7 @@ At inference the video's first three frames are segmented with windows of one, t
 frames; stage 2 draws its run of 4 query frames anywhere in the video, so it starts at frame 0
 about one sample in nine. On held-out look-alike twins that is where v4 fails: its mask is on
 the target in 25 % of frame 0's frames, 34 % / 47 % at frames 1 / 2, ~70 % in mid-video
-(benchmarks/results/failmodes-glus-tiny.md). This stage trains every part with GLUS's losses
+(benchmarks/results/failmodes-glus-tiny-v4.md). This stage trains every part with GLUS's losses
 (token CE with [SEG], mask BCE + Dice through the memory bank, the object contrastive loss),
 the run starting at frame 0 with probability `finetune_early`, at `finetune_lr_scale` times
 stage 2's rates, on videos no earlier stage drew. Measured (session 15, models/glus-tiny/TRAINING.md):
