@@ -15,19 +15,7 @@ from reference.errors import CheckpointError
 from reference.finetune import finetune
 from reference.train_data import make_sample, make_train_video
 
-# tests/test_train.py's short-run config (the test shape: the same code path in seconds)
-TEST_CFG = T.TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, exprs=3,
-                         mask_warmup=0, warmup=1, ckpt_every=0, threads=1, sam_steps=2,
-                         sam_memory_from=1, sam_exprs=3, freeze_sam_steps=1, point_until=2,
-                         encoder_steps=2)
-
-
-def same_weights(dir_a, dir_b) -> bool:
-    from safetensors.torch import load_file
-
-    wa = load_file(str(dir_a / "glus" / "model.safetensors"))
-    wb = load_file(str(dir_b / "glus" / "model.safetensors"))
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+from .test_train import TEST_CFG, same_weights
 
 VIDEO = make_train_video(7, 0, 8, (64, 64))
 
