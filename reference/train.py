@@ -1325,6 +1325,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     p.add_argument("--sam-steps", type=int, default=d.sam_steps,
                    help="SAM2 pretraining steps (stage 1)")
     p.add_argument("--freeze-sam-steps", type=int, default=d.freeze_sam_steps)
+    p.add_argument("--mask-warmup", type=int, default=d.mask_warmup,
+                   help="stage 2's first steps that train the LLM side only (no mask losses)")
     p.add_argument("--point-until", type=int, default=d.point_until,
                    help="[SEG] bootstrap loss decays to 0 at this stage-2 step (0: off)")
     p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (not reproducible)")
@@ -1383,6 +1385,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
                    help="stage 2: x the same pointer CE from the [SEG] position")
     p.add_argument("--pointer-below", action="store_true",
                    help="point from the input of the LLM's last layer, so that layer can fetch the place into [SEG]")
+    p.add_argument("--motion-batch", type=int, default=d.motion_batch,
+                   help=f"stage 1c: prompts per step, spread over its {d.motion_videos} videos")
     p.add_argument("--pointer-from", type=int, default=d.pointer_from,
                    help="stage 1c: steps before the pointer and --motion-ground-weight switch on (a second warm-up there)")
     p.add_argument("--locate", action="store_true",
@@ -1424,6 +1428,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
         p.error(f"--finetune-early is a probability, got {a.finetune_early}")
     if a.finetune_lr_scale <= 0 or a.finetune_steps < 0:
         p.error("--finetune-lr-scale must be > 0 and --finetune-steps >= 0")
+    if a.motion_batch < d.motion_videos or a.motion_batch % d.motion_videos:
+        p.error(f"--motion-batch must be a positive multiple of {d.motion_videos} (the videos of a stage-1c step)")
+    if a.mask_warmup < 0:
+        p.error("--mask-warmup must be >= 0")
     fmin, _, fmax = a.frames.partition("-")
     h, _, w = a.size.partition("x")
     cfg = TrainConfig(
@@ -1432,6 +1440,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
         size=(int(h), int(w)), contrastive=not a.no_contrastive, memory=not a.no_memory,
         threads=a.threads, ckpt_every=a.ckpt_every, weights_dtype=a.weights_dtype,
         sam_steps=a.sam_steps, freeze_sam_steps=a.freeze_sam_steps, point_until=a.point_until,
+        mask_warmup=a.mask_warmup, motion_batch=a.motion_batch,
         keep_stage1=a.keep_stage1, contrastive_weight_warmup=a.contrastive_warmup_weight,
         locate=a.locate, sam_hard_weight=a.sam_hard_weight, dense_weight=a.dense_weight,
         encoder_steps=a.encoder_steps, clip_steps=a.clip_steps, clip_fine_weight=a.clip_fine_weight, ground_steps=a.ground_steps,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from reference import train as T
 from reference.train_data import make_sample, make_train_video
@@ -201,3 +202,18 @@ def test_recipe_stands_for_the_shipped_models_flags():
     assert cfg.finetune_steps == 0  # v4 has no stage 3
     _, v5 = T.parse_args(["--out", "x", "--recipe", "glus-tiny-v5"])
     assert v5 == replace(cfg, finetune_steps=1200, finetune_early=0.5, finetune_lr_scale=0.3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(-20, 80), warm=st.integers(-5, 900))
+def test_motion_batch_and_mask_warmup_flags(batch, warm):
+    """--motion-batch must fill every stage-1c video equally (a multiple of motion_videos, else
+    the remainder would be dropped silently); --mask-warmup >= 0; both reach the config."""
+    videos = T.TrainConfig().motion_videos
+    argv = ["--out", "x", "--motion-batch", str(batch), "--mask-warmup", str(warm)]
+    if batch >= videos and batch % videos == 0 and warm >= 0:
+        _, cfg = T.parse_args(argv)
+        assert (cfg.motion_batch, cfg.mask_warmup) == (batch, warm)
+    else:
+        with pytest.raises(SystemExit):
+            T.parse_args(argv)
