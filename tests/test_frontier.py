@@ -23,12 +23,12 @@ def test_every_point_is_drawn_inside_the_plot_in_order(pts):
     ys = [float(c.get("cy")) for c in dots]
     assert all(frontier.PAD_L <= v <= frontier.W - frontier.PAD_R for v in xs)
     assert all(frontier.PAD_T <= v <= frontier.H - frontier.PAD_B for v in ys)
-    for a, b in zip(points, points[1:]):  # longer runs further right, better J&F higher up
-        i, k = points.index(a), points.index(b)
+    for i in range(len(points) - 1):  # longer runs further right, better J&F higher up
+        a, b = points[i], points[i + 1]
         if a["minutes"] < b["minutes"]:
-            assert xs[i] < xs[k]
+            assert xs[i] < xs[i + 1]
         if a["jf"] > b["jf"]:
-            assert ys[i] < ys[k]
+            assert ys[i] < ys[i + 1]
 
 
 def test_no_points_is_an_error():
