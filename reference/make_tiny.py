@@ -1,7 +1,13 @@
 """Write a seeded random GLUS in exactly the released on-disk layout.
 
     python -m reference.make_tiny OUT [--seed 0] [--format safetensors|bin] [--shards N]
-    python -m reference.make_tiny OUT --shape glus-7b      # real shapes, random weights (GPU work)
+    python -m reference.make_tiny OUT --shape glus-7b [--llm-layers N]   # real widths, random weights
+
+`--shape glus-7b` has GLUS-A's widths: LLaMA-7B (hidden 4096, MLP 11008, 32 heads, vocab 32003),
+CLIP ViT-L/14 at 224 and the sam2 package's own sam2_hiera_l.yaml at 1024 (what GLUS builds),
+bf16 and sharded with an index as released. `--llm-layers N` keeps every width and cuts the
+LLM's depth to N layers: N = 2..4 fits a 24 GiB CPU machine (32 layers need ~27 GB for the
+fp32 initialisation alone).
 
 OUT/glus: config.json (flat LLaMA + mm_* keys, model_type llava), weights under GLUS's key names,
 the slow LLaMA tokenizer files (a sentencepiece model trained here) with [SEG], <im_start>,
@@ -141,9 +147,22 @@ def _seg_favouring_head(model, tokenizer, n_probe: int = 6) -> None:
     w[tokenizer.seg_id] = mean / mean.norm() * scale
 
 
+def shape_spec(shape: str, llm_layers: int | None = None) -> dict:
+    """The sizes of `shape`, with the LLM cut to `llm_layers` layers (widths unchanged)."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
+    spec = SHAPES[shape]
+    if llm_layers is None:
+        return spec
+    if not isinstance(llm_layers, int) or isinstance(llm_layers, bool) or llm_layers < 1:
+        raise ValueError(f"llm_layers must be a positive integer, got {llm_layers!r}")
+    return {**spec, "llama": {**spec["llama"], "num_hidden_layers": llm_layers}}
+
+
 @torch.no_grad()
 def make_tiny(out: str | Path, *, seed: int = 0, shape: str = "tiny", fmt: str = "safetensors",
-              shards: int = 1) -> tuple[Path, Path]:
+              shards: int = 1, llm_layers: int | None = None) -> tuple[Path, Path]:
+    """llm_layers: the LLM's depth (default: the shape's own); every width is kept."""
     from transformers import CLIPVisionConfig
 
     from .checkpoint import glus_state_dict, save_glus_weights
@@ -151,9 +170,7 @@ def make_tiny(out: str | Path, *, seed: int = 0, shape: str = "tiny", fmt: str =
     from .model import GlusModel
     from .tokenizer import load_tokenizer, train_tiny_tokenizer
 
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
-    spec = SHAPES[shape]
+    spec = shape_spec(shape, llm_layers)
     out = Path(out)
     glus_dir, clip_dir = out / "glus", out / "clip"
     for d in (glus_dir, clip_dir):
@@ -174,12 +191,16 @@ def make_tiny(out: str | Path, *, seed: int = 0, shape: str = "tiny", fmt: str =
 
     torch.manual_seed(seed)
     cfg = read_config(glus_dir)
-    model = GlusModel(cfg, CLIPVisionConfig.from_pretrained(str(clip_dir))).to(spec["dtype"])
+    model = GlusModel(cfg, CLIPVisionConfig.from_pretrained(str(clip_dir)))  # fp32 until saved
     # Layer scale saved != its 1e-6 init, so GLUS's gamma quirk is visible on the tiny model.
     for blk in model.sam.memory_encoder.fuser.layers:
         blk.gamma.copy_(torch.rand_like(blk.gamma) * 0.5 + 0.25)
-    if shape == "tiny":
+    # Random heads almost never answer [SEG]: then every mask is empty and parity says nothing.
+    # The probes run the whole LLM, so a full-depth 7B is left without them ("medium" keeps
+    # the head its benchmark figures were measured with).
+    if shape == "tiny" or (shape == "glus-7b" and spec["llama"]["num_hidden_layers"] <= 4):
         _seg_favouring_head(model, tokenizer)
+    model.to(spec["dtype"])
     save_glus_weights(glus_state_dict(model), glus_dir, fmt=fmt, shards=shards)
     return glus_dir, clip_dir
 
@@ -190,9 +211,18 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     p.add_argument("--format", choices=["safetensors", "bin"], default="safetensors")
-    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--shards", type=int, default=None,
+                   help="weight files (default 1; glus-7b: 2 per 7B, as released)")
+    p.add_argument("--llm-layers", type=int, default=None, metavar="N",
+                   help="LLM depth, keeping every width (glus-7b: 32; 2..4 fit a 24 GiB machine)")
     a = p.parse_args(argv)
-    glus_dir, clip_dir = make_tiny(a.out, seed=a.seed, shape=a.shape, fmt=a.format, shards=a.shards)
+    if a.llm_layers is not None and a.llm_layers < 1:
+        p.error(f"--llm-layers must be >= 1, got {a.llm_layers}")
+    if a.shards is not None and a.shards < 1:
+        p.error(f"--shards must be >= 1, got {a.shards}")
+    shards = a.shards if a.shards is not None else (2 if a.shape == "glus-7b" else 1)
+    glus_dir, clip_dir = make_tiny(a.out, seed=a.seed, shape=a.shape, fmt=a.format, shards=shards,
+                                   llm_layers=a.llm_layers)
     print(f"GLUS checkpoint: {glus_dir}\nCLIP:            {clip_dir}")
 
 

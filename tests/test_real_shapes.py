@@ -1,0 +1,137 @@
+"""GLUS-7B's real shapes: make_tiny's --shape glus-7b / --llm-layers, and graphs kept in
+external data (the path every >2 GB graph of a real 7B takes), forced onto the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reference.make_tiny import LLAMA_7B_VOCAB, SHAPES, glus_config, main, make_tiny, shape_spec
+from runtime import GlusEngine
+from runtime.manifest import read_manifest, sha256_file
+
+from .conftest import mask_iou, moving_square_video
+
+
+def test_glus_7b_has_llama_7b_widths_at_any_depth():
+    for n in (None, 2, 3):
+        s = shape_spec("glus-7b", n)
+        ll = s["llama"]
+        assert (ll["hidden_size"], ll["intermediate_size"], ll["num_attention_heads"]) == (4096, 11008, 32)
+        assert ll["num_key_value_heads"] == 32
+        assert ll["num_hidden_layers"] == (32 if n is None else n)
+        assert (s["clip"]["hidden_size"], s["clip"]["num_hidden_layers"]) == (1024, 24)
+        assert s["sam2"] is None  # the sam2 package's own hiera-L config, as GLUS
+    assert LLAMA_7B_VOCAB == 32000 + 3
+    # The table itself is never changed by a cut.
+    assert SHAPES["glus-7b"]["llama"]["num_hidden_layers"] == 32
+
+
+@given(st.one_of(st.integers(max_value=0), st.booleans(), st.floats(), st.text(max_size=3)))
+def test_llm_layers_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="llm_layers"):
+        shape_spec("glus-7b", bad)
+
+
+def test_unknown_shape_is_named():
+    with pytest.raises(ValueError, match="unknown shape 'glus-13b'"):
+        shape_spec("glus-13b")
+
+
+def test_glus_7b_config_reads_as_glus_a(tmp_path):
+    """The config.json make_tiny writes for glus-7b is read as GLUS-A's: widths, vocab, and
+    SAM2 from the package's sam2_hiera_l.yaml at 1024 with 7 memories."""
+    from omegaconf import OmegaConf
+
+    from reference.config import read_config
+    from reference.tokenizer import load_tokenizer, train_tiny_tokenizer
+
+    train_tiny_tokenizer(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    spec = shape_spec("glus-7b", 2)
+    cfg = glus_config(tok, spec, "clip", "bfloat16", vocab_size=LLAMA_7B_VOCAB, sam2_config=None)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    c = read_config(tmp_path)
+    assert (c.hidden_size, c.raw["num_hidden_layers"], c.vocab_size) == (4096, 2, 32003)
+    assert c.llama_config().intermediate_size == 11008
+    sam = OmegaConf.load(str(c.sam2_config_path())).model
+    assert c.sam2_config_path().name == "sam2_hiera_l.yaml"
+    assert sam.image_size == 1024 and sam.num_maskmem == 7
+    assert sam.image_encoder.trunk.embed_dim == 144  # hiera-L
+
+
+def test_llm_layers_cuts_depth_only(tmp_path):
+    from reference.checkpoint import read_state_dict
+
+    glus, _ = make_tiny(tmp_path / "t3", shape="tiny", llm_layers=3)
+    cfg = json.loads((glus / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 3
+    assert cfg["hidden_size"] == SHAPES["tiny"]["llama"]["hidden_size"]
+    layers = {k.split(".")[2] for k in read_state_dict(glus) if k.startswith("model.layers.")}
+    assert layers == {"0", "1", "2"}
+
+
+def test_cli_rejects_bad_depth_and_shards(tmp_path, capsys):
+    for args in (["--llm-layers", "0"], ["--shards", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main([str(tmp_path / "x"), *args])
+        assert e.value.code == 2
+    assert "--llm-layers must be >= 1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def external_engine_dir(tiny_dirs, tmp_path_factory):
+    """The tiny int8 engine with every graph forced into external data, as a 7B's are."""
+    import export.onnx_utils
+    import export.quantize
+    from export.build import build
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(export.onnx_utils, "EXTERNAL_DATA_BYTES", 0)
+    mp.setattr(export.quantize, "EXTERNAL_DATA_BYTES", 0)
+    try:
+        out = tmp_path_factory.mktemp("engine-external")
+        build(*tiny_dirs, precision="int8", out=out, progress=False)
+    finally:
+        mp.undo()
+    return out
+
+
+def test_external_data_engine_records_and_checks_side_files(external_engine_dir):
+    m = read_manifest(external_engine_dir)
+    for name, g in m.graphs.items():
+        assert g["external_data"], f"{name} was not written with external data"
+        for side in g["external_data"]:
+            assert sha256_file(external_engine_dir / side["file"]) == side["sha256"]
+    assert m.graphs["llm"]["quantization"]["external_data"] is True
+    assert m.graphs["sam_image"]["quantization"]["external_data"] is True
+
+
+def test_external_data_engine_gives_the_same_masks(external_engine_dir, tiny_int8_engine_dir):
+    frames = moving_square_video(6)
+    exprs = ["the red square", "the thing moving right"]
+    a = GlusEngine.load(external_engine_dir).segment_video(frames, exprs)
+    b = GlusEngine.load(tiny_int8_engine_dir).segment_video(frames, exprs)
+    for ra, rb in zip(a, b):
+        assert all(mask_iou(x, y) == 1.0 for x, y in zip(ra.masks, rb.masks))
+        for sa, sb in zip(ra.steps, rb.steps):
+            np.testing.assert_allclose(sa.seg_embedding, sb.seg_embedding, rtol=0, atol=1e-5)
+
+
+def test_corrupt_side_file_is_refused(external_engine_dir, tmp_path):
+    import shutil
+
+    from runtime import EngineDirError
+
+    d = tmp_path / "engine"
+    shutil.copytree(external_engine_dir, d)
+    side = d / read_manifest(d).graphs["mask_decoder"]["external_data"][0]["file"]
+    data = bytearray(side.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    side.write_bytes(bytes(data))
+    with pytest.raises(EngineDirError, match="external_data"):
+        GlusEngine.load(d)
