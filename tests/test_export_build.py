@@ -123,3 +123,33 @@ def test_int8_graph_choice_is_checked_before_any_work(tiny_dirs, tmp_path):
     with pytest.raises(BuildError, match="at least one graph"):
         build(*tiny_dirs, precision="int8", out=tmp_path / "b", int8_graphs=())
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_int8_auto_falls_back_to_nbits8_when_dynamic_drifts(tiny_dirs, tiny_engine_dir, tmp_path, monkeypatch):
+    """--int8-method auto: the first method whose [SEG] cosine passes is kept, and the manifest
+    says which was tried. Here dynamic int8 is made to report a drift (as at LLaMA-7B widths)."""
+    real = build_mod.llm_seg_cosines
+    calls = []
+
+    def drifting(ref, fp32_path, int8_path, steps=5):
+        cos = real(ref, fp32_path, int8_path, steps)
+        calls.append(cos)
+        return [0.985] * len(cos) if len(calls) == 1 else cos
+
+    monkeypatch.setattr(build_mod, "llm_seg_cosines", drifting)
+    out = tmp_path / "auto"
+    shutil.copytree(tiny_engine_dir, out)  # the fp32 graphs are reused
+    build(*tiny_dirs, precision="int8", out=out, progress=False, int8_graphs=("llm",))
+    d = read_manifest(out).data
+    assert d["parity"]["llm_int8"]["method"] == "nbits8"
+    assert d["parity"]["llm_int8"]["tried"]["dynamic-int8"] == 0.985
+    assert d["graphs"]["llm"]["quantization"]["quantized_op"] == "MatMulNBits"
+    assert len(calls) == 2
+
+
+def test_int8_auto_names_every_method_when_none_passes(tiny_dirs, tiny_engine_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(build_mod, "llm_seg_cosines", lambda *a, **k: [0.5])
+    out = tmp_path / "none"
+    shutil.copytree(tiny_engine_dir, out)
+    with pytest.raises(BuildError, match="dynamic-int8 0.5000, nbits8 0.5000"):
+        build(*tiny_dirs, precision="int8", out=out, progress=False, int8_graphs=("llm",))
