@@ -7,11 +7,14 @@ attention MatMuls between activations, the Gemm of text_hidden_fcs and everythin
   call). 2.7x faster than fp32 on this machine's CPU (FINDINGS).
 - "nbits8": MatMulNBitsQuantizer at 8 bits, blockwise. Needs accuracy_level=4 (int8 compute)
   on CPU, or it runs slower than fp32 (FINDINGS).
+- "nbits4": the same quantizer at 4 bits (weight-only; what a 4-bit build uses so that a 7B LLM
+  fits an 8-16 GB board). Symmetric by default; symmetric=False stores a zero point per block.
 Graphs saved with external data (real 7B models) are read and written with external data.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from pathlib import Path
 
@@ -19,9 +22,15 @@ import onnx
 
 from .onnx_utils import EXTERNAL_DATA_BYTES
 
+# The int8 methods (what `--precision int8` chooses from) and every method quantize_graph takes.
 METHODS = ("dynamic-int8", "nbits8")
-QUANTIZED_OP = {"dynamic-int8": "MatMulInteger", "nbits8": "MatMulNBits"}
+INT4_METHODS = ("nbits4",)
+ALL_METHODS = METHODS + INT4_METHODS
+QUANTIZED_OP = {"dynamic-int8": "MatMulInteger", "nbits8": "MatMulNBits", "nbits4": "MatMulNBits"}
+# Weight bits of each method.
+METHOD_BITS = {"dynamic-int8": 8, "nbits8": 8, "nbits4": 4}
 NBITS_BLOCK_SIZES = (32, 128)
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
 def external_data_files(path: Path) -> list[Path]:
@@ -71,20 +80,26 @@ def _quantize_dynamic(src: Path, dst: Path, nodes: list[str], external: bool, pe
     )
 
 
-def _quantize_nbits8(src: Path, dst: Path, external: bool, block_size: int, accuracy_level: int) -> None:
+def _quantize_nbits(src: Path, dst: Path, external: bool, bits: int, block_size: int,
+                    accuracy_level: int, symmetric: bool) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     # A str path makes the quantizer onnx.load it, external data included.
     quant = MatMulNBitsQuantizer(
         str(src),
-        bits=8,
+        bits=bits,
         block_size=block_size,
-        is_symmetric=True,
+        is_symmetric=symmetric,
         accuracy_level=accuracy_level,
         op_types_to_quantize=("MatMul",),
     )
     quant.process()
     quant.model.save_model_to_file(str(dst), use_external_data_format=external)
+
+
+def _is_int(value) -> bool:
+    """An integer (numpy's included), not a bool and not a float that happens to be whole."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def quantize_graph(
@@ -95,19 +110,23 @@ def quantize_graph(
     accuracy_level: int = 4,
     block_size: int = 32,
     per_channel: bool = False,
+    symmetric: bool = True,
 ) -> dict:
     """Quantize the graph at `src` into `dst`; returns the report the manifest records.
 
-    accuracy_level / block_size apply to "nbits8" (4 = int8 activations: the fast CPU path);
-    per_channel to "dynamic-int8".
+    accuracy_level / block_size / symmetric apply to "nbits8" and "nbits4" (accuracy_level 4 =
+    int8 activations: the fast CPU path; symmetric=False: a zero point per block); per_channel
+    to "dynamic-int8".
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown quantization method {method!r}: choose from {', '.join(METHODS)}")
-    if method == "nbits8":
-        if block_size not in NBITS_BLOCK_SIZES:
-            raise ValueError(f"nbits8 block_size must be one of {NBITS_BLOCK_SIZES}, got {block_size}")
-        if accuracy_level not in (0, 1, 2, 3, 4):
-            raise ValueError(f"accuracy_level must be 0..4, got {accuracy_level}")
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown quantization method {method!r}: choose from {', '.join(ALL_METHODS)}")
+    if method in ("nbits8", "nbits4"):
+        if not _is_int(block_size) or block_size not in NBITS_BLOCK_SIZES:
+            raise ValueError(f"{method} block_size must be one of {NBITS_BLOCK_SIZES}, got {block_size!r}")
+        if not _is_int(accuracy_level) or accuracy_level not in ACCURACY_LEVELS:
+            raise ValueError(f"accuracy_level must be 0..4, got {accuracy_level!r}")
+        if not isinstance(symmetric, bool):
+            raise ValueError(f"symmetric must be a bool, got {symmetric!r}")
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(f"no ONNX graph at {src}")
@@ -124,7 +143,8 @@ def quantize_graph(
     if method == "dynamic-int8":
         _quantize_dynamic(src, dst, candidates, external, per_channel)
     else:
-        _quantize_nbits8(src, dst, external, block_size, accuracy_level)
+        block_size, accuracy_level = int(block_size), int(accuracy_level)
+        _quantize_nbits(src, dst, external, METHOD_BITS[method], block_size, accuracy_level, symmetric)
 
     out = onnx.load(str(dst), load_external_data=False)
     ops = Counter(n.op_type for n in out.graph.node)
@@ -143,8 +163,9 @@ def quantize_graph(
         "bytes_after": model_bytes(dst),
         "external_data": external,
     }
-    if method == "nbits8":
-        report.update(bits=8, block_size=block_size, accuracy_level=accuracy_level, symmetric=True)
+    if method in ("nbits8", "nbits4"):
+        report.update(bits=METHOD_BITS[method], block_size=block_size, accuracy_level=accuracy_level,
+                      symmetric=symmetric)
     else:
-        report.update(weight_type="QInt8", per_channel=per_channel, accuracy_level=None)
+        report.update(bits=8, weight_type="QInt8", per_channel=per_channel, accuracy_level=None)
     return report
