@@ -65,9 +65,11 @@ def run_pass(
 ) -> list[FrameResult]:
     """One GLUS `inference_frames` call: query frames `order` (video indices) after `context`."""
     model, tok = ref.model, ref.tokenizer
-    dtype = next(model.parameters()).dtype
-    # GLUS preprocesses every image of the pass once (CPU tensors) ...
-    clip_in = {i: clip_pixels(ref.clip_processor, frames[i]).to(dtype) for i in set(context) | set(order)}
+    param = next(model.parameters())
+    dtype, device = param.dtype, param.device
+    # GLUS preprocesses every image of the pass once (on the CPU, then moved to the model) ...
+    clip_in = {i: clip_pixels(ref.clip_processor, frames[i]).to(device, dtype)
+               for i in set(context) | set(order)}
     answers: list[str] = []  # answer written to history for each pass position
     bank: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     results = []
@@ -88,19 +90,19 @@ def run_pass(
             # the answer as "[SEG] ." so that later prompts keep one [SEG] per past round.
             answers.append(rules.ANSWER_NO_SEG)
             results.append(FrameResult(order[t], i, np.zeros((h, w), bool), llm.next_token, False,
-                                       llm.seg_embedding.float().numpy(), None, None, None, [], pass_name))
+                                       llm.seg_embedding.float().cpu().numpy(), None, None, None, [], pass_name))
             continue
         answers.append(rules.ANSWER_SEG)
-        feats = model.encode_image(sam_pixels(frame, model.sam_image_size).to(dtype)[None])
+        feats = model.encode_image(sam_pixels(frame, model.sam_image_size).to(device, dtype)[None])
         keys = [k for k in rules.memory_frame_indices(t) if k in bank] if use_memory else []
         conditioned = model.condition(feats, [bank[k] for k in keys])
         dec = model.decode(feats, conditioned, llm.seg_embedding)
-        mask = (upsample_logits(dec.low_res_logits, (h, w))[0, 0] > 0).numpy()
+        mask = (upsample_logits(dec.low_res_logits, (h, w))[0, 0] > 0).cpu().numpy()
         if use_memory:
             bank[t] = model.encode_memory(feats, conditioned, dec.low_res_logits)
         results.append(FrameResult(
-            order[t], i, mask, llm.next_token, True, llm.seg_embedding.float().numpy(),
-            dec.low_res_logits[0].float().numpy(), float(dec.iou[0, 0]), float(dec.object_score[0, 0]),
+            order[t], i, mask, llm.next_token, True, llm.seg_embedding.float().cpu().numpy(),
+            dec.low_res_logits[0].float().cpu().numpy(), float(dec.iou[0, 0]), float(dec.object_score[0, 0]),
             keys, pass_name,
         ))
     return results

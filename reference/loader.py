@@ -74,6 +74,7 @@ def load(
     *,
     dtype: torch.dtype = torch.float32,
     load_fuser_gamma: bool = False,
+    device: str | torch.device = "cpu",
 ) -> GlusReference:
     """Load a GLUS checkpoint (LLaVA-style HF directory) and its CLIP vision tower, strictly.
 
@@ -102,5 +103,5 @@ def load(
     report = load_glus_weights(model, read_state_dict(checkpoint), load_fuser_gamma=load_fuser_gamma)
     model.clip = _load_clip(clip_dir, dtype)
     processor = CLIPImageProcessorPil.from_pretrained(str(clip_dir), local_files_only=True)
-    model.eval()
+    model.to(device).eval()  # loaded on the CPU (strict checks), then moved: "cuda" for the GPU check
     return GlusReference(model, tokenizer, processor, cfg, checkpoint, clip_dir, report)

@@ -105,14 +105,14 @@ class GlusModel(nn.Module):
         for t in input_ids:
             if t == rules.IMAGE_TOKEN_INDEX:
                 if text:
-                    pieces.append(embed(torch.tensor(text)))
+                    pieces.append(embed(torch.tensor(text, device=embed.weight.device)))
                     text = []
                 pieces.append(image_tokens[k].to(embed.weight.dtype))
                 k += 1
             else:
                 text.append(t)
         if text:
-            pieces.append(embed(torch.tensor(text)))
+            pieces.append(embed(torch.tensor(text, device=embed.weight.device)))
         return torch.cat(pieces, 0)[None]
 
     def seg_head(self, hidden: torch.Tensor) -> torch.Tensor:
