@@ -125,24 +125,43 @@ def glus_config(tokenizer, spec: dict, vision_tower: str, dtype: str, *,
     return config
 
 
-def _seg_favouring_head(model, tokenizer, n_probe: int = 6) -> None:
+def _probe_images(model, n: int, generator) -> torch.Tensor:
+    """[n, 64, hidden] image tokens of piecewise-flat random pictures (like the synthetic frames)
+    through the model's own CLIP and projector."""
+    size = model.clip.config.image_size
+    grid = torch.rand(n, 3, 4, 4, generator=generator)
+    pixels = torch.nn.functional.interpolate(grid, size=(size, size), mode="nearest")
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # CLIP's
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    p = next(model.clip.parameters())
+    return model.encode_clip(((pixels - mean) / std).to(p.device, p.dtype))
+
+
+def _seg_favouring_head(model, tokenizer, n_probe: int = 6, clip_probes: bool = False) -> None:
     """Random LLM heads almost never predict [SEG]; then every mask is empty and tests see nothing.
 
     Point the [SEG] row of lm_head along the mean final hidden state of a few real prompts, so
     that [SEG] usually (not always) wins: both branches of GLUS's loop stay exercised.
+    clip_probes: the prompts' images are pictures through the model's CLIP (which must be the
+    CLIP the checkpoint is loaded with), not noise at a fixed scale. At LLaMA-7B widths noise
+    probes leave the row nearly orthogonal to what real frames give (cosine ~0.01: [SEG] never
+    won and SAM2 never ran); tiny keeps the noise probes its tests were written against.
     """
     from . import rules
 
-    g = torch.Generator().manual_seed(123)
+    g = torch.Generator().manual_seed(123)  # on the CPU whatever the model's device: same probes
+    w = model.llm.lm_head.weight
     hs = []
     for k in range(n_probe):
         past = [rules.ANSWER_SEG] * (k % rules.NUM_QUERY)
         ids = tokenizer.encode_prompt(rules.prompt_text("the red circle moving left", past))
         n_img = sum(1 for t in ids if t == rules.IMAGE_TOKEN_INDEX)
-        imgs = torch.randn(n_img, 64, model.cfg.hidden_size, generator=g) * 0.5
+        if clip_probes:
+            imgs = _probe_images(model, n_img, g)
+        else:
+            imgs = torch.randn(n_img, 64, model.cfg.hidden_size, generator=g).to(w.device) * 0.5
         hs.append(model.seg_embedding(ids, imgs).hidden)
     mean = torch.stack(hs).mean(0)
-    w = model.llm.lm_head.weight
     scale = w.norm(dim=1).mean() * 3.0
     w[tokenizer.seg_id] = mean / mean.norm() * scale
 
@@ -199,7 +218,12 @@ def make_tiny(out: str | Path, *, seed: int = 0, shape: str = "tiny", fmt: str =
     # The probes run the whole LLM, so a full-depth 7B is left without them ("medium" keeps
     # the head its benchmark figures were measured with).
     if shape == "tiny" or (shape == "glus-7b" and spec["llama"]["num_hidden_layers"] <= 4):
-        _seg_favouring_head(model, tokenizer)
+        clip_probes = shape == "glus-7b"
+        if clip_probes:  # the CLIP the checkpoint will be loaded with, not GlusModel's random one
+            from transformers import CLIPVisionModel
+
+            model.clip = CLIPVisionModel.from_pretrained(str(clip_dir), dtype=torch.float32).eval()
+        _seg_favouring_head(model, tokenizer, clip_probes=clip_probes)
     model.to(spec["dtype"])
     save_glus_weights(glus_state_dict(model), glus_dir, fmt=fmt, shards=shards)
     return glus_dir, clip_dir

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reference.make_tiny import LLAMA_7B_VOCAB, SHAPES, glus_config, main, make_tiny, shape_spec
+from reference.make_tiny import (
+    LLAMA_7B_VOCAB,
+    SHAPES,
+    glus_config,
+    main,
+    make_tiny,
+    shape_spec,
+)
 from runtime import GlusEngine
 from runtime.manifest import read_manifest, sha256_file
 
@@ -135,3 +142,58 @@ def test_corrupt_side_file_is_refused(external_engine_dir, tmp_path):
     side.write_bytes(bytes(data))
     with pytest.raises(EngineDirError, match="external_data"):
         GlusEngine.load(d)
+
+
+# ---- the real-shapes benchmarks' own arithmetic (hand-computed cases) ---------------------------
+def test_fit_line_recovers_a_line():
+    from benchmarks.export_memory import fit_line
+
+    a, b = fit_line([1, 2, 3, 4], [5.0 + 2 * x for x in (1, 2, 3, 4)])
+    assert (round(a, 9), round(b, 9)) == (5.0, 2.0)
+
+
+def test_extrapolation_scales_only_the_llm_share():
+    from benchmarks.real_shapes import extrapolate
+
+    # 10 s measured; the LLM is 60% of the FLOPs at this depth and 8x more at 32 layers:
+    # 4 s (rest) + 6 s x 8 = 52 s.
+    e = extrapolate(10.0, {"llm": 6.0, "clip": 1.0, "sam2": 3.0}, {"llm": 48.0, "clip": 1.0, "sam2": 3.0})
+    assert e["extrapolated_s"] == pytest.approx(52.0)
+    assert e["llm_flop_ratio"] == pytest.approx(8.0) and "52.0 s" in e["arithmetic"]
+
+
+def test_compare_counts_iou_and_cosine():
+    from benchmarks.real_shapes import compare
+
+    m = np.zeros((2, 4, 4), bool)
+    m[0, :2, :2] = True
+    got = m.copy()
+    got[1, 0, 0] = True  # frame 1: reference empty, runtime one pixel → IoU 0
+    seg = np.array([[1.0, 0.0], [1.0, 1.0]])
+    c = compare({"masks0": m, "seg0": seg, "is_seg0": np.array([True, True])},
+                {"masks0": got, "seg0": np.array([[1.0, 0.0], [1.0, 0.0]]), "is_seg0": np.array([True, False])}, 1)
+    assert c["iou_min"] == 0.0 and c["iou_mean"] == 0.5 and c["frames_iou_ge_0999"] == 0.5
+    assert c["seg_cosine_min"] == pytest.approx(2 ** -0.5) and c["seg_token_agreement"] == 0.5
+
+
+def test_llm_weight_bytes_by_hand():
+    from benchmarks.export_memory import llm_fp32_weight_bytes
+
+    layer = 4 * 4096 * 4096 + 3 * 4096 * 11008  # q, k, v, o + gate, up, down
+    head = 32003 * 4096  # lm_head
+    norms = (2 * 2 + 1) * 4096
+    seg = 4096 * 4096 + 4096 + 4096 * 256 + 256  # text_hidden_fcs
+    assert llm_fp32_weight_bytes(2) == 4 * (2 * layer + head + norms + seg) == 2_214_740_992
+
+
+def test_phase_sampler_keeps_the_peak_of_each_phase():
+    from benchmarks.export_memory import PhaseSampler
+
+    with PhaseSampler(period_s=0.005) as s:
+        with s.during("big"):
+            x = np.ones(64 * 2**20, np.uint8)  # 64 MiB, touched
+            x[::4096] = 2
+            del x
+        with s.during("small"):
+            pass
+    assert s.peaks["big"] - s.peaks["small"] > 48 * 2**20
