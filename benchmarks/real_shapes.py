@@ -192,6 +192,25 @@ def extrapolate(measured_s: float, f_cut: dict, f_full: dict) -> dict:
                           f" = {full_s:.1f} s"}
 
 
+def extrapolate_timed(measured_s: float, llm_s: float, ratio: float) -> dict:
+    """Per-frame time at 32 layers from a measured LLM time: the rest as measured, the LLM's
+    time scaled by its FLOP ratio (32 layers / this depth)."""
+    other_s = measured_s - llm_s
+    full_s = other_s + llm_s * ratio
+    return {"measured_s": measured_s, "llm_s": llm_s, "llm_flop_ratio": ratio, "extrapolated_s": full_s,
+            "arithmetic": f"{other_s:.2f} s (the rest, as measured) + {llm_s:.2f} s (the LLM graph's own"
+                          f" time at this depth, from the per-stage table) x {ratio:.1f} (LLM FLOPs"
+                          f" 32 layers / this depth) = {full_s:.1f} s"}
+
+
+def runtime_llm_seconds(stages: dict, precision: str, variant: str, frames: int) -> float:
+    """The LLM graph's seconds per frame-expression: the window step, plus the prefix (one per
+    video and expression) spread over the video's frames."""
+    window = stages[f"llm_window_{variant}|{precision}"]["median_ms"]
+    prefix = stages[f"llm_prefix|{precision}"]["median_ms"]
+    return (window + prefix / frames) / 1000
+
+
 # ---- driver -------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.real_shapes", description=__doc__.split("\n")[0])
@@ -202,6 +221,8 @@ def main(argv=None) -> int:
     p.add_argument("--stage-repeats", type=int, default=3)
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--rebuild", action="store_true", help="remake the checkpoint and engines")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the results from what an earlier run of --work measured (runs nothing)")
     p.add_argument("--worker", choices=["reference", "runtime", "stages"], help=argparse.SUPPRESS)
     p.add_argument("--args", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -274,24 +295,39 @@ def main(argv=None) -> int:
         info = json.loads(out.with_suffix(".json").read_text()) if kind != "stages" else {}
         return out, {**info, "process": m}
 
+    def measured(name):  # --report-only: what an earlier run of this work directory measured
+        if not a.report_only:
+            return False
+        if name not in rec:
+            p.error(f"--report-only: {record_path} has no {name!r}; run without it first")
+        return True
+
     steps.set_postfix_str("reference loop")
-    ref_out, rec["reference"] = child("reference", {"ckpt": str(ckpt), "video": str(video)}, "reference")
+    ref_out = work / f"reference-L{n}.npz"
+    if not measured("reference"):
+        ref_out, rec["reference"] = child("reference", {"ckpt": str(ckpt), "video": str(video)}, "reference")
+        save_rec()
     steps.update()
     ref = dict(np.load(ref_out))
     for precision, policy in (("fp32", "exact"), ("int8", "exact"), ("int8", "incremental")):
         name = f"runtime-{precision}-{policy}"
         steps.set_postfix_str(name)
-        out, rec[name] = child("runtime", {"engine": str(engines[precision]), "video": str(video),
-                                           "kv_policy": policy}, name)
+        out = work / f"{name}-L{n}.npz"
+        if not measured(name):
+            out, rec[name] = child("runtime", {"engine": str(engines[precision]), "video": str(video),
+                                               "kv_policy": policy}, name)
         rec[name]["vs_reference"] = compare(ref, dict(np.load(out)), len(exprs))
+        save_rec()
         steps.update()
     steps.set_postfix_str("stages")
     stages_out = work / f"stages-L{n}.json"
-    rec["stages_process"] = run_measured(
-        [py, "-m", "benchmarks.real_shapes", "--worker", "stages", "--args",
-         json.dumps({"engines": {k: str(v) for k, v in engines.items()}, "out": str(stages_out),
-                     "repeats": a.stage_repeats})], work / f"stages-L{n}.log")
-    rec["stages"] = json.loads(stages_out.read_text())
+    if not measured("stages"):
+        rec["stages_process"] = run_measured(
+            [py, "-m", "benchmarks.real_shapes", "--worker", "stages", "--args",
+             json.dumps({"engines": {k: str(v) for k, v in engines.items()}, "out": str(stages_out),
+                         "repeats": a.stage_repeats})], work / f"stages-L{n}.log")
+        rec["stages"] = json.loads(stages_out.read_text())
+        save_rec()
     steps.update()
     steps.close()
 
@@ -303,9 +339,14 @@ def main(argv=None) -> int:
     ext = {"reference": extrapolate(ref_frame, flops["depth"]["per_frame"]["reference"],
                                     flops["full"]["per_frame"]["reference"])}
     for k in speed:
+        # The runtime's LLM time is measured (per-stage table), not inferred from a FLOP share:
+        # a frame's SAM2 and CLIP encodes are shared by the expressions, so FLOP shares of one
+        # expression's frame would understate it.
         variant = "incremental" if k.endswith("incremental") else "exact"
-        ext[k] = extrapolate(rec[k]["per_frame_s"], flops["depth"]["per_frame"][variant],
-                             flops["full"]["per_frame"][variant])
+        precision = k.split("-")[1]
+        ratio = flops["full"]["per_frame"][variant]["llm"] / flops["depth"]["per_frame"][variant]["llm"]
+        ext[k] = extrapolate_timed(rec[k]["per_frame_s"],
+                                   runtime_llm_seconds(rec["stages"], precision, variant, a.frames), ratio)
     data = {"date": time.strftime("%Y-%m-%d"), "machine": info, "model": f"glus-7b-L{n}", "llm_layers": n,
             "video": {"frames": a.frames, "size": [h, w], "expressions": exprs},
             "measured": rec, "speedup_vs_reference": speed, "flops": flops, "extrapolated_32": ext}

@@ -197,3 +197,13 @@ def test_phase_sampler_keeps_the_peak_of_each_phase():
         with s.during("small"):
             pass
     assert s.peaks["big"] - s.peaks["small"] > 48 * 2**20
+
+
+def test_timed_extrapolation_uses_the_measured_llm_time():
+    from benchmarks.real_shapes import extrapolate_timed, runtime_llm_seconds
+
+    stages = {"llm_window_exact|fp32": {"median_ms": 2000.0}, "llm_prefix|fp32": {"median_ms": 1200.0}}
+    llm = runtime_llm_seconds(stages, "fp32", "exact", frames=12)  # 2.0 s + 1.2 s / 12
+    assert llm == pytest.approx(2.1)
+    e = extrapolate_timed(10.0, llm, 16.0)  # 7.9 s + 2.1 s x 16 = 41.5 s
+    assert e["extrapolated_s"] == pytest.approx(41.5) and "41.5 s" in e["arithmetic"]
