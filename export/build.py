@@ -13,6 +13,7 @@ versions, precision) and file hash are unchanged.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -92,7 +93,10 @@ def fresh_inputs(example: dict, seed: int) -> dict:
     return out
 
 
-def graph_parity(spec, path: Path, seed: int, providers=None) -> dict:
+def graph_parity(spec, path: Path, seed: int, providers=None, release=None) -> dict:
+    """PyTorch's outputs first, then ONNX Runtime's on the same fresh inputs. release(), if given,
+    runs in between: the caller frees the PyTorch weights there, so that the two copies of a 7B
+    LLM (27 GB each in fp32) are never resident together."""
     import torch
 
     from .onnx_utils import ort_session, rel_error, run_ort
@@ -101,9 +105,24 @@ def graph_parity(spec, path: Path, seed: int, providers=None) -> dict:
     with torch.no_grad():
         want = spec.module(*inputs.values())
     want = want if isinstance(want, (tuple, list)) else (want,)
+    want = [w.float().numpy() for w in want]
+    if release is not None:
+        release()
     got = run_ort(ort_session(path, providers=providers), inputs)
-    errors = {n: rel_error(g, w.float().numpy()) for n, g, w in zip(spec.outputs, got, want)}
+    errors = {n: rel_error(g, w) for n, g, w in zip(spec.outputs, got, want)}
     return {"max_rel_error": max(errors.values()), "per_output": errors}
+
+
+def release_llm_weights(model) -> int:
+    """Drop what the "llm" graph has taken over from the PyTorch model (decoder layers, final
+    norm, lm_head, [SEG] head: to the meta device); returns the bytes freed. What the build still
+    reads stays: embed_tokens (the embedding array, the int8 check's prompts) and the configs."""
+    freed = 0
+    for mod in (model.llm.model.layers, model.llm.model.norm, model.llm.lm_head, model.text_hidden_fcs):
+        freed += sum(p.numel() * p.element_size() for p in mod.parameters() if not p.is_meta)
+        mod.to("meta")
+    gc.collect()  # the exporter's program object may still hold the tensors in a reference cycle
+    return freed
 
 
 def int8_output_cosines(spec, fp32_path: Path, int8_path: Path, seed: int) -> dict:
@@ -338,14 +357,20 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
         key = hashlib.sha256(f"{recipe}:{spec.name}:fp32".encode()).hexdigest()
         file = f"{spec.name}.onnx"
         t = time.perf_counter()
+        # An fp16 build re-runs each PyTorch graph for its CUDA parity; every other build is done
+        # with the LLM's PyTorch weights once llm.onnx is checked, and frees them.
+        release = (lambda: release_llm_weights(ref.model)) if spec.name == "llm" and precision != "fp16" else None
         if b.cached(spec.name, key):
             entry = b.state[spec.name]
             reused = True
         else:
             export_graph(spec, out / file)
-            check = graph_parity(spec, out / file, seed=int.from_bytes(os.urandom(4), "little"))
+            check = graph_parity(spec, out / file, seed=int.from_bytes(os.urandom(4), "little"),
+                                 release=release)
             entry = b.record(spec.name, key, file, parity=check)
             reused = False
+        if release is not None:
+            release()  # (again, when reused: a no-op after a parity check)
         b.timings[spec.name] = time.perf_counter() - t
         parity[spec.name] = entry["parity"]
         graphs[spec.name] = {"file": file, "sha256": entry["sha256"], "precision": "fp32",

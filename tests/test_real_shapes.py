@@ -207,3 +207,32 @@ def test_timed_extrapolation_uses_the_measured_llm_time():
     assert llm == pytest.approx(2.1)
     e = extrapolate_timed(10.0, llm, 16.0)  # 7.9 s + 2.1 s x 16 = 41.5 s
     assert e["extrapolated_s"] == pytest.approx(41.5) and "41.5 s" in e["arithmetic"]
+
+
+def test_llm_parity_frees_the_pytorch_llm_between_its_two_runs(tiny_dirs, tmp_path):
+    """The build checks llm.onnx against PyTorch, then frees the PyTorch LLM before ONNX Runtime
+    loads the graph: at 7B the two copies would be 2 x 27 GB. PyTorch must have run first (on meta
+    weights it could not), and what the rest of the build reads must survive."""
+    import torch
+
+    import reference
+    from export.build import graph_parity, release_llm_weights
+    from export.llm import llm_spec
+    from export.onnx_utils import export_graph
+    from reference import rules
+
+    ref = reference.load(*tiny_dirs)
+    m = ref.model
+    want_freed = sum(p.numel() * 4 for mod in (m.llm.model.layers, m.llm.model.norm, m.llm.lm_head,
+                                               m.text_hidden_fcs) for p in mod.parameters())
+    spec = llm_spec(m)
+    export_graph(spec, tmp_path / "llm.onnx")
+    freed = []
+    check = graph_parity(spec, tmp_path / "llm.onnx", seed=3, release=lambda: freed.append(release_llm_weights(m)))
+    assert check["max_rel_error"] < 1e-4 and freed == [want_freed]
+    assert all(p.is_meta for p in m.llm.model.layers.parameters()) and m.llm.lm_head.weight.is_meta
+    assert not m.llm.model.embed_tokens.weight.is_meta  # the embedding array and the int8 check's prompts
+    ids = ref.tokenizer.encode_prompt(rules.prompt_text("the red circle", []))
+    n_img = ids.count(rules.IMAGE_TOKEN_INDEX)
+    assert m.embed_prompt(ids, torch.zeros(n_img, 64, m.cfg.hidden_size)).shape[-1] == m.cfg.hidden_size
+    assert release_llm_weights(m) == 0  # idempotent
