@@ -36,8 +36,22 @@ LLM_INT8_COSINE_MIN = 0.99
 # CPUs and passes on the small models; at LLaMA-7B's width (4096) its per-tensor activation
 # quantization drifts ([SEG] cosine 0.988 at glus-7b --llm-layers 2, random weights), while
 # 8-bit block-32 weight-only MatMulNBits (int8 compute per block) holds 0.9993: the build takes
-# the first that passes.
+# the first that passes. On trained weights dynamic int8 fails harder (SmolLM2-135M, 50 GLUS
+# prompts: last-hidden cosine 0.94 per-tensor and per-channel; nbits8 block 32: 0.9994;
+# benchmarks/results/quant-smollm2.md), so from LLaMA-7B's width up auto goes straight to
+# nbits8: a 7B's dynamic-int8 attempt would cost a full quantization and check of a 27 GB graph
+# only to be refused.
 LLM_INT8_AUTO = ("dynamic-int8", "nbits8")
+LLM_INT8_WIDE = 4096  # hidden size from which auto skips dynamic int8
+
+
+def llm_int8_candidates(int8_method: str, hidden_size: int) -> tuple[str, ...]:
+    """The int8 methods a build tries for the LLM, in order."""
+    if int8_method != "auto":
+        return (int8_method,)
+    if hidden_size >= LLM_INT8_WIDE:
+        return tuple(m for m in LLM_INT8_AUTO if m != "dynamic-int8")
+    return LLM_INT8_AUTO
 BACKENDS = ("onnxruntime", "tensorrt")
 STATE = ".build_state.json"
 # Source files whose change must invalidate exported graphs.
@@ -441,7 +455,7 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
 
         t = time.perf_counter()
         # "auto": the fastest method whose [SEG] cosine passes, tried in order of CPU speed.
-        methods = LLM_INT8_AUTO if int8_method == "auto" else (int8_method,)
+        methods = llm_int8_candidates(int8_method, ref.model.cfg.hidden_size)
         tried = {}
         for method in methods:
             key = hashlib.sha256(f"{recipe}:llm:int8:{method}:{accuracy_level}".encode()).hexdigest()
@@ -463,7 +477,8 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
                 break
         b.timings["quantize"] = time.perf_counter() - t
         parity["llm_int8"] = {"seg_cosine_min": min(entry["seg_cosines"]), "seg_cosines": entry["seg_cosines"],
-                              "method": method, "tried": tried}
+                              "method": method, "tried": tried,
+                              "not_tried": [m for m in LLM_INT8_AUTO if int8_method == "auto" and m not in methods]}
         graphs["llm"] = {"file": file, "sha256": entry["sha256"], "precision": "int8",
                          "quantization": entry["report"], "external_data": external_files(out / file),
                          **io_signature(out / file)}
@@ -549,7 +564,8 @@ def main(argv=None) -> int:
     p.add_argument("--int8-method", default="auto", choices=["auto", "dynamic-int8", "nbits8"],
                    help="LLM int8: ONNX Runtime dynamic int8 (MatMulInteger, best on x86 CPUs),"
                         " 8-bit weight-only MatMulNBits, or auto (default): the first of these two"
-                        " whose [SEG] cosine to fp32 is >= 0.99")
+                        " whose [SEG] cosine to fp32 is >= 0.99 (from hidden size 4096, as LLaMA-7B:"
+                        " nbits8 only)")
     p.add_argument("--int8-graphs", default=",".join(INT8_GRAPHS),
                    help=f"comma-separated graphs an int8 build quantizes (default {','.join(INT8_GRAPHS)})")
     p.add_argument("--accuracy-level", type=int, default=4,

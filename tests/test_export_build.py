@@ -153,3 +153,11 @@ def test_int8_auto_names_every_method_when_none_passes(tiny_dirs, tiny_engine_di
     shutil.copytree(tiny_engine_dir, out)
     with pytest.raises(BuildError, match="dynamic-int8 0.5000, nbits8 0.5000"):
         build(*tiny_dirs, precision="int8", out=out, progress=False, int8_graphs=("llm",))
+
+
+def test_auto_int8_goes_straight_to_nbits8_at_llama_7b_width():
+    from export.build import LLM_INT8_AUTO, llm_int8_candidates
+
+    assert llm_int8_candidates("auto", 128) == LLM_INT8_AUTO == ("dynamic-int8", "nbits8")
+    assert llm_int8_candidates("auto", 4096) == ("nbits8",)
+    assert llm_int8_candidates("dynamic-int8", 4096) == ("dynamic-int8",)  # asked for: tried
