@@ -179,7 +179,7 @@ def markdown(data: dict) -> str:
                   "|---|" + "---|" * len(rows) + "---|---|"]
         fit, full = data["summary"]["fit"], data["summary"]["extrapolated_32"]
         for k in sorted(steps, key=lambda k: -full[k]):
-            lines.append(f"| {k[5:]} | " + " | ".join(f"{r['peaks'][k] / gb:.2f}" for r in rows)
+            lines.append(f"| {k[5:]} | " + " | ".join(f"{r['peaks'][k[5:]] / gb:.2f}" for r in rows)
                          + f" | {fit[k][1] / gb:+.3f} | {full[k] / gb:.1f} |")
         s = data["summary"]
         lines += ["", f"**Extrapolation to 32 layers (not measured):** {s['arithmetic']}: peak / fp32"

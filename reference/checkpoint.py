@@ -140,8 +140,11 @@ def load_glus_weights(model, state: dict[str, torch.Tensor], load_fuser_gamma: b
         problems.append(f"wrong shapes: {_listing(wrong_shape, 4)}")
     if problems:
         raise CheckpointError("GLUS checkpoint does not match the model: " + "; ".join(problems))
-    dtype = next(model.parameters()).dtype
-    model.load_state_dict({k: v.to(dtype) for k, v in mapped.items()}, strict=False)
+    # Tensor by tensor into the model's own tensors (copy_ casts bf16/fp16 to the model's dtype):
+    # a converted copy of the whole state dict would hold a 7B's weights a third time (27 GB).
+    with torch.no_grad():
+        for k, v in mapped.items():
+            expected[k].copy_(v)
     return {"skipped": sorted(skipped), "fuser_gamma_loaded": load_fuser_gamma}
 
 
