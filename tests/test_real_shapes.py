@@ -210,9 +210,10 @@ def test_timed_extrapolation_uses_the_measured_llm_time():
 
 
 def test_llm_parity_frees_the_pytorch_llm_between_its_two_runs(tiny_dirs, tmp_path):
-    """The build checks llm.onnx against PyTorch, then frees the PyTorch LLM before ONNX Runtime
-    loads the graph: at 7B the two copies would be 2 x 27 GB. PyTorch must have run first (on meta
-    weights it could not), and what the rest of the build reads must survive."""
+    """The build checks llm.onnx against PyTorch, then drops the model's PyTorch LLM weights
+    before ONNX Runtime loads the graph (at 7B the two copies would be 2 x 27 GB; whether the
+    memory comes back is measured by benchmarks/export_memory, not here). PyTorch must have run
+    first (on meta weights it could not), and what the rest of the build reads must survive."""
     import torch
 
     import reference
