@@ -8,7 +8,7 @@ which way it is moving (the same level after memory attention: only the memory b
 motion). The head is a linear map (1x1 conv), so what it reads must be linearly present in the
 features the decoder's token-to-image attention reads. Not saved: it only shapes training.
 From scratch, per-cell shape appears only after ~1,400 steps of it, hence stage 0
-(reference.train.pretrain_encoder), where those steps are cheap (models/glus-tiny/TRAINING.md, session 4).
+(reference.train.pretrain_encoder), where those steps are cheap (models/glus-tiny/TRAINING.md).
 """
 
 from __future__ import annotations

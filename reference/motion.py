@@ -21,7 +21,7 @@ tokens only) x `motion_weight` + the target's location at the [SEG] position (th
 reference.grounding head). `motion_stage2_weight` keeps the token loss on in stage 2.
 
 With `motion_context`, context frames 2-4 are asked too, at a lower layer (`motion_layers`).
-Why (session 8): GLUS's prompt puts all context frames before the query frame, whatever their
+Why: GLUS's prompt puts all context frames before the query frame, whatever their
 time, so a query token cannot tell which context frames are earlier than its own and its
 direction estimate is a guess (0.67 on a video's first frame, 0.32-0.46 on the others). The
 context frames are in time order: each of their tokens sees its object's earlier positions in

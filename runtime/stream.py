@@ -11,7 +11,7 @@ Causal policy used here (unless fixed `context_frames` are given):
   logarithmic cost), and every `refresh_every` frames; a refresh re-runs the prefix once (shared
   by all expressions). Frame 1 alone is its own context, as GLUS does for a one-frame video.
   On the default model's held-out set (12-frame videos) the growth rule is worth +0.02 J&F
-  (models/glus-tiny/TRAINING.md, session 13): a context stuck on frames 1-4 misses the motion.
+  (models/glus-tiny/TRAINING.md): a context stuck on frames 1-4 misses the motion.
 Everything the stream holds is of fixed size: the prefix KV cache, Q window tokens, the pool,
 and one 7-slot memory bank per expression.
 """
