@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .drift import cosine, mask_iou
 from .machine import machine_info, machine_slug
 
 
@@ -97,15 +98,6 @@ def timed(fn, device: str, repeats: int = 3) -> float:
         sync(device)
         ts.append(time.perf_counter() - t)
     return float(np.median(ts))
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 # ---- phase 1: the reference on the GPU ----------------------------------------------------------

@@ -147,17 +147,14 @@ def worker_stages(engine_dirs: dict[str, Path], out: Path, repeats: int) -> None
 
 
 # ---- comparison ---------------------------------------------------------------------------------
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def compare(ref: dict, got: dict, n_expr: int) -> dict:
+    from .drift import cosine, mask_iou
+
     ious, coss, seg_agree = [], [], []
     for k in range(n_expr):
-        ious += [iou(a, b) for a, b in zip(ref[f"masks{k}"], got[f"masks{k}"])]
+        ious += [mask_iou(a, b) for a, b in zip(ref[f"masks{k}"], got[f"masks{k}"])]
         for a, b in zip(ref[f"seg{k}"], got[f"seg{k}"]):
-            coss.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+            coss.append(cosine(a, b))
         seg_agree += list(ref[f"is_seg{k}"] == got[f"is_seg{k}"])
     frac_nonempty = float(np.mean([m.any() for k in range(n_expr) for m in ref[f"masks{k}"]]))
     return {"iou_min": min(ious), "iou_mean": float(np.mean(ious)), "frames": len(ious),

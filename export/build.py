@@ -109,8 +109,8 @@ def fresh_inputs(example: dict, seed: int) -> dict:
 
 def graph_parity(spec, path: Path, seed: int, providers=None, release=None) -> dict:
     """PyTorch's outputs first, then ONNX Runtime's on the same fresh inputs. release(), if given,
-    runs in between: the caller frees the PyTorch weights there, so that the two copies of a 7B
-    LLM (27 GB each in fp32) are never resident together."""
+    runs in between: the caller drops the PyTorch weights there, so that the two copies of a 7B
+    LLM (27 GB each in fp32) need not be resident together."""
     import torch
 
     from .onnx_utils import ort_session, rel_error, run_ort
@@ -129,13 +129,15 @@ def graph_parity(spec, path: Path, seed: int, providers=None, release=None) -> d
 
 def release_llm_weights(model) -> int:
     """Drop what the "llm" graph has taken over from the PyTorch model (decoder layers, final
-    norm, lm_head, [SEG] head: to the meta device); returns the bytes freed. What the build still
+    norm, lm_head, [SEG] head: to the meta device); returns their bytes. The memory comes back
+only where nothing else holds those storages: after the dynamo export its IR still does
+(benchmarks/export_memory measures it). What the build still
     reads stays: embed_tokens (the embedding array, the int8 check's prompts) and the configs."""
     freed = 0
     for mod in (model.llm.model.layers, model.llm.model.norm, model.llm.lm_head, model.text_hidden_fcs):
         freed += sum(p.numel() * p.element_size() for p in mod.parameters() if not p.is_meta)
         mod.to("meta")
-    gc.collect()  # the exporter's program object may still hold the tensors in a reference cycle
+    gc.collect()  # what only a reference cycle still held
     return freed
 
 
@@ -372,7 +374,8 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
         file = f"{spec.name}.onnx"
         t = time.perf_counter()
         # An fp16 build re-runs each PyTorch graph for its CUDA parity; every other build is done
-        # with the LLM's PyTorch weights once llm.onnx is checked, and frees them.
+        # with the LLM's PyTorch weights once llm.onnx is checked and drops the model's hold on
+        # them (the exporter's IR still holds them: measured, benchmarks/export_memory).
         release = (lambda: release_llm_weights(ref.model)) if spec.name == "llm" and precision != "fp16" else None
         if b.cached(spec.name, key):
             entry = b.state[spec.name]
