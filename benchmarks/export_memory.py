@@ -4,7 +4,7 @@
 
 For each depth N: `make_tiny --shape glus-7b --llm-layers N` (bf16, sharded, random weights),
 then, in a fresh process, the real `export.build.build(...)` while a sampler thread reads the
-resident set every 20 ms. Each step of the build (reference.load, each graph's export and its
+resident set of the build and its child processes every 20 ms. Each step of the build (reference.load, each graph's export and its
 parity check, each quantization and its cosine check, the rest) is wrapped so that the peak is
 kept per step. An int8 build makes every fp32 graph first, so its fp32 steps are also the fp32
 build's. A fit over N (peak = a + b·N) per step gives the bytes per layer; the extrapolation to
@@ -27,8 +27,29 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FULL_DEPTH = 32
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the task ended between the listing and the read
+            pass
+    return out
+
+
+def tree_pids(pid: int) -> list[int]:
+    """pid and all its descendants (the LLM's export child, export/llm_process.py)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += _children(p)
+    return pids
+
+
 class PhaseSampler:
-    """Resident set size sampled in a thread; the peak is kept per named phase."""
+    """Resident set size of this process and its children (summed: an upper bound of what they
+    need together), sampled in a thread; the peak is kept per named phase."""
 
     def __init__(self, period_s: float = 0.02):
         self.period_s, self.phase, self.peaks = period_s, "other", {}
@@ -38,8 +59,14 @@ class PhaseSampler:
         self._page = os.sysconf("SC_PAGE_SIZE")
 
     def rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self._page
+        total = 0
+        for pid in tree_pids(os.getpid()):
+            try:
+                with open(f"/proc/{pid}/statm") as f:
+                    total += int(f.read().split()[1]) * self._page
+            except OSError:  # a child that has just exited
+                pass
+        return total
 
     def _note(self) -> None:
         r = self.rss()
@@ -85,6 +112,7 @@ def _wrap(s: PhaseSampler, module, name: str, label) -> None:
 def measure_build(ckpt: Path, out: Path, precision: str) -> dict:
     """In this process: export.build at `precision`, with the peak resident set per build step."""
     import export.build as eb
+    import export.llm_process as lp
     import export.onnx_utils as ou
     import export.quantize as eq
     import reference
@@ -95,6 +123,8 @@ def measure_build(ckpt: Path, out: Path, precision: str) -> dict:
         _wrap(s, reference, "load", lambda *a, **k: "load")
         _wrap(s, ou, "export_graph", lambda spec, *a, **k: f"export {spec.name}")
         _wrap(s, eb, "graph_parity", lambda spec, *a, **k: f"parity {spec.name}")
+        _wrap(s, lp, "export_llm_in_child", lambda *a, **k: "export llm in a child (both processes)")
+        _wrap(s, eb, "ort_parity", lambda outputs, path, *a, **k: f"parity {Path(path).stem} (ONNX Runtime)")
         _wrap(s, eq, "quantize_graph", lambda src, dst, method="", **k: f"quantize {Path(src).stem} {method}")
         _wrap(s, eb, "llm_seg_cosines", lambda *a, **k: "cosines llm")
         _wrap(s, eb, "int8_output_cosines", lambda *a, **k: "cosines sam_image")

@@ -25,6 +25,8 @@ import numpy as np
 
 from runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file
 
+from .onnx_utils import fresh_inputs
+
 PRECISIONS = ("fp32", "fp16", "int8")
 # What an int8 build quantizes by default: the two largest per-frame costs once the prefix is
 # cached (medium model, CPU: LLM window and SAM2 image encoder); the mask decoder, memory
@@ -43,6 +45,26 @@ LLM_INT8_COSINE_MIN = 0.99
 # only to be refused.
 LLM_INT8_AUTO = ("dynamic-int8", "nbits8")
 LLM_INT8_WIDE = 4096  # hidden size from which auto skips dynamic int8
+
+
+# Where llm.onnx is exported (build(llm_process=...)). auto: in a child process from 1 GiB of fp32
+# LLM weights (a 1-layer slice of LLaMA-7B is 1.4 GB; the tiny and medium models are far below).
+LLM_PROCESSES = ("auto", "child", "same")
+LLM_CHILD_FROM_BYTES = 1 << 30
+
+
+def resolve_llm_process(llm_process: str, precision: str, weight_bytes: int) -> str:
+    """"child" or "same" for build(llm_process=...): auto picks the child from LLM_CHILD_FROM_BYTES
+    of fp32 LLM weights, except for fp16 (its parity re-runs the PyTorch LLM on CUDA, here)."""
+    if llm_process != "auto":
+        return llm_process
+    return "child" if precision != "fp16" and weight_bytes >= LLM_CHILD_FROM_BYTES else "same"
+
+
+def llm_weight_bytes(model) -> int:
+    """fp32 bytes of what the "llm" graph holds (decoder layers, final norm, lm_head, [SEG] head)."""
+    mods = (model.llm.model.layers, model.llm.model.norm, model.llm.lm_head, model.text_hidden_fcs)
+    return sum(4 * p.numel() for mod in mods for p in mod.parameters())
 
 
 def llm_int8_candidates(int8_method: str, hidden_size: int) -> tuple[str, ...]:
@@ -91,29 +113,11 @@ def code_hash() -> str:
 
 
 # ---- parity --------------------------------------------------------------------------------
-def fresh_inputs(example: dict, seed: int) -> dict:
-    """Example inputs perturbed with fresh noise (never zeros); integer inputs are kept."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, x in example.items():
-        if x.is_floating_point() and x.numel():
-            scale = float(x.float().std()) if x.numel() > 1 else 1.0
-            noise = torch.randn(x.shape, generator=g) * (0.1 * scale + 1e-3)
-            out[name] = (x + noise.to(x.dtype)).contiguous()
-        else:
-            out[name] = x
-    return out
-
-
 def graph_parity(spec, path: Path, seed: int, providers=None, release=None) -> dict:
     """PyTorch's outputs first, then ONNX Runtime's on the same fresh inputs. release(), if given,
     runs in between: the caller drops the PyTorch weights there, so that the two copies of a 7B
     LLM (27 GB each in fp32) need not be resident together."""
     import torch
-
-    from .onnx_utils import ort_session, rel_error, run_ort
 
     inputs = fresh_inputs(spec.inputs, seed)
     with torch.no_grad():
@@ -122,17 +126,25 @@ def graph_parity(spec, path: Path, seed: int, providers=None, release=None) -> d
     want = [w.float().numpy() for w in want]
     if release is not None:
         release()
+    return ort_parity(spec.outputs, path, inputs, want, providers)
+
+
+def ort_parity(outputs: list[str], path: Path, inputs: dict, want: list[np.ndarray], providers=None) -> dict:
+    """ONNX Runtime's outputs of the graph at path on inputs, against PyTorch's (want)."""
+    from .onnx_utils import ort_session, rel_error, run_ort
+
     got = run_ort(ort_session(path, providers=providers), inputs)
-    errors = {n: rel_error(g, w) for n, g, w in zip(spec.outputs, got, want)}
+    errors = {n: rel_error(g, w) for n, g, w in zip(outputs, got, want)}
     return {"max_rel_error": max(errors.values()), "per_output": errors}
 
 
 def release_llm_weights(model) -> int:
     """Drop what the "llm" graph has taken over from the PyTorch model (decoder layers, final
     norm, lm_head, [SEG] head: to the meta device); returns their bytes. The memory comes back
-only where nothing else holds those storages: after the dynamo export its IR still does
-(benchmarks/export_memory measures it). What the build still
-    reads stays: embed_tokens (the embedding array, the int8 check's prompts) and the configs."""
+    only where nothing else holds those storages: after an in-process dynamo export its IR still
+    does (benchmarks/export_memory measures it), which is why a large LLM is exported in a child
+    process (export/llm_process.py). What the build still reads stays: embed_tokens (the
+    embedding array, the int8 check's prompts) and the configs."""
     freed = 0
     for mod in (model.llm.model.layers, model.llm.model.norm, model.llm.lm_head, model.text_hidden_fcs):
         freed += sum(p.numel() * p.element_size() for p in mod.parameters() if not p.is_meta)
@@ -292,9 +304,9 @@ def rules_imagenet():
 def check_backend(precision: str, backend: str) -> str | None:
     """Why the requested backend/precision can't be built here (None if it can)."""
     if backend == "tensorrt" or precision == "fp16":
-        from runtime.backends import tensorrt_available
-
         import onnxruntime as ort
+
+        from runtime.backends import tensorrt_available
 
         has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
         if backend == "tensorrt" and not tensorrt_available():
@@ -308,9 +320,10 @@ def check_backend(precision: str, backend: str) -> str | None:
 def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str = "onnxruntime",
           out: str | Path, force: bool = False, progress: bool = True,
           int8_method: str = "auto", accuracy_level: int = 4,
-          int8_graphs: tuple[str, ...] = INT8_GRAPHS) -> dict:
+          int8_graphs: tuple[str, ...] = INT8_GRAPHS, llm_process: str = "auto") -> dict:
     """int8_graphs: which graphs an int8 build quantizes; "llm" (int8_method) and "sam_image"
-    (SAM2's image encoder, dynamic-int8) are supported."""
+    (SAM2's image encoder, dynamic-int8) are supported. llm_process: where llm.onnx is exported,
+    "child" (a process of its own), "same" or "auto" (see resolve_llm_process)."""
     if precision not in PRECISIONS:
         raise BuildError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     if precision == "int8" and not int8_graphs:
@@ -318,6 +331,11 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
     bad = sorted(set(int8_graphs) - set(INT8_GRAPHS))
     if bad:
         raise BuildError(f"cannot quantize {', '.join(bad)}: int8 graphs are {', '.join(INT8_GRAPHS)}")
+    if llm_process not in LLM_PROCESSES:
+        raise BuildError(f"unknown llm_process {llm_process!r}: choose from {', '.join(LLM_PROCESSES)}")
+    if llm_process == "child" and precision == "fp16":
+        raise BuildError("an fp16 build checks the PyTorch LLM on CUDA in this process: llm_process='child'"
+                         " is for fp32 and int8 builds")
     if backend not in BACKENDS:
         raise BuildError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
     why = check_backend(precision, backend)
@@ -364,6 +382,13 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
     from .vision import vision_spec
 
     specs = [vision_spec(ref.model), llm_spec(ref.model), *sam_specs(ref.model)]
+    # Where llm.onnx is exported and its PyTorch side of the parity computed: in a child process
+    # that exits (what the dynamo exporter keeps of a 7B comes back to the system), with this
+    # process's own PyTorch LLM dropped before anything is exported; or here, as for the small
+    # models, where a child's start-up (torch, the checkpoint again) would cost more than it saves.
+    llm_process = resolve_llm_process(llm_process, precision, llm_weight_bytes(ref.model))
+    if llm_process == "child":
+        release_llm_weights(ref.model)
     graphs, parity = {}, {}
     from tqdm import tqdm
 
@@ -374,20 +399,28 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
         file = f"{spec.name}.onnx"
         t = time.perf_counter()
         # An fp16 build re-runs each PyTorch graph for its CUDA parity; every other build is done
-        # with the LLM's PyTorch weights once llm.onnx is checked and drops the model's hold on
-        # them (the exporter's IR still holds them: measured, benchmarks/export_memory).
+        # with the LLM's PyTorch weights once llm.onnx is checked.
         release = (lambda: release_llm_weights(ref.model)) if spec.name == "llm" and precision != "fp16" else None
         if b.cached(spec.name, key):
             entry = b.state[spec.name]
             reused = True
         else:
-            export_graph(spec, out / file)
-            check = graph_parity(spec, out / file, seed=int.from_bytes(os.urandom(4), "little"),
-                                 release=release)
+            seed = int.from_bytes(os.urandom(4), "little")
+            if spec.name == "llm" and llm_process == "child":
+                from .llm_process import LlmProcessError, export_llm_in_child
+
+                try:
+                    inputs, want = export_llm_in_child(checkpoint, Path(ref.clip_dir), out / file, seed)
+                except LlmProcessError as e:
+                    raise BuildError(str(e)) from None
+                check = ort_parity(spec.outputs, out / file, inputs, want)
+            else:
+                export_graph(spec, out / file)
+                check = graph_parity(spec, out / file, seed=seed, release=release)
             entry = b.record(spec.name, key, file, parity=check)
             reused = False
         if release is not None:
-            release()  # (again, when reused: a no-op after a parity check)
+            release()  # (again, when reused or exported in a child: a no-op after the first)
         b.timings[spec.name] = time.perf_counter() - t
         parity[spec.name] = entry["parity"]
         graphs[spec.name] = {"file": file, "sha256": entry["sha256"], "precision": "fp32",
@@ -571,6 +604,10 @@ def main(argv=None) -> int:
                         " nbits8 only)")
     p.add_argument("--int8-graphs", default=",".join(INT8_GRAPHS),
                    help=f"comma-separated graphs an int8 build quantizes (default {','.join(INT8_GRAPHS)})")
+    p.add_argument("--llm-process", default="auto", choices=LLM_PROCESSES,
+                   help="where llm.onnx is exported: child (a process of its own, whose memory goes back"
+                        " when it exits: the way to export a 7B), same, or auto (default: child from"
+                        " 1 GiB of fp32 LLM weights)")
     p.add_argument("--accuracy-level", type=int, default=4,
                    help="MatMulNBits accuracy_level (4 = int8 compute, the fast one on CPUs)")
     a = p.parse_args(argv)
@@ -585,7 +622,7 @@ def main(argv=None) -> int:
     try:
         build(a.checkpoint, a.clip, precision=a.precision, backend=a.backend, out=a.out, force=a.force,
               int8_method=a.int8_method, accuracy_level=a.accuracy_level,
-              int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g))
+              int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g), llm_process=a.llm_process)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -63,6 +63,20 @@ def export_graph(spec: GraphSpec, path: str | Path) -> Path:
     return path
 
 
+def fresh_inputs(example: dict, seed: int) -> dict:
+    """Example inputs perturbed with fresh noise (never zeros); integer inputs are kept."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, x in example.items():
+        if x.is_floating_point() and x.numel():
+            scale = float(x.float().std()) if x.numel() > 1 else 1.0
+            noise = torch.randn(x.shape, generator=g) * (0.1 * scale + 1e-3)
+            out[name] = (x + noise.to(x.dtype)).contiguous()
+        else:
+            out[name] = x
+    return out
+
+
 def ort_session(path: str | Path, threads: int | None = None, providers=None):
     import onnxruntime as ort
 

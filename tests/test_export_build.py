@@ -13,7 +13,12 @@ from export import build as build_mod
 from export.build import BuildError, build, main
 from reference import rules
 from runtime import EngineDirError, GlusEngine
-from runtime.manifest import REQUIRED_ARRAYS, REQUIRED_GRAPHS, read_manifest, sha256_file
+from runtime.manifest import (
+    REQUIRED_ARRAYS,
+    REQUIRED_GRAPHS,
+    read_manifest,
+    sha256_file,
+)
 
 from .conftest import moving_square_video
 
@@ -161,3 +166,43 @@ def test_auto_int8_goes_straight_to_nbits8_at_llama_7b_width():
     assert llm_int8_candidates("auto", 128) == LLM_INT8_AUTO == ("dynamic-int8", "nbits8")
     assert llm_int8_candidates("auto", 4096) == ("nbits8",)
     assert llm_int8_candidates("dynamic-int8", 4096) == ("dynamic-int8",)  # asked for: tried
+
+
+def test_llm_exported_in_a_child_process_is_the_same_graph(tiny_dirs, tiny_engine_dir, tmp_path):
+    """llm_process="child" (how a 7B is exported: its memory goes back when the child exits)
+    gives an llm.onnx whose outputs equal the in-process export's on the same inputs, with the
+    parity measured against the child's PyTorch run; the parent's PyTorch LLM is dropped first."""
+    from export.onnx_utils import ort_session
+
+    out = tmp_path / "child"
+    m = build(*tiny_dirs, precision="fp32", out=out, progress=False, llm_process="child")
+    assert m["parity"]["llm"]["max_rel_error"] <= 1e-5
+    a, b = ort_session(tiny_engine_dir / "llm.onnx"), ort_session(out / "llm.onnx")
+    rng = np.random.default_rng(0)
+    L, _, _, kvh, _, hd = (d if isinstance(d, int) else 0 for d in a.get_inputs()[2].shape)
+    hidden = a.get_inputs()[0].shape[-1]
+    feeds = {"inputs_embeds": rng.standard_normal((1, 4, hidden), np.float32) * 0.1,
+             "position_ids": np.arange(3, 7, dtype=np.int64)[None],
+             "past_kv": rng.standard_normal((L, 2, 1, kvh, 3, hd), np.float32)}
+    for x, y in zip(a.run(None, feeds), b.run(None, feeds)):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+    assert not list(out.glob("*.check.npz"))  # the child's parity file is gone
+    assert build_mod.resolve_llm_process("auto", "int8", 1 << 29) == "same"
+    assert build_mod.resolve_llm_process("auto", "int8", 27 << 30) == "child"
+    assert build_mod.resolve_llm_process("auto", "fp16", 27 << 30) == "same"
+
+
+def test_llm_child_failure_is_a_build_error_with_its_cause(tiny_dirs, tmp_path, monkeypatch):
+    import export.llm_process as lp
+
+    real = lp.export_llm_in_child
+
+    def broken(checkpoint, clip, onnx_path, seed, timeout_s=None):
+        return real(tmp_path / "no-such-checkpoint", clip, onnx_path, seed, timeout_s)
+
+    monkeypatch.setattr(lp, "export_llm_in_child", broken)
+    with pytest.raises(BuildError, match="(?s)child process failed.*no-such-checkpoint"):
+        build(*tiny_dirs, precision="fp32", out=tmp_path / "e", progress=False, llm_process="child")
+    assert not (tmp_path / "e" / "manifest.json").exists()
+    with pytest.raises(BuildError, match="llm_process"):
+        build(*tiny_dirs, precision="fp32", out=tmp_path / "e", progress=False, llm_process="elsewhere")
