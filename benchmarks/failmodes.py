@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     import reference
     from evalkit.failmodes import summarize
     from export.default_model import cache_dir
-    from reference.train_data import write_heldout
+    from training.data import write_heldout
 
     torch.set_num_threads(a.threads)
     h, _, w = a.size.partition("x")

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    from reference.train_data import write_heldout
+    from training.data import write_heldout
 
     from export.default_model import cache_dir
 

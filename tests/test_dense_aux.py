@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from evalkit import synth
-from reference import train as T
-from reference.dense_aux import IGNORE, VELOCITIES, DenseAttributeHead, dense_labels, velocity_class
-from reference.train_data import TrainVideo, make_train_video
+from training import train as T
+from training.dense_aux import IGNORE, VELOCITIES, DenseAttributeHead, dense_labels, velocity_class
+from training.data import TrainVideo, make_train_video
 
 
 @pytest.mark.parametrize("step, want", [((0, 0), "still"), ((0.2, -0.3), "still"), ((-3, 1), "left"),

@@ -94,7 +94,7 @@ def test_the_benchmark_finds_the_merges_of_a_segmenter_that_merges_every_other_f
 
     import benchmarks.failmodes as FM
     import reference
-    import reference.train_data as TD
+    import training.data as TD
     from evalkit.formats import load_dataset
     from evalkit.heldout import _frames
 

@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference import train as T
+from training import train as T
 from reference.errors import CheckpointError
-from reference.finetune import finetune
-from reference.train_data import make_sample, make_train_video
+from training.finetune import finetune
+from training.data import make_sample, make_train_video
 
 from .test_train import TEST_CFG, same_weights
 

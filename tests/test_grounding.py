@@ -9,11 +9,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from evalkit import synth
-from reference import grounding as G
-from reference import rules
-from reference import train as T
-from reference.dense_aux import IGNORE
-from reference.train_data import make_train_video
+from training import grounding as G
+from runtime import rules
+from training import train as T
+from training.dense_aux import IGNORE
+from training.data import make_train_video
 
 from .test_train import TEST_CFG, same_weights
 

@@ -104,7 +104,7 @@ def test_benchmark_cli_writes_and_rewrites_its_report(data, tmp_path, monkeypatc
     import benchmarks.heldout as H
 
     root, split = data[0]
-    import reference.train_data as TD
+    import training.data as TD
 
     monkeypatch.setattr(TD, "write_heldout", lambda *a, **k: data)
     empty = lambda frames, texts: [[np.zeros(f.shape[:2], bool) for f in frames] for _ in texts]  # noqa: E731

@@ -10,11 +10,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from evalkit import synth
-from reference import motion as M
-from reference import rules
-from reference import train as T
-from reference.dense_aux import IGNORE
-from reference.train_data import make_train_video
+from training import motion as M
+from runtime import rules
+from training import train as T
+from training.dense_aux import IGNORE
+from training.data import make_train_video
 
 from .test_grounding import _strip_cover
 from .test_train import TEST_CFG, same_weights
@@ -168,7 +168,7 @@ def test_context_images_are_read_below_or_at_the_query_images_layer(layers, expe
 def test_motion_context_asks_context_frames_2_to_4_at_the_lower_layer(tmp_path, monkeypatch):
     """With motion_context, the head also gets context frames 2-4 (not the first), their labels,
     read from the hidden state after layer 1 of a 4-layer LLM; query frames after layer 2."""
-    import reference.train_data as TD
+    import training.data as TD
 
     monkeypatch.setitem(T.TRAIN_SHAPES, "test4", {**T.TRAIN_SHAPES["test"], "llama": dict(
         T.TRAIN_SHAPES["test"]["llama"], num_hidden_layers=4)})

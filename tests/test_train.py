@@ -11,8 +11,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from reference import train as T
-from reference.train_data import make_sample, make_train_video
+from training import train as T
+from training.data import make_sample, make_train_video
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "models" / "glus-tiny"
@@ -103,7 +103,7 @@ def _jf(gt: np.ndarray, pred: np.ndarray) -> float:
 def test_shipped_model_segments_the_described_object():
     """On a held-out synthetic video, the shipped model beats 'segment every object' by far."""
     import reference
-    from reference.train_data import HELDOUT_SEEDS
+    from training.data import HELDOUT_SEEDS
 
     torch.set_num_threads(2)
     ref = reference.load(SHIPPED / "glus", SHIPPED / "clip")

@@ -34,7 +34,7 @@ UNTIMED = {"t"}  # wall-clock seconds: the one logged value that is not reproduc
 
 def config():
     """The recipe's config with STEPS steps per stage and small batches."""
-    from reference.train import parse_args
+    from training.train import parse_args
 
     _, cfg = parse_args(["--out", "unused", "--recipe", RECIPE])
     return replace(
@@ -64,7 +64,7 @@ def weights_sha256(glus_dir: Path) -> str:
 
 
 def compute() -> dict:
-    from reference.train import train
+    from training.train import train
 
     cfg = config()
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from evalkit import synth
 
-from . import rules
+from runtime import rules
 from .dense_aux import cell_owners
 from .grounding import GroundingHead, POOLED_COLS, PATCH_GRID, clip_pooled, grounding_loss, look_alike
 
@@ -228,9 +228,9 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
                      prompts, *, video_index: int, pointer: PointerHead | None = None):
     """One stage-1c batch; returns (loss, parts) or None when nothing could be drawn. With a
     pointer head (and cfg.pointer_weight), the pick as a CE over the current frame's tokens too."""
-    from .preprocess import clip_pixels
+    from reference.preprocess import clip_pixels
     from .train import target_locations
-    from .train_data import context_frames, make_train_video
+    from .data import context_frames, make_train_video
 
     model = ref.model
     prefix_ids = prompts.prefix_ids()

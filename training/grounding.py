@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from evalkit import synth
 
-from . import rules
+from runtime import rules
 from .dense_aux import IGNORE, dense_labels
-from .model import POOL
+from reference.model import POOL
 
 PATCH_GRID = 16  # CLIP at 224/14: 16 x 16 patches
 POOLED_COLS = PATCH_GRID // POOL  # avg-pool 4 over the row-major patch sequence: 16 rows x 4 strips
@@ -171,7 +171,7 @@ def pretrain_clip(ref, cfg, *, progress: bool = True, log=None) -> list[dict]:
     """Stage 0b (`--clip-steps`): the CLIP vision tower alone learns, per pooled token, colour,
     shape and its own position (with `clip_fine_weight`, also where in its strip objects are:
     clip_fine_cover), on 4 frames of one fresh video per step."""
-    from .preprocess import clip_pixels
+    from reference.preprocess import clip_pixels
     from .train import pretrain_on_frames
 
     model = ref.model
@@ -219,9 +219,9 @@ def grounding_step_loss(ref, cfg, head: GroundingHead, rng: np.random.Generator,
     short videos (video indices video_index..+n_videos); returns (loss, parts) or None when no
     draw was possible. Loss: location MSE + attribute CE x ground_attr_weight + answer CE x
     ground_answer_weight."""
-    from .preprocess import clip_pixels
+    from reference.preprocess import clip_pixels
     from .train import target_locations
-    from .train_data import make_train_video
+    from .data import make_train_video
 
     model, tok = ref.model, ref.tokenizer
     embeds, targets, others, objs, motion, ce_at = [], [], [], [], [], []

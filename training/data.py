@@ -20,7 +20,7 @@ from PIL import Image
 
 from evalkit import synth
 
-from . import rules
+from runtime import rules
 
 # Training data seeds are offset from the run seed; held-out data uses seeds no run draws from.
 TRAIN_DATA_SEED_BASE = 1000

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from . import train as T
-from .errors import CheckpointError
-from .train_data import make_sample, make_train_video
+from reference.errors import CheckpointError
+from .data import make_sample, make_train_video
 
 DATA_SEED_OFFSET = 1100  # of cfg.train_data_seed; stages 0b/1/1b/1c use +700/+500/+800/+900, stage 2 +0
 
@@ -46,7 +46,7 @@ def finetune(cfg: "T.TrainConfig", src: str | Path, out: str | Path, *, progress
              vision_tower: str | None = None):
     """Load SRC/glus + SRC/clip, train cfg.finetune_steps steps, save OUT/glus + OUT/clip.
     Returns (ref, history, seconds)."""
-    from .loader import load
+    from reference.loader import load
 
     torch.set_num_threads(cfg.threads)
     src, out = Path(src), Path(out)

@@ -82,15 +82,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from .make_tiny import glus_config
-from . import rules
+from reference.make_tiny import glus_config
+from runtime import rules
 from .dense_aux import DenseAttributeHead, dense_labels
 from .grounding import (GroundingHead, clip_pooled, grounding_loss, grounding_step_loss, pretrain_clip,
                         pretrain_grounding)
-from .model import ImageFeatures
+from reference.model import ImageFeatures
 from .motion import (MotionTokenHead, PointerHead, image_offsets, motion_token_labels, point_at, pointer_masks,
                      pretrain_motion, shared_prefix_forward, stage2_token_loss, token_owners)
-from .train_data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
+from .data import TRAIN_DATA_SEED_BASE, Sample, make_sample, make_train_video
 
 # ---------------------------------------------------------------------------------------------
 # Model sizes
@@ -251,7 +251,7 @@ class TrainConfig:
 def write_sam2_yaml(path: Path, s: dict) -> None:
     from omegaconf import OmegaConf
 
-    from .make_tiny import write_sam2_yaml as base
+    from reference.make_tiny import write_sam2_yaml as base
 
     base(path, s)
     cfg = OmegaConf.load(str(path))
@@ -285,11 +285,11 @@ def init_checkpoint(out: Path, shape_name: str, seed: int):
     """A seeded random GLUS of the training shape, written and loaded back with reference.load."""
     from transformers import CLIPVisionConfig
 
-    from .checkpoint import glus_state_dict, save_glus_weights
-    from .config import read_config
-    from .loader import load
-    from .model import GlusModel
-    from .tokenizer import load_tokenizer, train_tiny_tokenizer
+    from reference.checkpoint import glus_state_dict, save_glus_weights
+    from reference.config import read_config
+    from reference.loader import load
+    from reference.model import GlusModel
+    from reference.tokenizer import load_tokenizer, train_tiny_tokenizer
 
     shape = TRAIN_SHAPES[shape_name]
     glus_dir, clip_dir = out / "glus", out / "clip"
@@ -323,7 +323,7 @@ def default_vision_tower(clip_dir: Path) -> str:
 def save_checkpoint(ref, out: Path, shape_name: str, dtype: str = "float16",
                     vision_tower: str | None = None) -> tuple[Path, Path]:
     """OUT/glus + OUT/clip in the released layout (weights cast to `dtype`)."""
-    from .checkpoint import glus_state_dict, save_glus_weights
+    from reference.checkpoint import glus_state_dict, save_glus_weights
 
     shape = TRAIN_SHAPES[shape_name]
     tdtype = getattr(torch, dtype)
@@ -509,7 +509,7 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
                    ground_head: "GroundingHead | None" = None,
                    motion_head: "MotionTokenHead | None" = None,
                    pointer: "PointerHead | None" = None) -> StepOut:
-    from .preprocess import clip_pixels
+    from reference.preprocess import clip_pixels
 
     model, tok = ref.model, ref.tokenizer
     video = sample.video
@@ -628,7 +628,7 @@ def memory_run(model, feats: ImageFeatures, k: int, prompt_at, memory: bool, on_
 
 def sam_losses(ref, sample: Sample, exprs, seg: torch.Tensor, cfg: TrainConfig, parts: dict):
     """SAM2 over the query frames in order, the memory bank inside the graph; mask losses."""
-    from .preprocess import sam_pixels
+    from reference.preprocess import sam_pixels
 
     model, video = ref.model, sample.video
     k = seg.shape[0]
@@ -748,7 +748,7 @@ def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainC
                      dense=None) -> StepOut:
     """Stage 1: SAM2 (image encoder, memory, decoder) segments expressions prompted by
     AttributePrompt tokens, over a run of query frames with the memory bank in the graph."""
-    from .preprocess import sam_pixels
+    from reference.preprocess import sam_pixels
 
     model = ref.model
     k = len(exprs)
@@ -920,7 +920,7 @@ def pretrain_encoder(model, head: DenseAttributeHead, cfg, *, progress: bool = T
     and shape (reference.dense_aux's static loss) on frames of yet another data seed, before stage 1.
     Measured in a probe: per-cell shape starts to emerge only after ~1,400 such steps, too late
     inside stage 1's shared budget; encoder-only steps are ~6x cheaper than stage-1 steps."""
-    from .preprocess import sam_pixels
+    from reference.preprocess import sam_pixels
 
     def frame_loss(video, frames):
         feats = model.encode_image(torch.stack([sam_pixels(video.frames[f], model.sam_image_size) for f in frames]))
@@ -1233,8 +1233,8 @@ def evaluate_checkpoint(glus_dir, clip_dir, data: list[tuple[str, str]], *, use_
     """J&F of reference.segment_video (offline, GLUS's loop) on held-out MeViS-layout sets."""
     from evalkit.heldout import score
 
-    from .inference import segment_video
-    from .loader import load
+    from reference.inference import segment_video
+    from reference.loader import load
 
     torch.set_num_threads(threads)
     ref = load(glus_dir, clip_dir)
@@ -1281,7 +1281,7 @@ def main(argv=None) -> None:
         src = Path(a.finetune_from)
         if not cfg.finetune_steps:
             raise SystemExit("--finetune-from needs --finetune-steps N (N > 0)")
-        from .errors import CheckpointError
+        from reference.errors import CheckpointError
 
         try:
             ref, hist, seconds = finetune(cfg, src, out, progress=not a.no_progress, vision_tower=a.vision_tower,
@@ -1296,10 +1296,10 @@ def main(argv=None) -> None:
                           log=print if a.no_progress else None, from_stage1=a.from_stage1)
     print(f"trained {len(hist)} steps in {time.time() - t0:.0f} s → {out / 'glus'}, {out / 'clip'}")
     if a.eval:
-        from .train_data import write_heldout
+        from .data import write_heldout
 
         eh, _, ew = a.eval_size.partition("x")
-        from export.default_model import cache_dir
+        from runtime.paths import cache_dir
 
         data_dir = (Path(a.eval_data) if a.eval_data else
                     cache_dir() / f"heldout-{a.eval_videos}x{a.eval_frames}-{a.eval_size}")
