@@ -21,7 +21,7 @@ from __future__ import annotations
 import types
 from dataclasses import dataclass
 
-from reference import rules
+from runtime import rules
 
 CLIP_TOKENS = 257  # 16x16 patches + CLS at 224/14
 EXPRESSION = "the red circle moving left"  # a typical synthetic expression, for token counts

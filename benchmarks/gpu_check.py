@@ -135,7 +135,7 @@ def component_times(ref, frames, expression: str, device: str) -> dict:
     """Seconds of each part of one reference-loop frame, alone (median of 3 after a warm-up)."""
     import torch
 
-    from reference import rules
+    from runtime import rules
     from reference.preprocess import clip_pixels, sam_pixels
 
     model, tok = ref.model, ref.tokenizer
@@ -252,7 +252,7 @@ def phase_runtime(work: Path, shape: str, layers: int, frames: int, device: str,
             out["cpu_fp32_per_frame_s"] = cpu_s
             del cpu
         eng = GlusEngine.load(d, device=device)
-        row["io_binding"] = all(getattr(g, "io_binding", False) for g in eng.graphs.values())
+        row["io_binding"] = eng.io_binding
         eng.segment_video(vid[:2], exprs[:1])  # warm-up: CUDA kernels, cuDNN autotune
         t = time.perf_counter()
         res = eng.segment_video(vid, exprs)

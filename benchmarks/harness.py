@@ -56,6 +56,7 @@ class ModelBench:
     def __init__(self, name: str):
         self.name = name
         self._engines: dict = {}
+        self._stages: dict = {}
 
     @cached_property
     def dirs(self) -> tuple[Path, Path]:
@@ -80,10 +81,16 @@ class ModelBench:
         if precision not in self._engines:
             from runtime import GlusEngine
 
-            from .threads import no_spin
-
-            self._engines[precision] = no_spin(GlusEngine.load(self.engine_dir(precision)))
+            self._engines[precision] = GlusEngine.load(self.engine_dir(precision))  # spin=False
         return self._engines[precision]
+
+    def stages(self, precision: str):
+        """The engine's graphs as runtime.stages.Stages, for the per-stage benchmarks."""
+        if precision not in self._stages:
+            from runtime.stages import Stages
+
+            self._stages[precision] = Stages.load(self.engine_dir(precision))
+        return self._stages[precision]
 
     @cached_property
     def flops(self):

@@ -110,7 +110,7 @@ def condition_random(glus_dir: Path, clip_dir: Path, offset: float = 0.1, n_prob
 
     import reference
     from evalkit.synth import make_video
-    from reference import rules
+    from runtime import rules
     from reference.checkpoint import glus_state_dict, save_glus_weights
     from reference.preprocess import clip_pixels
 

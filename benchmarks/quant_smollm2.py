@@ -374,7 +374,7 @@ def build_prompts(n: int, tok, embed: np.ndarray, seed: int = SEED) -> list[dict
     """n GLUS prompts: expression i, window of (i % 4) + 1 rounds, video i // 5.
 
     Returns per prompt the prefix and rest embeddings ([1, T, H] float32), its ids and video."""
-    from reference import rules
+    from runtime import rules
 
     special = set(tok.all_special_ids)
     real_ids = np.array([i for i in range(embed.shape[0]) if i not in special])

@@ -120,14 +120,13 @@ def worker_runtime(engine_dir: Path, video: Path, out: Path, kv_policy: str) -> 
 
 
 def worker_stages(engine_dirs: dict[str, Path], out: Path, repeats: int) -> None:
-    from runtime import GlusEngine
+    from runtime.stages import Stages
 
     from .test_stages import STAGES, StageInputs, stage_call
-    from .threads import no_spin
 
     rows = {}
     for precision, d in engine_dirs.items():
-        engine = no_spin(GlusEngine.load(d))
+        engine = Stages.load(d)
         x = StageInputs(engine, (240, 320))
         for stage, p in STAGES:
             if p != precision:

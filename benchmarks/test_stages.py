@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from reference import rules
+from runtime import rules
 
 from .harness import EXPRESSION, MODELS
 
@@ -29,7 +29,7 @@ STAGES += [("mask_decoder", "fp32"), ("memory_encoder", "fp32")]
 class StageInputs:
     """Inputs of every stage for one engine, computed once by running the stages before."""
 
-    def __init__(self, engine, frame_size):
+    def __init__(self, engine, frame_size):  # engine: runtime.stages.Stages
         from .harness import synth_video
 
         frames, _, _ = synth_video(rules.NUM_CONTEXT + rules.NUM_QUERY, frame_size)
@@ -44,14 +44,14 @@ class StageInputs:
         seg, _ = e.llm_step(self.prefix, self.expr, self.past, self.window)
         self.seg = seg[None].astype(np.float32)
         self.cond = e.condition(self.feats, None)
-        self.low = e.graphs["mask_decoder"].run(self.cond, self.feats[0], self.feats[1], self.seg)[0]
-        mem = e.graphs["memory_encoder"].run(self.cond, self.low)[0]  # a real memory, repeated
+        self.low = e.decode(self.cond, self.feats, self.seg)[0]
+        mem = e.encode_memory(self.cond, self.low)  # a real memory, repeated
         self.memories = {m: np.repeat(mem, m, 0) for m in range(1, rules.NUM_MASKMEM + 1)}
 
 
 def stage_call(engine, x: StageInputs, stage: str):
-    """A no-argument callable running `stage` once."""
-    from runtime.engine import _Track
+    """A no-argument callable running `stage` once (engine: runtime.stages.Stages)."""
+    from runtime.tracking import Track, incremental_llm_step
 
     g = engine.graphs
     if stage == "vision":
@@ -63,8 +63,8 @@ def stage_call(engine, x: StageInputs, stage: str):
     if stage == "llm_window_incremental":
         # One track called again and again: after its first call every call slides the window
         # (drops the oldest round, computes the newest): the steady state.
-        track = _Track(x.expr, None)
-        return lambda: engine.llm_step_incremental(track, x.prefix, x.past, x.window)
+        track = Track(x.expr, None)
+        return lambda: incremental_llm_step(engine, track, x.prefix, x.past, x.window)
     if stage == "sam_image":
         return lambda: engine.sam_features(x.frame)
     if stage.startswith("memory_attention_m"):
@@ -85,7 +85,7 @@ _inputs: dict = {}
 def inputs_for(mb, precision: str, frame_size) -> StageInputs:
     key = (mb.name, precision)
     if key not in _inputs:
-        _inputs[key] = StageInputs(mb.engine(precision), frame_size)
+        _inputs[key] = StageInputs(mb.stages(precision), frame_size)
     return _inputs[key]
 
 
@@ -93,7 +93,7 @@ def inputs_for(mb, precision: str, frame_size) -> StageInputs:
 @pytest.mark.parametrize("stage,precision", STAGES, ids=[f"{s}-{p}" for s, p in STAGES])
 def test_stage_latency(benchmark, model, stage, precision, bench_models, settings, results):
     mb = bench_models[model]
-    fn = stage_call(mb.engine(precision), inputs_for(mb, precision, settings.frame_size), stage)
+    fn = stage_call(mb.stages(precision), inputs_for(mb, precision, settings.frame_size), stage)
     t = time.perf_counter()
     out = fn()  # warm-up, and one call's time sets the rounds
     one = time.perf_counter() - t

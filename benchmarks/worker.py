@@ -73,9 +73,7 @@ def _segmenter(kind: list[str], expression: str):
         return run
     from runtime import GlusEngine
 
-    from .threads import no_spin
-
-    engine = no_spin(GlusEngine.load(kind[1]))
+    engine = GlusEngine.load(kind[1])  # spin=False: benchmarks/threads.py
 
     def run(frames, policy):
         r = engine.segment_video(frames, [expression], kv_policy=policy)[0]

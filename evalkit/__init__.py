@@ -5,4 +5,7 @@ Modules (torch-free):
   evalkit.formats   MeViS / Ref-YouTube-VOS / Ref-DAVIS17 / ReVOS readers and writers, predictions
   evalkit.scoring   dataset-level scores in the MeViS protocol
   evalkit.synth     synthetic referring-video generator
+
+Bottom floor, beside kernels/: imports nothing of the project; the runtime (writing
+predictions), the reference, training and the benchmarks import it.
 """

@@ -167,7 +167,7 @@ def llm_seg_cosines(ref, fp32_path: Path, int8_path: Path, steps: int = 5) -> li
     """[SEG] embedding cosine int8 vs fp32 on the model's own prompts (steps 1..steps)."""
     import torch
 
-    from reference import rules
+    from runtime import rules
 
     from .onnx_utils import cosine, ort_session
 
@@ -253,7 +253,7 @@ def external_files(path: Path) -> list[dict]:
 
 
 def model_constants(ref) -> dict:
-    from reference import rules
+    from runtime import rules
 
     m, tok, proc = ref.model, ref.tokenizer, ref.clip_processor
     cfg = m.llm.config

@@ -7,19 +7,14 @@ written by `reference.make_tiny` (seed 0) into a cache directory, built on first
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from runtime.paths import cache_dir, default_engine_dir
+
+__all__ = ["SHIPPED", "cache_dir", "default_checkpoint", "default_engine_dir"]
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "models" / "glus-tiny"  # the trained default model
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GLUS_CACHE", Path.home() / ".cache" / "glus-edge"))
-
-
-def default_engine_dir(precision: str = "int8") -> Path:
-    return cache_dir() / f"engine-default-{precision}"
 
 
 def default_checkpoint() -> tuple[Path, Path]:

@@ -1,7 +1,9 @@
 """PyTorch reference GLUS: the yardstick every engine figure is measured against.
 
-`reference.rules` and `reference.errors` are torch-free (the runtime imports the rules); the
-model, loader and inference loop import torch only when first used.
+It stands on the runtime (GLUS's rules are runtime.rules; frame reading and the numpy
+preprocessing are the runtime's too), evalkit and kernels, and imports nothing above it:
+export, training and the benchmarks import it. `reference.errors` is torch-free; the model, loader and inference loop import
+torch only when first used, so that `import reference` for its error types stays light.
 """
 
 from .errors import CheckpointError
@@ -9,7 +11,7 @@ from .errors import CheckpointError
 __all__ = ["CheckpointError", "load", "segment_video", "GlusReference", "VideoResult"]
 
 
-def __getattr__(name):  # lazy: `import reference.rules` must not pull torch in
+def __getattr__(name):  # lazy: `from reference import CheckpointError` must not pull torch in
     if name in ("load", "GlusReference"):
         from . import loader
 

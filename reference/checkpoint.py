@@ -66,6 +66,87 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read weight file {path}: {e}") from None
 
 
+class WeightFile:
+    """One weight file read one tensor at a time: its keys and shapes from the header, each
+    tensor's bytes only when asked for, so that loading a 7B never holds the whole checkpoint
+    (14 GB in bf16) beside the model. .safetensors: safe_open; .bin: torch.load with mmap (a
+    zip-format file; an old pickle-only file is read whole)."""
+
+    def __init__(self, path: Path):
+        if not path.is_file():
+            raise CheckpointError(f"weight file missing: {path}")
+        self.path = path
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                self._st = safe_open(str(path), framework="pt")
+                self._shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
+                self._tensors = None
+            else:
+                self._st = None
+                try:
+                    self._tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:  # not a zip-format file: no mmap
+                    self._tensors = torch.load(path, map_location="cpu", weights_only=True)
+                self._shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
+        except CheckpointError:
+            raise
+        except Exception as e:  # corrupt or truncated file: say which
+            raise CheckpointError(f"cannot read weight file {path}: {e}") from None
+
+    def keys(self):
+        return self._shapes.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shapes[key]
+
+    def tensor(self, key: str) -> torch.Tensor:
+        try:
+            return self._st.get_tensor(key) if self._st is not None else self._tensors[key]
+        except Exception as e:
+            raise CheckpointError(f"cannot read {key} from weight file {self.path}: {e}") from None
+
+    def close(self) -> None:
+        self._st = self._tensors = None
+
+
+class LazyState:
+    """The state dict of a checkpoint directory, key → (shape, tensor on demand), over all its
+    shards; a file is closed once every one of its tensors has been taken (`take`)."""
+
+    def __init__(self, directory: str | Path):
+        self.files = [WeightFile(f) for f in weight_files(Path(directory))]
+        self.where: dict[str, WeightFile] = {}
+        self._left = {id(f): len(f.keys()) for f in self.files}
+        for f in self.files:
+            dup = self.where.keys() & f.keys()
+            if dup:
+                raise CheckpointError(f"{f.path} repeats keys of another shard: {sorted(dup)[:5]}")
+            self.where.update(dict.fromkeys(f.keys(), f))
+
+    def keys(self):
+        return self.where.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.where[key].shape(key)
+
+    def take(self, key: str) -> torch.Tensor:
+        f = self.where[key]
+        t = f.tensor(key)
+        self._left[id(f)] -= 1
+        if self._left[id(f)] == 0:
+            f.close()
+        return t
+
+    def skip(self, key: str) -> None:
+        """A key that is not loaded counts as taken."""
+        f = self.where[key]
+        self._left[id(f)] -= 1
+        if self._left[id(f)] == 0:
+            f.close()
+
+
 def weight_files(directory: Path) -> list[Path]:
     """The weight files of a checkpoint directory, from its index if it is sharded."""
     for name in INDEX_FILES:
@@ -105,14 +186,18 @@ def _listing(keys, n=8) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def load_glus_weights(model, state: dict[str, torch.Tensor], load_fuser_gamma: bool = False) -> dict:
-    """Load a GLUS state dict into every non-CLIP parameter of `model`, strictly.
+def load_glus_weights(model, state, load_fuser_gamma: bool = False) -> dict:
+    """Load a GLUS state dict (a dict of tensors, or a LazyState read tensor by tensor) into every
+    non-CLIP parameter of `model`, strictly: every key and shape is checked before any is copied.
 
     Returns a small report: which keys were deliberately not loaded and why.
     """
+    if not isinstance(state, LazyState):
+        state = _Eager(state)
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("clip.")}
     mapped, unexpected, wrong_shape, skipped = {}, [], [], []
-    for key, tensor in state.items():
+    for key in state.keys():
+        shape = state.shape(key)
         if IGNORED.search(key):
             skipped.append(key)
             continue
@@ -123,10 +208,10 @@ def load_glus_weights(model, state: dict[str, torch.Tensor], load_fuser_gamma: b
         if target is None or target not in expected:
             unexpected.append(key)
             continue
-        if tuple(tensor.shape) != tuple(expected[target].shape):
-            wrong_shape.append(f"{key}: file {tuple(tensor.shape)} vs model {tuple(expected[target].shape)}")
+        if tuple(shape) != tuple(expected[target].shape):
+            wrong_shape.append(f"{key}: file {tuple(shape)} vs model {tuple(expected[target].shape)}")
             continue
-        mapped[target] = tensor
+        mapped[target] = key
     never_loaded = {
         k for k in expected if FUSER_GAMMA.match(to_checkpoint_key(k) or "") and not load_fuser_gamma
     }
@@ -142,10 +227,31 @@ def load_glus_weights(model, state: dict[str, torch.Tensor], load_fuser_gamma: b
         raise CheckpointError("GLUS checkpoint does not match the model: " + "; ".join(problems))
     # Tensor by tensor into the model's own tensors (copy_ casts bf16/fp16 to the model's dtype):
     # a converted copy of the whole state dict would hold a 7B's weights a third time (27 GB).
+    for key in skipped:
+        state.skip(key)
     with torch.no_grad():
-        for k, v in mapped.items():
-            expected[k].copy_(v)
+        for target, key in mapped.items():
+            expected[target].copy_(state.take(key))
     return {"skipped": sorted(skipped), "fuser_gamma_loaded": load_fuser_gamma}
+
+
+class _Eager:
+    """A plain dict of tensors seen through LazyState's interface."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def keys(self):
+        return self.tensors.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensors[key].shape)
+
+    def take(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    def skip(self, key: str) -> None:
+        pass
 
 
 def glus_state_dict(model) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import rules
+from runtime import rules
 from .loader import GlusReference
 from .preprocess import check_frame, clip_pixels, sam_pixels, upsample_logits
 

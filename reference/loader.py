@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_glus_weights, read_state_dict
+from .checkpoint import LazyState, load_glus_weights
 from .config import GlusConfig, read_config
 from .errors import CheckpointError
 from .model import GlusModel
@@ -100,7 +100,7 @@ def load(
             " GLUS pools a 16x16 grid (ViT-L/14 at 224) into 64 tokens"
         )
     model = GlusModel(cfg, clip_config).to(dtype)
-    report = load_glus_weights(model, read_state_dict(checkpoint), load_fuser_gamma=load_fuser_gamma)
+    report = load_glus_weights(model, LazyState(checkpoint), load_fuser_gamma=load_fuser_gamma)
     model.clip = _load_clip(clip_dir, dtype)
     processor = CLIPImageProcessorPil.from_pretrained(str(clip_dir), local_files_only=True)
     model.to(device).eval()  # loaded on the CPU (strict checks), then moved: "cuda" for the GPU check

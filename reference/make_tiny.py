@@ -147,7 +147,7 @@ def _seg_favouring_head(model, tokenizer, n_probe: int = 6, clip_probes: bool = 
     probes leave the row nearly orthogonal to what real frames give (cosine ~0.01: [SEG] never
     won and SAM2 never ran); tiny keeps the noise probes its tests were written against.
     """
-    from . import rules
+    from runtime import rules
 
     g = torch.Generator().manual_seed(123)  # on the CPU whatever the model's device: same probes
     w = model.llm.lm_head.weight

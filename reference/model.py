@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import rules
+from runtime import rules
 from .config import GlusConfig
 from .sam import build_sam2_model
 

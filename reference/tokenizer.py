@@ -14,7 +14,7 @@ import io
 import json
 from pathlib import Path
 
-from . import rules
+from runtime import rules
 
 REQUIRED_FILES = (
     "tokenizer.model",

@@ -1,7 +1,7 @@
 """SAM2's memory bank for one tracked expression, in a fixed number of preallocated slots.
 
 GLUS keeps every frame's memory, but frame t only ever reads frame t-1 and the last six
-multiples of mem_stride (reference.rules.memory_frame_indices); after storing frame t, every
+multiples of mem_stride (runtime.rules.memory_frame_indices); after storing frame t, every
 key that no later frame can read is dropped, so `num_maskmem` slots hold the bank exactly.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reference import rules
+from . import rules
 
 
 class MemoryBank:

@@ -39,6 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import rules
+from .manifest import MANIFEST
+from .paths import default_engine_dir
+
 PROG = "glus-segment"
 EXIT_OK, EXIT_USAGE, EXIT_ENGINE, EXIT_SOURCE, EXIT_OUTPUT, EXIT_PARTIAL = 0, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
@@ -93,8 +97,6 @@ def parse_args(argv):
 
 def check_expressions(expressions: list[str]) -> None:
     """GLUS's own rules (empty, '<image>', '[SEG]'), before any slow work; length needs the engine."""
-    from reference import rules
-
     for e in expressions:
         try:
             rules.normalize_expression(e)
@@ -107,9 +109,6 @@ def check_expressions(expressions: list[str]) -> None:
 
 # ---- engine --------------------------------------------------------------------------------
 def engine_dir(args) -> Path:
-    from export.default_model import default_engine_dir
-    from runtime.manifest import MANIFEST
-
     d = Path(args.engine) if args.engine else default_engine_dir(args.precision)
     build = f"`python -m export.build --precision {args.precision} --out {d}`"
     if not args.engine and not (d / MANIFEST).is_file():
@@ -268,7 +267,7 @@ def run_offline(engine, source, outputs: Outputs, args) -> None:
         raise CliError(f"no frame of {args.source} could be decoded", EXIT_SOURCE)
     total = None if args.kf else len(frames)  # kf=auto: a scoring pass, then passes from each key frame
     with _bar(total, "segmenting") as bar:
-        results = engine.segment_video(frames, outputs.expressions, kf=args.kf,
+        results = engine.segment_video(frames, outputs.expressions, key_frames=args.kf,
                                        progress=lambda: bar.update(1))
     outputs.expect(len(frames))
     with _bar(len(frames), "writing") as bar:

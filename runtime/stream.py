@@ -22,20 +22,26 @@ from collections import deque
 
 import numpy as np
 
-from reference import rules
-
+from . import rules
+from .checks import check_frame
 from .errors import InputError
+from .stages import Stages
+from .tracking import Track, frame_step
 
 
 class Stream:
-    def __init__(self, engine, expressions=(), *, context_frames=None, refresh_every: int = 16,
+    """Made by GlusEngine.stream; holds the camera's context pool, window, shared prefix and one
+    Track (memory bank, past answers) per expression."""
+
+    def __init__(self, stages: Stages, expressions=(), *, context_frames=None, refresh_every: int = 16,
                  pool_size: int = 16, force_seg: bool = False, use_memory: bool = True,
                  kv_policy: str = "exact"):
+        stages.check_kv_policy(kv_policy)
         if refresh_every < 1:
             raise InputError(f"refresh_every must be >= 1, got {refresh_every}")
         if pool_size < rules.NUM_CONTEXT:
             raise InputError(f"pool_size must be >= {rules.NUM_CONTEXT}, got {pool_size}")
-        self.engine = engine
+        self.stages = stages
         self.refresh_every = refresh_every
         self.pool_size = pool_size
         self.force_seg = force_seg
@@ -50,12 +56,15 @@ class Stream:
         self.hw: tuple[int, int] | None = None
         self.prefix = None
         self.fixed_context = context_frames is not None
+        # stream positions of the current context frames; None with fixed context_frames (not
+        # frames of the stream)
+        self.context_indices: list[int] | None = None
         self.last_steps: dict = {}
         if self.fixed_context:
-            frames = [engine.check_frame(f) for f in context_frames]
+            frames = [check_frame(f) for f in context_frames]
             if len(frames) != rules.NUM_CONTEXT:
                 raise InputError(f"context_frames must hold {rules.NUM_CONTEXT} frames, got {len(frames)}")
-            self.prefix = engine.prefix(engine.clip_tokens(frames))
+            self.prefix = stages.prefix(stages.clip_tokens(frames))
         if isinstance(expressions, str):
             expressions = [expressions]
         for e in expressions:
@@ -68,12 +77,10 @@ class Stream:
 
     def add(self, expression: str) -> None:
         """Start following an expression from the next frame (fresh conversation and memory)."""
-        from .engine import _Track
-
-        expr = self.engine.check_expression(expression)
+        expr = self.stages.check_expression(expression)
         if expression in self.tracks:
             raise InputError(f"expression already in the stream: {expression!r}")
-        self.tracks[expression] = _Track(expr, self.engine._bank(self.use_memory))
+        self.tracks[expression] = Track(expr, self.stages.new_bank(self.use_memory))
 
     def remove(self, expression: str) -> None:
         if expression not in self.tracks:
@@ -92,7 +99,7 @@ class Stream:
             self.refreshed_at = n
             picks = rules.context_frame_indices(len(self.pool))
             self.context_indices = [self.pool[p][0] for p in picks]
-            self.prefix = self.engine.prefix(np.stack([self.pool[p][1] for p in picks]))
+            self.prefix = self.stages.prefix(np.stack([self.pool[p][1] for p in picks]))
 
     # ---- frames --------------------------------------------------------------------------
     def push(self, frame) -> dict[str, np.ndarray]:
@@ -100,12 +107,12 @@ class Stream:
 
         A bad frame raises InputError and leaves the stream as it was.
         """
-        engine = self.engine
-        frame = engine.check_frame(frame)
+        stages = self.stages
+        frame = check_frame(frame)
         hw = frame.shape[:2]
         if self.hw is not None and hw != self.hw:
             raise InputError(f"frame size changed mid-stream from {self.hw} to {hw}")
-        tokens = engine.clip_tokens([frame])[0]
+        tokens = stages.clip_tokens([frame])[0]
         self.hw = hw
         index = self.frames_seen
         self.frames_seen += 1
@@ -116,7 +123,7 @@ class Stream:
 
         def feats_fn():
             if not cache:
-                cache.append(engine.sam_features(frame))
+                cache.append(stages.sam_features(frame))
             return cache[0]
 
         # Tracks added at different times have windows of different lengths: one call each.
@@ -126,9 +133,8 @@ class Stream:
         masks, self.last_steps = {}, {}
         for n, names in by_len.items():
             window = list(self.window)[-n:]
-            steps = engine._frame_step([self.tracks[k] for k in names], index, frame, feats_fn,
-                                       self.prefix, window, self.force_seg, details=False,
-                                       kv_policy=self.kv_policy)
+            steps = frame_step(stages, [self.tracks[k] for k in names], index, frame, feats_fn,
+                               self.prefix, window, self.force_seg, details=False, kv_policy=self.kv_policy)
             for name, (mask, info) in zip(names, steps):
                 masks[name] = mask
                 self.last_steps[name] = info

@@ -3,7 +3,7 @@
 Loads the ``tokenizer.json`` written by reference.tokenizer.save_fast_tokenizer and gives the
 same ids as the reference (and as GLUS's transformers 4.31 slow tokenizer): added tokens are
 split out first with whitespace next to [SEG]/<im_start>/<im_end> stripped
-(reference.rules.split_added_tokens), every other piece is encoded on its own.
+(runtime.rules.split_added_tokens), every other piece is encoded on its own.
 No torch or transformers import.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from reference import rules
+from . import rules
 
 
 class RuntimeTokenizer(rules.PromptEncoder):

@@ -7,7 +7,7 @@ tests/test_mask_digest.py recomputes them. Each case runs the engine built from 
 held-out data), every expression of each:
 
 - offline, fp32 and int8: segment_video as the CLI runs it;
-- offline fp32 with kf="auto" (self-refined key frames: the forward-backward passes);
+- offline fp32 with key_frames="auto" (self-refined key frames: the forward-backward passes);
 - offline fp32 with kv_policy="incremental";
 - streaming fp32 (Stream with its causal context), and with fixed context_frames.
 
@@ -83,7 +83,7 @@ def compute(engine_dirs: dict[str, Path]) -> dict:
     cases = {
         "offline fp32": lambda: offline(fp32),
         "offline int8": lambda: offline(int8),
-        "offline fp32 kf=auto": lambda: offline(fp32, kf="auto"),
+        "offline fp32 kf=auto": lambda: offline(fp32, key_frames="auto"),
         "offline fp32 incremental": lambda: offline(fp32, kv_policy="incremental"),
         "stream fp32": lambda: streaming(fp32, fixed_context=False),
         "stream fp32 fixed context": lambda: streaming(fp32, fixed_context=True),

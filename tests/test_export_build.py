@@ -11,7 +11,7 @@ import pytest
 import reference
 from export import build as build_mod
 from export.build import BuildError, build, main
-from reference import rules
+from runtime import rules
 from runtime import EngineDirError, GlusEngine
 from runtime.manifest import (
     REQUIRED_ARRAYS,

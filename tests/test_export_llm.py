@@ -18,7 +18,7 @@ from export.llm import LlmGraph, embedding_table, llm_dims, llm_spec
 from export.onnx_utils import cosine, export_graph, ort_session, rel_error, run_ort
 from export.quantize import METHODS, quantize_graph
 from export.vision import vision_spec
-from reference import rules
+from runtime import rules
 
 EXPR = "the red square moving right"
 

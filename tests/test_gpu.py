@@ -44,11 +44,13 @@ def test_cuda_engine_matches_cpu_and_keeps_the_prefix_on_the_gpu(tiny_engine_dir
     import onnxruntime as ort
 
     from runtime import GlusEngine
+    from runtime.stages import Stages
 
     frames = moving_square_video(9)
     gpu = GlusEngine.load(tiny_engine_dir, device="cuda:0")
-    assert all(g.io_binding for g in gpu.graphs.values())  # the CUDA default
-    prefix = gpu.prefix(gpu.clip_tokens(frames[:4]))
+    assert gpu.io_binding  # the CUDA default
+    stages = Stages.load(tiny_engine_dir, device="cuda:0")
+    prefix = stages.prefix(stages.clip_tokens(frames[:4]))
     assert isinstance(prefix.kv, ort.OrtValue) and prefix.kv.device_name().lower() == "cuda"
     for policy in ("exact", "incremental"):
         _agree(tiny_engine.segment_video(frames, EXPRS, kv_policy=policy),

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import reference
-from reference import inference, rules
+from reference import inference
 from reference.preprocess import clip_pixels
+from runtime import rules
 
 from .conftest import moving_square_video
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import reference
-from reference import rules
+from runtime import rules
 from reference.checkpoint import glus_state_dict, read_state_dict, save_glus_weights
 from reference.errors import CheckpointError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reference import rules
+from runtime import rules
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -317,7 +317,7 @@ def test_metaspace_input():
 # --------------------------------------------------------------------------------------------
 def test_rules_and_runtime_tokenizer_do_not_import_torch():
     code = (
-        "import sys; import reference.rules, runtime.tokenizer; "
+        "import sys; import runtime.rules, runtime.tokenizer; "
         "bad = [m for m in ('torch', 'transformers', 'sentencepiece') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

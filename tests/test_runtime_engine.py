@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import reference
-from reference import rules
+from runtime import rules
 from runtime import BackendError, EngineDirError, GlusEngine, InputError
 from runtime.memory import MemoryBank
 
@@ -109,8 +109,10 @@ def test_stream_causal_add_remove_and_flat_state(tiny_engine):
 
 def test_stream_refreshes_its_context_as_the_stream_grows(tiny_engine, monkeypatch):
     """Frames 1-4, then each time the stream grew by half since the last refresh, and every refresh_every."""
-    calls, prefix = [], tiny_engine.prefix
-    monkeypatch.setattr(tiny_engine, "prefix", lambda tokens: calls.append(len(tokens)) or prefix(tokens))
+    from runtime.stages import Stages
+
+    calls, prefix = [], Stages.prefix
+    monkeypatch.setattr(Stages, "prefix", lambda self, tokens: calls.append(len(tokens)) or prefix(self, tokens))
     for every, want in [(1000, [1, 2, 3, 4, 6, 9, 14, 21, 32]), (10, [1, 2, 3, 4, 6, 9, 10, 15, 20, 30])]:
         stream, seen = tiny_engine.stream(["the red square"], refresh_every=every), []
         for k, f in enumerate(moving_square_video(33, 32, 32)):
@@ -140,7 +142,7 @@ def test_memory_bank_is_fixed_over_2000_frames():
 
 
 def test_kf_auto_picks_best_scored_frame(tiny_engine, frames):
-    res = tiny_engine.segment_video(frames, EXPRS[0], kf="auto")[0]
+    res = tiny_engine.segment_video(frames, EXPRS[0], key_frames="auto")[0]
     assert 0 <= res.key_frame < len(frames)
     assert len(res.masks) == len(frames)
     if res.key_frame > 0:
@@ -271,12 +273,14 @@ def test_io_binding_gives_the_same_masks_and_keeps_the_prefix_bound(tiny_engine_
     between calls, and every output equals the plain path's, exact and incremental."""
     import onnxruntime as ort
 
+    from runtime.stages import Stages
+
     bound = GlusEngine.load(tiny_engine_dir, io_binding=True)
-    assert all(g.io_binding for g in bound.graphs.values())
-    assert not any(g.io_binding for g in tiny_engine.graphs.values())  # CPU default: off
-    prefix = bound.prefix(bound.clip_tokens(frames[:4]))
+    assert bound.io_binding and not tiny_engine.io_binding  # CPU default: off
+    bound_stages, plain = Stages.load(tiny_engine_dir, io_binding=True), Stages.load(tiny_engine_dir)
+    prefix = bound_stages.prefix(bound_stages.clip_tokens(frames[:4]))
     assert isinstance(prefix.kv, ort.OrtValue)
-    plain_prefix = tiny_engine.prefix(tiny_engine.clip_tokens(frames[:4]))
+    plain_prefix = plain.prefix(plain.clip_tokens(frames[:4]))
     assert prefix.nbytes == plain_prefix.kv.nbytes
     np.testing.assert_array_equal(prefix.kv.numpy(), plain_prefix.kv)
     for policy in ("exact", "incremental"):

@@ -161,7 +161,7 @@ def test_folder_offline_kf_auto_matches_engine(tiny_engine, tiny_engine_dir, fol
     assert "running on the CPU (ONNX Runtime)" in out
     masks = check_outputs(tmp_path, "square_frames", FOLDER_NAMES, exprs=EXPRS[1:])
     # the frames went in natural name order: the masks are the engine's own on the clip
-    want = tiny_engine.segment_video(folder_clip, EXPRS[1:], kf="auto")
+    want = tiny_engine.segment_video(folder_clip, EXPRS[1:], key_frames="auto")
     for got, res in zip(masks, want):
         for g, w in zip(got, res.masks):
             np.testing.assert_array_equal(g, w)

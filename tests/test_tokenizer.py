@@ -17,7 +17,7 @@ import sentencepiece as spm
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from reference import rules
+from runtime import rules
 from reference.tokenizer import (
     load_tokenizer,
     save_fast_tokenizer,

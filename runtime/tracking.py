@@ -1,0 +1,200 @@
+"""One expression followed through a video: its state, and the step that advances it a frame.
+
+A `Track` holds what GLUS carries from one query frame to the next for one expression: the
+conversation's past answers (the window shows the last Q-1), the SAM2 memory bank, the position
+of the next query frame (its memory key), the last [SEG] embedding the LLM gave, and with
+kv_policy="incremental" its own KV cache. `frame_step` advances a set of tracks by one frame:
+an LLM step per track on the shared prefix, then the SAM2 work of every track that answered
+[SEG], batched (memory attention per track, one mask-decoder and one memory-encoder call).
+GlusEngine (offline passes) and Stream (a camera) both drive their tracks through it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import preprocess, rules
+from .memory import MemoryBank
+from .stages import Prefix, Stages
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass
+class StepInfo:
+    """What one query step produced (the reference's FrameResult, without torch)."""
+
+    frame: int
+    step: int
+    next_token: int
+    is_seg: bool
+    seg_embedding: np.ndarray
+    low_res_logits: np.ndarray | None = None
+    iou: float | None = None
+    object_score: float | None = None
+    memories: list[int] = field(default_factory=list)
+    pass_name: str = "forward"
+
+    @property
+    def score(self) -> float:
+        """Confidence used by key_frames="auto": predicted IoU x object presence probability."""
+        if self.iou is None:
+            return -1.0
+        return float(self.iou) * float(_sigmoid(self.object_score))
+
+
+class Track:
+    """One expression followed through one pass: its conversation window and memory bank."""
+
+    def __init__(self, expression: str, bank: MemoryBank | None, pass_name: str = "forward"):
+        self.expression = expression
+        self.bank = bank
+        # Answers of the latest rounds; a window only ever shows the last Q-1 (fixed size).
+        self.answers: deque = deque(maxlen=rules.NUM_QUERY - 1)
+        self.t = 0  # position of the next query frame in this pass (its memory key)
+        self.pass_name = pass_name
+        self.last_seg: np.ndarray | None = None  # the LLM's latest [SEG] embedding
+        # kv_policy="incremental": this track's own KV cache (prefix + window rounds), the
+        # prefix it was built on, and where each round's <im_start> sits in it.
+        self.kv: np.ndarray | None = None
+        self.kv_prefix: Prefix | None = None
+        self.round_starts: list[int] = []
+
+    def past_answers(self, i: int) -> list[str]:
+        """Answers of the earlier rounds in step i's window (rules.window_positions)."""
+        n = len(rules.window_positions(i)) - 1
+        return list(self.answers)[len(self.answers) - n:] if n else []
+
+    def record(self, answer: str) -> None:
+        self.answers.append(answer)
+
+    @property
+    def nbytes(self) -> int:
+        return (self.bank.nbytes if self.bank is not None else 0) + (self.kv.nbytes if self.kv is not None else 0)
+
+
+def incremental_llm_step(stages: Stages, tr: Track, prefix: Prefix, past: list[str],
+                         window_tokens: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """Approximate window (kv_policy="incremental"): keep the cached rounds when the window
+    slides instead of re-running them; only the newest round's tokens are computed.
+
+    Until the window first slides this equals the exact step (earlier rounds never attend
+    to later ones). On a slide the oldest round is cut out of the cache and the later keys
+    are rotated back to the positions they would have (kernels.rope_shift); their values
+    still carry attention to the dropped round: that is the approximation.
+    """
+    from kernels.rope_shift import shift_keys
+
+    rest = stages.window_ids(prefix, tr.expression, past)
+    if tr.kv is None or tr.kv_prefix is not prefix:  # first step, or a new context
+        seg, logits, kv = stages.llm(stages.embed(rest, window_tokens), prefix.length, prefix.kv,
+                                     keep_present="host")  # edited on the host below
+        tr.kv, tr.kv_prefix = kv, prefix
+        tr.round_starts = [prefix.length + p for p in stages.im_start_positions(rest)]
+        return seg[0], int(np.argmax(logits[0]))
+    eos = len(rest) - 1 - rest[::-1].index(stages.tokenizer.eos_id)
+    prev_seg = eos - 1 - rest[:eos][::-1].index(stages.seg_id)
+    tail = rest[prev_seg:]  # "[SEG] ▁. </s> ▁USER : <im_start> <image> ... ▁is ▁"
+    kv = tr.kv[..., :-1, :]  # the trailing "▁" after "is" vanishes once [SEG] follows
+    if len(tr.round_starts) >= rules.NUM_QUERY:  # slide: drop the oldest round
+        p0, p1 = prefix.length, tr.round_starts[1]
+        later = kv[..., p1:, :].copy()
+        later[:, 0] = shift_keys(later[:, 0], p0 - p1, stages.llm_c["rope_theta"])
+        kv = np.concatenate([kv[..., :p0, :], later], axis=-2)
+        tr.round_starts = [s - (p1 - p0) for s in tr.round_starts[1:]]
+    start = kv.shape[-2]
+    seg, logits, present = stages.llm(stages.embed(tail, window_tokens[-1:]), start, kv,
+                                      keep_present="host")
+    tr.round_starts.append(start + stages.im_start_positions(tail)[0])
+    tr.kv = present
+    return seg[0], int(np.argmax(logits[0]))
+
+
+def frame_step(stages: Stages, tracks: list[Track], frame_index: int, frame: np.ndarray, feats_fn,
+               prefix: Prefix, window_tokens: list[np.ndarray], force_seg: bool, details: bool,
+               kv_policy: str = "exact") -> list[tuple[np.ndarray, StepInfo]]:
+    """Advance every track by one query frame: (mask, StepInfo) per track. feats_fn() gives the
+    frame's SAM2 features; it is called only if some track answers [SEG] (or force_seg)."""
+    h, w = frame.shape[:2]
+    out: list = [None] * len(tracks)
+    seg_rows, seg_tracks = [], []
+    for j, tr in enumerate(tracks):
+        i = tr.t + 1
+        if kv_policy == "incremental":
+            seg, tok = incremental_llm_step(stages, tr, prefix, tr.past_answers(i), window_tokens)
+        else:
+            seg, tok = stages.llm_step(prefix, tr.expression, tr.past_answers(i), window_tokens)
+        tr.last_seg = seg
+        is_seg = tok == stages.seg_id
+        info = StepInfo(frame_index, i, tok, is_seg, seg, pass_name=tr.pass_name)
+        if is_seg or force_seg:
+            tr.record(rules.ANSWER_SEG if is_seg else rules.ANSWER_NO_SEG)
+            seg_rows.append(j)
+            seg_tracks.append((tr, info))
+        else:
+            tr.record(rules.ANSWER_NO_SEG)  # GLUS: empty mask, nothing stored
+            out[j] = (np.zeros((h, w), bool), info)
+    if seg_rows:
+        feats = feats_fn()
+        conds = []
+        for tr, info in seg_tracks:
+            keys, mem = tr.bank.read(tr.t) if tr.bank is not None else ([], None)
+            info.memories = keys
+            conds.append(stages.condition(feats, mem))
+        cond = np.concatenate(conds, 0)
+        segs = np.stack([info.seg_embedding for _, info in seg_tracks])
+        low, iou, obj = stages.decode(cond, feats, segs)
+        masks = preprocess.logits_to_masks(low, (h, w))[:, 0]  # [B, H, W]
+        if any(tr.bank is not None for tr, _ in seg_tracks):
+            mems = stages.encode_memory(cond, low)
+        for r, (j, (tr, info)) in enumerate(zip(seg_rows, seg_tracks)):
+            if tr.bank is not None:
+                tr.bank.store(tr.t, mems[r])
+            if details:
+                info.low_res_logits = low[r]
+            info.iou, info.object_score = float(iou[r, 0]), float(obj[r, 0])
+            out[j] = (masks[r], info)
+    for tr in tracks:
+        tr.t += 1
+    return out
+
+
+class FrameEncodings:
+    """Each frame's CLIP tokens and SAM2 features, computed once however many passes read them
+    (key frames' forward and backward passes, key_frames="auto"'s scoring pass), and dropped
+    after the last planned read: plan(order) before a pass, done(i) after each of its frames."""
+
+    def __init__(self, stages: Stages, frames: list[np.ndarray], known_tokens: dict[int, np.ndarray] | None = None):
+        self.stages, self.frames = stages, frames
+        self.reads = [0] * len(frames)
+        self.tokens: dict[int, np.ndarray] = dict(known_tokens or {})
+        self.feats: dict[int, list[np.ndarray]] = {}
+        self.encodes = {"clip": 0, "sam": 0}
+
+    def plan(self, order) -> None:
+        for i in order:
+            self.reads[i] += 1
+
+    def clip(self, i: int) -> np.ndarray:
+        if i not in self.tokens:
+            self.tokens[i] = self.stages.clip_tokens([self.frames[i]])[0]
+            self.encodes["clip"] += 1
+        return self.tokens[i]
+
+    def sam(self, i: int) -> list[np.ndarray]:
+        if i not in self.feats:
+            self.feats[i] = self.stages.sam_features(self.frames[i])
+            self.encodes["sam"] += 1
+        return self.feats[i]
+
+    def done(self, i: int) -> None:
+        """One planned read of frame i is over; after the last, what the frame holds is freed."""
+        self.reads[i] -= 1
+        if self.reads[i] <= 0:
+            self.tokens.pop(i, None)
+            self.feats.pop(i, None)
