@@ -1,4 +1,4 @@
-"""reference.dense_aux (stage-1 experiment): labels match hand-computed cases; the losses train."""
+"""training.dense_aux (stage-1 experiment): labels match hand-computed cases; the losses train."""
 
 from __future__ import annotations
 
@@ -7,12 +7,22 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from evalkit import synth
-from training import train as T
-from training.dense_aux import IGNORE, VELOCITIES, DenseAttributeHead, dense_labels, velocity_class
+from training.checkpoints import init_checkpoint
+from training.config import TrainConfig
 from training.data import TrainVideo, make_train_video
+from training.dense_aux import (
+    IGNORE,
+    VELOCITIES,
+    DenseAttributeHead,
+    dense_labels,
+    velocity_class,
+)
+from training.stages import pretrain_encoder
+from training.steps import AttributePrompt, forward_sam_attr
 
 
 @pytest.mark.parametrize("step, want", [((0, 0), "still"), ((0.2, -0.3), "still"), ((-3, 1), "left"),
@@ -59,13 +69,13 @@ def test_stage1_with_dense_supervision_trains_every_head(tmp_path):
     through the memory-conditioned features) and the image encoder."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    ref = T.init_checkpoint(tmp_path, "test", 0)
-    cfg = replace(T.TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8,
+    ref = init_checkpoint(tmp_path, "test", 0)
+    cfg = replace(TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8,
                                 sam_exprs=3, threads=1), dense_weight=1.0)
-    prompt = T.AttributePrompt(ref.model.sam.hidden_dim)
+    prompt = AttributePrompt(ref.model.sam.hidden_dim)
     head = DenseAttributeHead(ref.model.sam.hidden_dim)
     video = make_train_video(7, 0, 8, (64, 64))
-    out = T.forward_sam_attr(ref, video, [0, 1, 2, 3], [0, 1, 2], cfg, prompt, None, head)
+    out = forward_sam_attr(ref, video, [0, 1, 2, 3], [0, 1, 2], cfg, prompt, None, head)
     out.loss.backward()
     for lin in (head.colour, head.shape, head.velocity):
         assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
@@ -78,13 +88,13 @@ def test_stage0_trains_only_the_image_encoder(tmp_path):
     """--encoder-steps: the image encoder and the head move, the rest of SAM2 does not."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    ref = T.init_checkpoint(tmp_path, "test", 0)
+    ref = init_checkpoint(tmp_path, "test", 0)
     model = ref.model
-    cfg = replace(T.TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, threads=1),
+    cfg = replace(TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, threads=1),
                   encoder_steps=3, warmup=1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     head = DenseAttributeHead(model.sam.hidden_dim)
-    hist = T.pretrain_encoder(model, head, cfg, progress=False)
+    hist = pretrain_encoder(model, head, cfg, progress=False)
     assert [h["step"] for h in hist] == [0, 1, 2] and all(np.isfinite(h["loss"]) for h in hist)
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert moved and all(n.startswith("sam.image_encoder.") for n in moved)

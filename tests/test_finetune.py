@@ -1,4 +1,4 @@
-"""reference.finetune (stage 3): early query runs, the same numbers from the recipe and from files."""
+"""training.finetune (stage 3): early query runs, the same numbers from the recipe and from files."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training import train as T
 from reference.errors import CheckpointError
-from training.finetune import finetune
+from training import train as cli
 from training.data import make_sample, make_train_video
+from training.finetune import finetune
+from training.stages import train
 
 from .test_train import TEST_CFG, same_weights
 
@@ -48,8 +49,8 @@ def test_stage3_from_the_recipe_equals_stage3_from_the_saved_files(tmp_path):
     training without it and fine-tuning the saved directory afterwards (--finetune-from)."""
     torch.set_num_threads(1)
     base = replace(TEST_CFG, steps=2, mask_warmup=1)
-    T.train(replace(base, finetune_steps=3), tmp_path / "chained", progress=False)
-    T.train(base, tmp_path / "stage2", progress=False)
+    train(replace(base, finetune_steps=3), tmp_path / "chained", progress=False)
+    train(base, tmp_path / "stage2", progress=False)
     assert not same_weights(tmp_path / "chained", tmp_path / "stage2")  # stage 3 changed them
     _, hist, _ = finetune(replace(base, finetune_steps=3), tmp_path / "stage2", tmp_path / "resumed",
                           progress=False)
@@ -61,7 +62,7 @@ def test_stage3_from_the_recipe_equals_stage3_from_the_saved_files(tmp_path):
 
 
 def test_stage3_refuses_a_checkpoint_of_another_shape(tmp_path):
-    T.train(replace(TEST_CFG, steps=1, mask_warmup=1), tmp_path / "a", progress=False)
+    train(replace(TEST_CFG, steps=1, mask_warmup=1), tmp_path / "a", progress=False)
     with pytest.raises(CheckpointError, match="layers"):
         finetune(replace(TEST_CFG, shape="small4", finetune_steps=1), tmp_path / "a", tmp_path / "b",
                  progress=False)
@@ -74,7 +75,7 @@ def test_stage3_refuses_a_checkpoint_of_another_shape(tmp_path):
 ])
 def test_cli_refuses_bad_stage3_flags(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
-        T.main(["--out", str(tmp_path / "o")] + argv)
+        cli.main(["--out", str(tmp_path / "o")] + argv)
     said = str(exit_.value.code) + capsys.readouterr().err  # argparse: exit code 2, message on stderr
     assert message in said
     assert not (tmp_path / "o" / "glus").exists()  # refused before any training
@@ -82,4 +83,4 @@ def test_cli_refuses_bad_stage3_flags(tmp_path, capsys, argv, message):
 
 def test_cli_names_a_missing_stage3_source(tmp_path):
     with pytest.raises(SystemExit, match="checkpoint directory not found"):
-        T.main(["--out", str(tmp_path / "o"), "--finetune-from", str(tmp_path / "none"), "--finetune-steps", "1"])
+        cli.main(["--out", str(tmp_path / "o"), "--finetune-from", str(tmp_path / "none"), "--finetune-steps", "1"])

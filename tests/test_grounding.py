@@ -1,19 +1,23 @@
-"""reference.grounding: CLIP token labels, the grounding prompt and loss, and both stages."""
+"""training.grounding: CLIP token labels, the grounding prompt and loss, and both stages."""
 
-from dataclasses import replace
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from evalkit import synth
-from training import grounding as G
 from runtime import rules
-from training import train as T
-from training.dense_aux import IGNORE
+from training import grounding as G
+from training.checkpoints import init_checkpoint
 from training.data import make_train_video
+from training.dense_aux import IGNORE
+from training.loop import seed_everything
+from training.prompts import PromptCache
+from training.stages import snapshot_digest, train
 
 from .test_train import TEST_CFG, same_weights
 
@@ -85,7 +89,7 @@ def test_question_prompt_ends_where_stage_2_reads_seg(tiny_ref):
     marker = tok.encode_chunk(rules.ASSISTANT_ROLE + ":")
     tail = len(ids) - max(k for k in range(len(ids)) if ids[k:k + len(marker)] == marker)
     assert ids[-tail:] == full[-tail:]
-    targets = T.PromptCache(tok).answer_targets(ids)
+    targets = PromptCache(tok).answer_targets(ids)
     expanded = len(ids) + 2 * (rules.TOKENS_PER_IMAGE - 1)
     assert targets[-1] == (expanded - 1, tok.seg_id)
     assert tok.decode([t for _, t in targets[:-1]]).strip() == rules.ANSWER_PREFIX.strip()
@@ -114,8 +118,8 @@ def test_clip_pretraining_makes_tokens_say_where_they_are(tiny_ref):
 
 @pytest.fixture(scope="module")
 def tiny_ref(tmp_path_factory):
-    T.seed_everything(0)
-    return T.init_checkpoint(tmp_path_factory.mktemp("tiny"), "test", 0)
+    seed_everything(0)
+    return init_checkpoint(tmp_path_factory.mktemp("tiny"), "test", 0)
 
 
 def test_stages_0b_1b_and_the_rehearsal_run_inside_train_and_repeat_exactly(tmp_path):
@@ -123,7 +127,7 @@ def test_stages_0b_1b_and_the_rehearsal_run_inside_train_and_repeat_exactly(tmp_
                   ground_steps=3, ground_single_steps=1, ground_frames=3, ground_batch=4, ground_weight=1.0,
                   ground_mix=1.0, ground_mix_batch=4)
     for name in ("a", "b"):
-        T.train(cfg, tmp_path / name, progress=False)
+        train(cfg, tmp_path / name, progress=False)
     assert same_weights(tmp_path / "a", tmp_path / "b")
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())
     assert len(log["clip_history"]) == 3 and {"c_col", "c_shape", "c_pos"} <= set(log["clip_history"][0])
@@ -136,8 +140,8 @@ def test_stage2_from_a_stage1_snapshot_repeats_the_full_run(tmp_path):
     """--keep-stage1 then --from-stage1: stage 2 alone gives the full run's weights and losses."""
     cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=2, locate=True,
                   ground_steps=2, ground_single_steps=1, ground_frames=2, ground_batch=4, ground_weight=1.0)
-    T.train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
-    T.train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
+    train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
     assert same_weights(tmp_path / "full", tmp_path / "resumed")
     la, lb = (json.loads((tmp_path / d / "train_log.json").read_text())["history"] for d in ("full", "resumed"))
     drop_t = [{k: v for k, v in h.items() if k != "t"} for h in la]
@@ -145,7 +149,7 @@ def test_stage2_from_a_stage1_snapshot_repeats_the_full_run(tmp_path):
     logs = [json.loads((tmp_path / d / "train_log.json").read_text()) for d in ("full", "resumed")]
     assert logs[1]["from_stage1"].endswith("stage1.pt")
     # both runs record the snapshot's tensor digest, which is that of the file on disk
-    assert logs[0]["stage1_sha256"] == logs[1]["stage1_sha256"] == T.snapshot_digest(tmp_path / "full" / "stage1.pt")
+    assert logs[0]["stage1_sha256"] == logs[1]["stage1_sha256"] == snapshot_digest(tmp_path / "full" / "stage1.pt")
 
 
 def test_snapshot_digest_sees_one_changed_weight_and_not_the_file_framing(tmp_path):
@@ -155,10 +159,10 @@ def test_snapshot_digest_sees_one_changed_weight_and_not_the_file_framing(tmp_pa
              "prompt": None, "ground_head": {"fc.weight": torch.zeros(2, 2)}, "motion_head": None, "pointer": None}
     torch.save(state, tmp_path / "one.pt")
     torch.save({k: state[k] for k in reversed(list(state))}, tmp_path / "two.pt")  # other pickle order
-    assert T.snapshot_digest(tmp_path / "one.pt") == T.snapshot_digest(tmp_path / "two.pt")
+    assert snapshot_digest(tmp_path / "one.pt") == snapshot_digest(tmp_path / "two.pt")
     state["ground_head"]["fc.weight"][1, 0] = 1e-30
     torch.save(state, tmp_path / "three.pt")
-    assert T.snapshot_digest(tmp_path / "three.pt") != T.snapshot_digest(tmp_path / "one.pt")
+    assert snapshot_digest(tmp_path / "three.pt") != snapshot_digest(tmp_path / "one.pt")
 
 
 def test_attribute_loss_is_the_colour_plus_shape_cross_entropy():
@@ -180,9 +184,9 @@ def test_stage2_llm_scale_zero_leaves_the_grounded_llm_as_stage_1b_left_it(tmp_p
     snapshot's weights while the [SEG] head (text_hidden_fcs) still learns."""
     cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=1,
                   ground_steps=1, ground_single_steps=1, ground_batch=4, ground_weight=1.0)
-    T.train(replace(cfg, keep_stage1=True, steps=0), tmp_path / "pre", progress=False)
+    train(replace(cfg, keep_stage1=True, steps=0), tmp_path / "pre", progress=False)
     snap = torch.load(tmp_path / "pre" / "stage1.pt", weights_only=False)["model"]
-    ref, _ = T.train(replace(cfg, stage2_llm_scale=0.0, freeze_sam_steps=2), tmp_path / "s2", progress=False,
+    ref, _ = train(replace(cfg, stage2_llm_scale=0.0, freeze_sam_steps=2), tmp_path / "s2", progress=False,
                      from_stage1=tmp_path / "pre" / "stage1.pt")
     now = ref.model.state_dict()
     body = [k for k in snap if k.startswith(("llm.", "mm_projector", "clip."))]

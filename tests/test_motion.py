@@ -1,20 +1,25 @@
-"""reference.motion (stage 1c): per-token motion labels, where image tokens sit in a prompt, the
+"""training.motion (stage 1c): per-token motion labels, where image tokens sit in a prompt, the
 token loss and picks, and the stage inside train()."""
 
-from dataclasses import replace
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from evalkit import synth
-from training import motion as M
 from runtime import rules
-from training import train as T
-from training.dense_aux import IGNORE
+from training import motion as M
+from training.checkpoints import init_checkpoint
+from training.config import TRAIN_SHAPES
 from training.data import make_train_video
+from training.dense_aux import IGNORE
+from training.loop import seed_everything
+from training.prompts import PromptCache
+from training.stages import train
 
 from .test_grounding import _strip_cover
 from .test_train import TEST_CFG, same_weights
@@ -22,8 +27,8 @@ from .test_train import TEST_CFG, same_weights
 
 @pytest.fixture(scope="module")
 def tiny_ref(tmp_path_factory):
-    T.seed_everything(0)
-    return T.init_checkpoint(tmp_path_factory.mktemp("tiny"), "test", 0)
+    seed_everything(0)
+    return init_checkpoint(tmp_path_factory.mktemp("tiny"), "test", 0)
 
 
 @settings(max_examples=8, deadline=None)
@@ -48,7 +53,7 @@ def test_motion_labels_name_the_video_level_motion_of_the_object_covering_each_s
 @given(rounds=st.integers(1, rules.NUM_QUERY), expr=st.sampled_from(["the red circle", "the object moving up"]))
 def test_image_offsets_point_at_each_frames_tokens_in_the_embedded_prompt(tiny_ref, rounds, expr):
     """GLUS's whole prompt (prefix + window): the 64 rows at each offset are that image's tokens."""
-    prompts = T.PromptCache(tiny_ref.tokenizer)
+    prompts = PromptCache(tiny_ref.tokenizer)
     ids = prompts.prefix_ids() + prompts.get(expr, rounds)[0]
     n = rules.NUM_CONTEXT + rounds
     images = torch.randn(n, rules.TOKENS_PER_IMAGE, tiny_ref.model.llm.config.hidden_size)
@@ -109,7 +114,7 @@ def test_stage_1c_learns_the_token_motion_of_a_fixed_batch(tiny_ref):
     ground, head = M.GroundingHead(model.llm.config.hidden_size), M.MotionTokenHead(model.llm.config.hidden_size)
     params = list(model.llm.parameters()) + list(model.mm_projector.parameters())
     opt = torch.optim.AdamW(params + list(ground.parameters()) + list(head.parameters()), lr=3e-3)
-    prompts = T.PromptCache(tiny_ref.tokenizer)
+    prompts = PromptCache(tiny_ref.tokenizer)
     ce = []
     for _ in range(40):
         loss, parts = M.motion_step_loss(tiny_ref, cfg, ground, head, np.random.default_rng(0), prompts, video_index=0)
@@ -124,7 +129,7 @@ def test_stage_1c_and_the_stage2_token_loss_run_inside_train_and_repeat_exactly(
     cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=2,
                   motion_steps=3, motion_videos=2, motion_batch=4, motion_stage2_weight=1.0)
     for name in ("a", "b"):
-        T.train(cfg, tmp_path / name, progress=False)
+        train(cfg, tmp_path / name, progress=False)
     assert same_weights(tmp_path / "a", tmp_path / "b")
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())
     assert len(log["motion_history"]) == 3 and {"t_ce", "t_acc", "g_mse"} <= set(log["motion_history"][0])
@@ -135,8 +140,8 @@ def test_stage2_from_a_snapshot_keeps_the_motion_head(tmp_path):
     """--keep-stage1 saves the token head; --from-stage1 restarts stage 2 with it, bit for bit."""
     cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=1,
                   motion_steps=2, motion_videos=2, motion_batch=4, motion_stage2_weight=1.0)
-    T.train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
-    T.train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
+    train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
     assert same_weights(tmp_path / "full", tmp_path / "resumed")
 
 
@@ -168,17 +173,15 @@ def test_context_images_are_read_below_or_at_the_query_images_layer(layers, expe
 def test_motion_context_asks_context_frames_2_to_4_at_the_lower_layer(tmp_path, monkeypatch):
     """With motion_context, the head also gets context frames 2-4 (not the first), their labels,
     read from the hidden state after layer 1 of a 4-layer LLM; query frames after layer 2."""
-    import training.data as TD
-
-    monkeypatch.setitem(T.TRAIN_SHAPES, "test4", {**T.TRAIN_SHAPES["test"], "llama": dict(
-        T.TRAIN_SHAPES["test"]["llama"], num_hidden_layers=4)})
-    T.seed_everything(0)
-    ref = T.init_checkpoint(tmp_path, "test4", 0)
+    monkeypatch.setitem(TRAIN_SHAPES, "test4", {**TRAIN_SHAPES["test"], "llama": dict(
+        TRAIN_SHAPES["test"]["llama"], num_hidden_layers=4)})
+    seed_everything(0)
+    ref = init_checkpoint(tmp_path, "test4", 0)
     ctx = [0, 2, 4, 6]
-    monkeypatch.setattr(TD, "context_frames", lambda rng, n, p: list(ctx))
+    monkeypatch.setattr(M, "context_frames", lambda rng, n, p: list(ctx))
     videos = []
-    real_video = TD.make_train_video
-    monkeypatch.setattr(TD, "make_train_video", lambda *a: videos.append(real_video(*a)) or videos[-1])
+    real_video = M.make_train_video
+    monkeypatch.setattr(M, "make_train_video", lambda *a: videos.append(real_video(*a)) or videos[-1])
     hidden, seen = [], {}
     ref.model.llm.model.register_forward_hook(lambda m, i, out: hidden.append(out.hidden_states))
     head = M.MotionTokenHead(ref.model.llm.config.hidden_size)
@@ -186,7 +189,7 @@ def test_motion_context_asks_context_frames_2_to_4_at_the_lower_layer(tmp_path, 
     head.loss = lambda tokens, labels, is_query=None: seen.update(t=tokens, y=labels, q=is_query) or real_loss(tokens, labels, is_query)
     cfg = replace(TEST_CFG, frames_min=8, frames_max=8, motion_videos=1, motion_batch=3, motion_context=True)
     _, parts = M.motion_step_loss(ref, cfg, M.GroundingHead(ref.model.llm.config.hidden_size), head,
-                                  np.random.default_rng(0), T.PromptCache(ref.tokenizer), video_index=0)
+                                  np.random.default_rng(0), PromptCache(ref.tokenizer), video_index=0)
     assert "t_acc_ctx" in parts or not (seen["y"][~seen["q"]] > 0).any()
     q = seen["q"]
     prefix_hs, cont_hs = hidden  # one prefill of the video's shared prefix, then the continuations
@@ -235,18 +238,18 @@ def test_pointer_masks_are_the_target_and_look_alike_strips(index, frame):
 def test_pointer_runs_in_stage_1c_and_stage_2_and_its_head_survives_the_snapshot(tmp_path):
     cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=1,
                   motion_steps=2, motion_videos=2, motion_batch=4, pointer_weight=1.0, pointer_stage2_weight=1.0)
-    T.train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
+    train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
     log = json.loads((tmp_path / "full" / "train_log.json").read_text())
     assert all("ptr" in h for h in log["motion_history"]) and all("ptr" in h for h in log["history"])
     assert torch.load(tmp_path / "full" / "stage1.pt", weights_only=False)["pointer"] is not None
-    T.train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
+    train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
     assert same_weights(tmp_path / "full", tmp_path / "resumed")
 
 
 def test_pointer_is_off_by_default(tmp_path):
     cfg = replace(TEST_CFG, steps=1, mask_warmup=1, weights_dtype="float32", motion_steps=1, motion_videos=2,
                   motion_batch=4, keep_stage1=True)
-    T.train(cfg, tmp_path / "a", progress=False)
+    train(cfg, tmp_path / "a", progress=False)
     assert torch.load(tmp_path / "a" / "stage1.pt", weights_only=False)["pointer"] is None
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())
     assert not any("ptr" in h for h in log["motion_history"] + log["history"])
@@ -272,7 +275,7 @@ def test_pointer_below_reads_the_input_of_the_last_layer(tiny_ref, monkeypatch):
     for below, layer in ((False, -1), (True, -2)):
         cfg = replace(TEST_CFG, motion_videos=1, motion_batch=2, pointer_weight=1.0, pointer_below=below)
         out = M.motion_step_loss(tiny_ref, cfg, M.GroundingHead(D), M.MotionTokenHead(D), np.random.default_rng(3),
-                                 T.PromptCache(tiny_ref.tokenizer), video_index=0, pointer=Spy(D))
+                                 PromptCache(tiny_ref.tokenizer), video_index=0, pointer=Spy(D))
         assert out is not None
         hs = seen["hs"][layer]
         assert any(torch.allclose(seen["seg"][0], hs[0, i]) for i in range(hs.shape[1]))
@@ -289,7 +292,7 @@ def test_motion_ground_weight_scales_the_centre_term_of_stage_1c(tiny_ref):
     for w in (1.0, 5.0):
         cfg = replace(TEST_CFG, motion_videos=1, motion_batch=2, motion_ground_weight=w)
         out[w] = M.motion_step_loss(tiny_ref, cfg, ground, head, np.random.default_rng(4),
-                                    T.PromptCache(tiny_ref.tokenizer), video_index=0)
+                                    PromptCache(tiny_ref.tokenizer), video_index=0)
     assert out[5.0][1]["g_mse"] == out[1.0][1]["g_mse"]
     assert (out[5.0][0] - out[1.0][0]).item() == pytest.approx(4 * out[1.0][1]["g_mse"], rel=1e-4)
 
@@ -318,17 +321,17 @@ def test_pointer_from_splits_stage_1c_into_a_token_phase_and_a_pointer_phase(tmp
     """pointer_from K: K steps without the pointer, centre x1; then the pointer and the centre x
     motion_ground_weight, with its own warm-up (a second run_stage); steps numbered on."""
     calls = []
-    real = T.run_stage
+    real = M.run_stage
 
     def spy(params, clipped, step_loss, cfg, *, steps, **kw):
         if kw["desc"].startswith("motion"):
             calls.append((steps, cfg.motion_ground_weight, len(params)))
         return real(params, clipped, step_loss, cfg, steps=steps, **kw)
 
-    monkeypatch.setattr(T, "run_stage", spy)
+    monkeypatch.setattr(M, "run_stage", spy)
     cfg = replace(TEST_CFG, steps=0, sam_steps=0, encoder_steps=0, weights_dtype="float32", motion_steps=3,
                   motion_videos=2, motion_batch=4, pointer_weight=1.0, pointer_from=2, motion_ground_weight=7.0)
-    T.train(cfg, tmp_path / "a", progress=False)
+    train(cfg, tmp_path / "a", progress=False)
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())["motion_history"]
     assert [h["step"] for h in log] == [0, 1, 2]
     assert ["ptr" in h for h in log] == [False, False, True]

@@ -1,4 +1,4 @@
-"""reference.train: a few steps learn and are reproducible; the shipped trained model segments."""
+"""training: a few steps learn and are reproducible; the shipped trained model segments."""
 
 from __future__ import annotations
 
@@ -9,15 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from training import train as T
-from training.data import make_sample, make_train_video
+from training import train as cli
+from training.checkpoints import init_checkpoint
+from training.config import TrainConfig
+from training.data import make_sample, make_train_video, target_locations
+from training.loop import UNUSED_PREFIXES, seed_everything, trainable_parameters
+from training.losses import SegBank
+from training.prompts import PromptCache
+from training.stages import sample_stage1_expressions, train
+from training.steps import AttributePrompt, forward_sample
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "models" / "glus-tiny"
 
-TEST_CFG = T.TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, exprs=3,
+TEST_CFG = TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, exprs=3,
                          mask_warmup=0, warmup=1, ckpt_every=0, threads=1, sam_steps=2,
                          sam_memory_from=1, sam_exprs=3, freeze_sam_steps=1, point_until=2,
                          encoder_steps=2)
@@ -34,21 +42,21 @@ def same_weights(dir_a: Path, dir_b: Path) -> bool:
 
 def _overfit(tmp: Path, steps: int) -> list[float]:
     """`steps` optimiser steps on one fixed sample, from the seeded random init."""
-    T.seed_everything(0)
-    ref = T.init_checkpoint(tmp, "test", 0)
+    seed_everything(0)
+    ref = init_checkpoint(tmp, "test", 0)
     model = ref.model
     model.train()
-    params = [p for n, p in T.trainable_parameters(model) if not n.startswith(T.UNUSED_PREFIXES)]
+    params = [p for n, p in trainable_parameters(model) if not n.startswith(UNUSED_PREFIXES)]
     opt = torch.optim.AdamW(params, lr=2e-3)
     video = make_train_video(7, 0, 8, (64, 64))
     sample = make_sample(np.random.default_rng(0), video, 4, 3)
-    prompts, bank = T.PromptCache(ref.tokenizer), T.SegBank(64)
+    prompts, bank = PromptCache(ref.tokenizer), SegBank(64)
     torch.manual_seed(1)
-    attr = T.AttributePrompt(ref.model.sam.hidden_dim,
+    attr = AttributePrompt(ref.model.sam.hidden_dim,
                              ref.model.sam.sam_prompt_encoder.pe_layer).requires_grad_(False)
     losses = []
     for _ in range(steps):
-        out = T.forward_sample(ref, prompts, sample, TEST_CFG, bank, random.Random(0),
+        out = forward_sample(ref, prompts, sample, TEST_CFG, bank, random.Random(0),
                                point_weight=1.0, prompt=attr)
         opt.zero_grad()
         out.loss.backward()
@@ -70,17 +78,18 @@ def test_training_steps_reduce_every_loss_and_repeat_exactly(tmp_path):
 
 
 def test_train_writes_a_loadable_checkpoint_deterministically(tmp_path):
-    import reference
     from safetensors.torch import load_file
+
+    import reference
 
     cfg = replace(TEST_CFG, steps=3, mask_warmup=1, weights_dtype="float32")
     for name in ("a", "b"):
-        T.train(cfg, tmp_path / name, progress=False)
+        train(cfg, tmp_path / name, progress=False)
     wa = load_file(str(tmp_path / "a" / "glus" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "glus" / "model.safetensors"))
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    init = T.init_checkpoint(tmp_path / "init", "test", 0)  # training moved the weights
+    init = init_checkpoint(tmp_path / "init", "test", 0)  # training moved the weights
     w0 = load_file(str(init.checkpoint / "model.safetensors"))
     assert any(not torch.equal(w0[k], wa[k]) for k in wa)
 
@@ -124,16 +133,16 @@ def test_shipped_model_segments_the_described_object():
 
 def test_located_scaffold_encodes_where_the_target_is():
     """--locate: the scaffold token = attributes + SAM2's point encoding of the target centre."""
-    T.seed_everything(0)
+    seed_everything(0)
     from sam2.modeling.position_encoding import PositionEmbeddingRandom
 
     pe = PositionEmbeddingRandom(128)
-    prompt = T.AttributePrompt(256, pe)
+    prompt = AttributePrompt(256, pe)
     video = make_train_video(7, 0, 8, (64, 64))
     k = next(i for i, (_, ids) in enumerate(video.expressions) if len(ids) == 1)
     (obj,) = video.expressions[k][1]
     frames = [f for f in range(8) if video.objects[obj][f].any()][:2]
-    centres = T.target_locations(video, [video.expressions[k][1]], frames)
+    centres = target_locations(video, [video.expressions[k][1]], frames)
     ys, xs = np.nonzero(video.objects[obj][frames[0]])  # hand-computed centroid, pixel centres
     assert centres[0, 0, 0] == pytest.approx(((xs.mean() + 0.5) / 64, (ys.mean() + 0.5) / 64))
     attrs = [video.attributes[k]]
@@ -147,7 +156,7 @@ def test_located_scaffold_encodes_where_the_target_is():
     dropped = prompt(attrs, centres, np.ones((1, 2), bool))  # dropped: attributes only
     assert torch.allclose(dropped[0], base.expand(2, -1), atol=1e-6)
     with pytest.raises(ValueError):
-        T.AttributePrompt(256)(attrs, centres)
+        AttributePrompt(256)(attrs, centres)
 
 
 def test_stage1_hard_expressions_are_drawn_more_often():
@@ -155,12 +164,12 @@ def test_stage1_hard_expressions_are_drawn_more_often():
     hard = {i for i in range(len(video.expressions)) if video.needs(i) != "colour"}
     assert hard and len(hard) < len(video.expressions)
     rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
-    uniform = T.sample_stage1_expressions(rng_a, video, 3, 1.0)
+    uniform = sample_stage1_expressions(rng_a, video, 3, 1.0)
     assert uniform == [int(i) for i in rng_b.permutation(len(video.expressions))[:3]]  # the old draw
 
     def hard_share(weight):
         rng = np.random.default_rng(1)
-        picks = [T.sample_stage1_expressions(rng, video, 3, weight) for _ in range(400)]
+        picks = [sample_stage1_expressions(rng, video, 3, weight) for _ in range(400)]
         assert all(len(set(p)) == len(p) == 3 for p in picks)
         return np.mean([i in hard for p in picks for i in p])
 
@@ -189,18 +198,18 @@ def test_train_video_needs_match_the_evaluation_split(tmp_path):
 
 def test_recipe_stands_for_the_shipped_models_flags():
     """--recipe glus-tiny-v4 = R1's command line (TRAINING.md, session 12); explicit flags win."""
-    _, cfg = T.parse_args(["--out", "x", "--recipe", "glus-tiny-v4"])
+    _, cfg = cli.parse_args(["--out", "x", "--recipe", "glus-tiny-v4"])
     assert (cfg.shape, cfg.locate, cfg.clip_steps, cfg.clip_fine_weight) == ("small4", True, 12000, 20)
     assert (cfg.ground_steps, cfg.ground_single_steps, cfg.ground_weight, cfg.ground_mix) == (1200, 1200, 20, 10)
     assert (cfg.stage2_llm_scale, cfg.motion_steps, cfg.pointer_from, cfg.motion_context) == (0.1, 2750, 1200, True)
     assert (cfg.motion_stage2_weight, cfg.motion_ground_weight, cfg.pointer_weight) == (1, 20, 1)
     assert (cfg.pointer_stage2_weight, cfg.pointer_below, cfg.sam_steps) == (1, True, 4400)
     assert cfg.contrastive and cfg.memory and cfg.threads == 2
-    _, ablation = T.parse_args(["--out", "x", "--sam-steps", "10", "--recipe", "glus-tiny-v4", "--no-memory"])
+    _, ablation = cli.parse_args(["--out", "x", "--sam-steps", "10", "--recipe", "glus-tiny-v4", "--no-memory"])
     assert ablation == replace(cfg, sam_steps=10, memory=False)
-    assert T.parse_args(["--out", "x", "--recipe", "glus-tiny-v3"])[1] == T.parse_args(["--out", "x"])[1]
+    assert cli.parse_args(["--out", "x", "--recipe", "glus-tiny-v3"])[1] == cli.parse_args(["--out", "x"])[1]
     assert cfg.finetune_steps == 0  # v4 has no stage 3
-    _, v5 = T.parse_args(["--out", "x", "--recipe", "glus-tiny-v5"])
+    _, v5 = cli.parse_args(["--out", "x", "--recipe", "glus-tiny-v5"])
     assert v5 == replace(cfg, finetune_steps=1200, finetune_early=0.5, finetune_lr_scale=0.3)
 
 
@@ -209,11 +218,11 @@ def test_recipe_stands_for_the_shipped_models_flags():
 def test_motion_batch_and_mask_warmup_flags(batch, warm):
     """--motion-batch must fill every stage-1c video equally (a multiple of motion_videos, else
     the remainder would be dropped silently); --mask-warmup >= 0; both reach the config."""
-    videos = T.TrainConfig().motion_videos
+    videos = TrainConfig().motion_videos
     argv = ["--out", "x", "--motion-batch", str(batch), "--mask-warmup", str(warm)]
     if batch >= videos and batch % videos == 0 and warm >= 0:
-        _, cfg = T.parse_args(argv)
+        _, cfg = cli.parse_args(argv)
         assert (cfg.motion_batch, cfg.mask_warmup) == (batch, warm)
     else:
         with pytest.raises(SystemExit):
-            T.parse_args(argv)
+            cli.parse_args(argv)

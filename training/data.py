@@ -1,4 +1,4 @@
-"""Training and held-out data for reference.train: synthetic referring videos (evalkit.synth).
+"""Training and held-out data: synthetic referring videos (evalkit.synth).
 
 Training videos are drawn on the fly, `evalkit.synth.make_video(seed, index, ...)` with a
 training seed and an increasing index, so no video is ever repeated; each frame goes through
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from evalkit import synth
-
 from runtime import rules
 
 # Training data seeds are offset from the run seed; held-out data uses seeds no run draws from.
@@ -124,11 +124,25 @@ def make_sample(rng: np.random.Generator, video: TrainVideo, n_query: int, k: in
                   pick_expressions(rng, video, k))
 
 
+def target_locations(video, targets: list[tuple[int, ...]], frames: list[int]):
+    """Where each target is in each frame: centres [K, Q, O, 2], (x, y) in [0, 1], the centroid
+    of each of the target's O objects' visible pixels; NaN where an object is not visible (and
+    in the padding of targets with fewer objects)."""
+    h, w = next(iter(video.objects.values())).shape[-2:]
+    n_obj = max(len(t) for t in targets)
+    centres = np.full((len(targets), len(frames), n_obj, 2), np.nan, dtype=np.float32)
+    for k, ids in enumerate(targets):
+        for o, obj in enumerate(ids):
+            for j, f in enumerate(frames):
+                ys, xs = np.nonzero(video.objects[obj][f])
+                if len(xs):
+                    centres[k, j, o] = ((xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h)
+    return centres
+
+
 def write_heldout(out_dir, videos: int, frames: int, size: tuple[int, int],
                   seeds: tuple[int, ...] = HELDOUT_SEEDS) -> list[tuple[str, str]]:
     """Held-out MeViS-layout sets, one split per seed; returns [(root, split)]."""
-    from pathlib import Path
-
     out = []
     per = -(-videos // len(seeds))
     for k, seed in enumerate(seeds):

@@ -1,4 +1,4 @@
-"""Dense attribute supervision of SAM2's features (not GLUS; stage 0 and stage 1 of reference.train).
+"""Dense attribute supervision of SAM2's features (not GLUS; training stages 0 and 1).
 
 GLUS starts from a SAM2 pretrained on SA-V, whose image features already tell objects apart; our
 SAM2 is trained from scratch, prompted by a scaffold token, and learns colour but plateaus on
@@ -8,7 +8,7 @@ which way it is moving (the same level after memory attention: only the memory b
 motion). The head is a linear map (1x1 conv), so what it reads must be linearly present in the
 features the decoder's token-to-image attention reads. Not saved: it only shapes training.
 From scratch, per-cell shape appears only after ~1,400 steps of it, hence stage 0
-(reference.train.pretrain_encoder), where those steps are cheap (models/glus-tiny/TRAINING.md).
+(training.stages.pretrain_encoder), where those steps are cheap (models/glus-tiny/TRAINING.md).
 """
 
 from __future__ import annotations

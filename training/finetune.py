@@ -19,6 +19,7 @@ a recipe that runs it right after stage 2 start from the same numbers.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -26,15 +27,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import train as T
 from reference.errors import CheckpointError
+from reference.loader import load
+
+from .checkpoints import save_checkpoint
+from .config import TRAIN_SHAPES, TrainConfig
 from .data import make_sample, make_train_video
+from .loop import (
+    UNUSED_PREFIXES,
+    Progress,
+    lr_at,
+    seed_everything,
+    trainable_parameters,
+)
+from .prompts import PromptCache
+from .steps import forward_sample
 
 DATA_SEED_OFFSET = 1100  # of cfg.train_data_seed; stages 0b/1/1b/1c use +700/+500/+800/+900, stage 2 +0
 
 
 def _check_shape(ref, shape_name: str) -> None:
-    want = T.TRAIN_SHAPES[shape_name]["llama"]
+    want = TRAIN_SHAPES[shape_name]["llama"]
     have = ref.model.llm.config
     if (have.num_hidden_layers, have.hidden_size) != (want["num_hidden_layers"], want["hidden_size"]):
         raise CheckpointError(
@@ -42,20 +55,18 @@ def _check_shape(ref, shape_name: str) -> None:
             f"{shape_name} says {want['num_hidden_layers']} x {want['hidden_size']} (give the recipe's flags)")
 
 
-def finetune(cfg: "T.TrainConfig", src: str | Path, out: str | Path, *, progress: bool = True, log=None,
+def finetune(cfg: TrainConfig, src: str | Path, out: str | Path, *, progress: bool = True, log=None,
              vision_tower: str | None = None):
     """Load SRC/glus + SRC/clip, train cfg.finetune_steps steps, save OUT/glus + OUT/clip.
     Returns (ref, history, seconds)."""
-    from reference.loader import load
-
     torch.set_num_threads(cfg.threads)
     src, out = Path(src), Path(out)
     ref = load(src / "glus", src / "clip")
     _check_shape(ref, cfg.shape)
-    T.seed_everything(cfg.seed + 31)
+    seed_everything(cfg.seed + 31)
     model = ref.model
     model.train()
-    named = [(n, p) for n, p in T.trainable_parameters(model) if not n.startswith(T.UNUSED_PREFIXES)]
+    named = [(n, p) for n, p in trainable_parameters(model) if not n.startswith(UNUSED_PREFIXES)]
     params = [p for _, p in named]
     body = ("llm.", "mm_projector", "clip.")
     s = cfg.finetune_lr_scale
@@ -63,11 +74,11 @@ def finetune(cfg: "T.TrainConfig", src: str | Path, out: str | Path, *, progress
               {"params": [p for n, p in named if n.startswith(body)], "peak": cfg.llm_lr * cfg.stage2_llm_scale * s},
               {"params": [p for n, p in named if not n.startswith(("sam.",) + body)], "peak": cfg.llm_lr * s}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    prompts = T.PromptCache(ref.tokenizer)
+    prompts = PromptCache(ref.tokenizer)
     data_rng = np.random.default_rng(cfg.seed + 37)
     py_rng = random.Random(cfg.seed + 37)
     history = []
-    bar = T._Progress(cfg.finetune_steps, "finetune", progress, log)
+    bar = Progress(cfg.finetune_steps, "finetune", progress, log)
     t0 = time.time()
     warmup = min(cfg.warmup, max(1, cfg.finetune_steps // 10))
     for step in range(cfg.finetune_steps):
@@ -76,8 +87,8 @@ def finetune(cfg: "T.TrainConfig", src: str | Path, out: str | Path, *, progress
         sample = make_sample(data_rng, video, cfg.n_query, cfg.exprs, cfg.exact_context_prob,
                              early_prob=cfg.finetune_early)
         for g in opt.param_groups:
-            g["lr"] = T.lr_at(step, g["peak"], warmup, cfg.finetune_steps, cfg.min_lr_frac)
-        res = T.forward_sample(ref, prompts, sample, cfg, None, py_rng, masks_on=True)
+            g["lr"] = lr_at(step, g["peak"], warmup, cfg.finetune_steps, cfg.min_lr_frac)
+        res = forward_sample(ref, prompts, sample, cfg, None, py_rng, masks_on=True)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -89,5 +100,12 @@ def finetune(cfg: "T.TrainConfig", src: str | Path, out: str | Path, *, progress
     bar.close()
     model.eval()
     seconds = time.time() - t0
-    T.save_checkpoint(ref, out, cfg.shape, cfg.weights_dtype, vision_tower)
+    save_checkpoint(ref, out, cfg.shape, cfg.weights_dtype, vision_tower)
     return ref, history, seconds
+
+
+def add_finetune_log(log_path: Path, history: list[dict], seconds: float, src: str | None = None) -> None:
+    d = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    d.update(finetune_history=history, finetune_seconds=round(seconds, 1),
+             **({"finetune_from": src} if src is not None else {}))
+    log_path.write_text(json.dumps(d))

@@ -1,4 +1,4 @@
-"""Stand-ins for the pretraining GLUS inherits (not GLUS; stages 0b and 1b of reference.train).
+"""Stand-ins for the pretraining GLUS inherits (not GLUS; training stages 0b and 1b).
 
 GLUS starts from CLIP ViT-L, whose patch features say what is where, and from LLaVA/LISA, whose
 LLM can say where a described object is. Ours start from scratch, and session 6 measured what
@@ -27,10 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from evalkit import synth
-
-from runtime import rules
-from .dense_aux import IGNORE, dense_labels
 from reference.model import POOL
+from reference.preprocess import clip_pixels
+from runtime import rules
+
+from .data import make_train_video, target_locations
+from .dense_aux import IGNORE, dense_labels
+from .loop import pretrain_on_frames, run_stage
+from .prompts import PromptCache
 
 PATCH_GRID = 16  # CLIP at 224/14: 16 x 16 patches
 POOLED_COLS = PATCH_GRID // POOL  # avg-pool 4 over the row-major patch sequence: 16 rows x 4 strips
@@ -47,7 +51,7 @@ def token_centres() -> torch.Tensor:
 
 def clip_token_labels(video, frames: list[int]) -> torch.Tensor:
     """int64 [2, F, 64]: colour and shape (1-based; 0 = background; IGNORE where mixed) of the
-    object covering each pooled token's strip (reference.dense_aux.dense_labels on a 16 x 4
+    object covering each pooled token's strip (training.dense_aux.dense_labels on a 16 x 4
     grid). CLIP's centre crop of a square frame is the whole frame."""
     labels = dense_labels(video, frames, (PATCH_GRID, POOLED_COLS))[:2]
     return torch.from_numpy(labels.reshape(2, len(frames), PATCH_GRID * POOLED_COLS))
@@ -165,15 +169,12 @@ def look_alike(video, target: tuple[int, ...]) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The two stages (reference.train calls them before stage 2)
+# The two stages (training.stages runs them before stage 2)
 # ---------------------------------------------------------------------------------------------
 def pretrain_clip(ref, cfg, *, progress: bool = True, log=None) -> list[dict]:
     """Stage 0b (`--clip-steps`): the CLIP vision tower alone learns, per pooled token, colour,
     shape and its own position (with `clip_fine_weight`, also where in its strip objects are:
     clip_fine_cover), on 4 frames of one fresh video per step."""
-    from reference.preprocess import clip_pixels
-    from .train import pretrain_on_frames
-
     model = ref.model
     vm = getattr(model.clip, "vision_model", model.clip)
     head = ClipTokenHead(model.cfg.mm_hidden_size)
@@ -219,10 +220,6 @@ def grounding_step_loss(ref, cfg, head: GroundingHead, rng: np.random.Generator,
     short videos (video indices video_index..+n_videos); returns (loss, parts) or None when no
     draw was possible. Loss: location MSE + attribute CE x ground_attr_weight + answer CE x
     ground_answer_weight."""
-    from reference.preprocess import clip_pixels
-    from .train import target_locations
-    from .data import make_train_video
-
     model, tok = ref.model, ref.tokenizer
     embeds, targets, others, objs, motion, ce_at = [], [], [], [], [], []
     per_video = max(1, batch // n_videos)
@@ -276,8 +273,6 @@ def pretrain_grounding(ref, cfg, head: GroundingHead, *, progress: bool = True, 
     """Stage 1b (`--ground-steps`): the LLM and projector (CLIP frozen) learn to say where the
     described object is in the last of K consecutive frames; the first `ground_single_steps`
     use one frame (K = 1), the rest K in [1, ground_frames] (motion needs K >= 2)."""
-    from .train import PromptCache, run_stage
-
     model = ref.model
     params = list(model.llm.parameters()) + list(model.mm_projector.parameters())
     rng = np.random.default_rng(cfg.seed + 17)

@@ -18,7 +18,7 @@ A step: `motion_videos` fresh videos, `motion_batch` prompts in all; each prompt
 inference prompt of one query frame (4 context frames by GLUS's training rule, the window of
 <= 4 query rounds, the question, the answer prefix). Loss: the per-token motion CE (object
 tokens only) x `motion_weight` + the target's location at the [SEG] position (the
-reference.grounding head). `motion_stage2_weight` keeps the token loss on in stage 2.
+training.grounding head). `motion_stage2_weight` keeps the token loss on in stage 2.
 
 With `motion_context`, context frames 2-4 are asked too, at a lower layer (`motion_layers`).
 Why: GLUS's prompt puts all context frames before the query frame, whatever their
@@ -39,15 +39,29 @@ centre regression is weighted up (`motion_ground_weight` 20: look-alike pick 0.5
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from evalkit import synth
-
+from reference.preprocess import clip_pixels
 from runtime import rules
+
+from .data import context_frames, make_train_video, target_locations
 from .dense_aux import cell_owners
-from .grounding import GroundingHead, POOLED_COLS, PATCH_GRID, clip_pooled, grounding_loss, look_alike
+from .grounding import (
+    PATCH_GRID,
+    POOLED_COLS,
+    GroundingHead,
+    clip_pooled,
+    grounding_loss,
+    look_alike,
+)
+from .loop import run_stage
+from .prompts import PromptCache
 
 MOTIONS = synth.MOTIONS
 
@@ -55,7 +69,7 @@ MOTIONS = synth.MOTIONS
 def motion_token_labels(video, frames: list[int]) -> torch.Tensor:
     """int64 [F, 64]: 1 + MOTIONS index of the object covering each pooled token's strip (its
     motion over the whole video, as the expressions name it); 0 = background; IGNORE where mixed
-    (reference.dense_aux.cell_owners on the 16 x 4 strip grid)."""
+    (training.dense_aux.cell_owners on the 16 x 4 strip grid)."""
     owners = token_owners(video, frames)
     out = owners.copy()
     for o in video.objects_meta:
@@ -187,8 +201,6 @@ def shared_prefix_forward(llm, prefixes: torch.Tensor, video_of: list[int], cont
     row of continuation b; conts[b] [L_b, D], right-padded here. Returns (prefix output, with
     hidden_states when prefix_hidden; continuation output with hidden_states; lengths). Stage 1c
     (one prefix per video) and stage 2 (one per sample) both run their prompts through it."""
-    from transformers import DynamicCache
-
     pre = llm(inputs_embeds=prefixes, use_cache=True, output_hidden_states=prefix_hidden)
     if len(prefixes) == 1:  # one prefix (stage 2's sample): a view, no copy per continuation
         kv = [(k.expand(len(conts), -1, -1, -1), v.expand(len(conts), -1, -1, -1))
@@ -228,10 +240,6 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
                      prompts, *, video_index: int, pointer: PointerHead | None = None):
     """One stage-1c batch; returns (loss, parts) or None when nothing could be drawn. With a
     pointer head (and cfg.pointer_weight), the pick as a CE over the current frame's tokens too."""
-    from reference.preprocess import clip_pixels
-    from .train import target_locations
-    from .data import context_frames, make_train_video
-
     model = ref.model
     prefix_ids = prompts.prefix_ids()
     ctx_offsets = image_offsets(prefix_ids)
@@ -328,10 +336,6 @@ def pretrain_motion(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead,
     centre x1 (the token skill first, as run H), then the rest with the pointer and the centre x
     `motion_ground_weight` (sessions 10-11: the place follows the pick once the tokens know
     their motion)."""
-    from dataclasses import replace
-
-    from .train import PromptCache, run_stage
-
     model = ref.model
     params = list(model.llm.parameters()) + list(model.mm_projector.parameters())
     rng = np.random.default_rng(cfg.seed + 23)
