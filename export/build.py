@@ -17,13 +17,14 @@ import gc
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_file
+from runtime.manifest import MANIFEST, REQUIRED_GRAPHS, SCHEMA_VERSION, sha256_file
 
 from .onnx_utils import fresh_inputs
 
@@ -75,7 +76,11 @@ def llm_int8_candidates(int8_method: str, hidden_size: int) -> tuple[str, ...]:
         return tuple(m for m in LLM_INT8_AUTO if m != "dynamic-int8")
     return LLM_INT8_AUTO
 BACKENDS = ("onnxruntime", "tensorrt")
-STATE = ".build_state.json"
+WORK = ".build"  # inside OUT while a build runs (Builder)
+STATE = "state.json"
+# What remove_stale may delete: the kinds of file a build writes (never a user's other files).
+BUILD_FILES = (".build_state.json", "tokenizer.json", MANIFEST + ".tmp")
+BUILD_SUFFIXES = (".onnx", ".npy", ".npz")
 # Source files whose change must invalidate exported graphs.
 RECIPE_SOURCES = ("export", "kernels", "reference/model.py", "reference/sam.py")
 REPO = Path(__file__).resolve().parent.parent
@@ -195,16 +200,28 @@ def llm_seg_cosines(ref, fp32_path: Path, int8_path: Path, steps: int = 5) -> li
 
 # ---- the build ---------------------------------------------------------------------------
 class Builder:
-    def __init__(self, out: Path, precision: str, backend: str, force: bool, progress: bool):
+    """The build's bookkeeping. While a build runs, OUT/.build/ holds its state (what each file
+    was made from) and the fp32 graphs that the engine replaces (an int8 build's fp32 llm and
+    sam_image, every fp32 graph of an fp16 build): they are inputs of the quantization, not
+    parts of the engine. A finished build keeps its state in the manifest ("build") and removes
+    .build/, so the engine directory holds exactly the files its manifest names."""
+
+    def __init__(self, out: Path, precision: str, backend: str, force: bool, progress: bool,
+                 replaced: set[str] = frozenset(), previous: dict | None = None):
         self.out, self.precision, self.backend = out, precision, backend
         self.force, self.progress = force, progress
-        self.state_path = out / STATE
+        self.work = out / WORK
+        self.replaced = set(replaced)
+        self.state_path = self.work / STATE
         self.state = {}
-        if self.state_path.is_file() and not force:
-            try:
-                self.state = json.loads(self.state_path.read_text())
-            except json.JSONDecodeError:
-                self.state = {}
+        if not force:
+            if self.state_path.is_file():  # an interrupted build's
+                try:
+                    self.state = json.loads(self.state_path.read_text())
+                except json.JSONDecodeError:
+                    self.state = {}
+            elif previous:
+                self.state = dict(previous)
         self.timings: dict[str, float] = {}
 
     def log(self, msg: str) -> None:
@@ -213,21 +230,83 @@ class Builder:
 
             tqdm.write(msg)  # keeps the progress bar intact
 
+    def dir_for(self, name: str) -> Path:
+        """Where graph `name`'s fp32 file goes: .build/ when the engine replaces it."""
+        return self.work if name in self.replaced else self.out
+
     def save_state(self) -> None:
+        self.work.mkdir(exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.state, indent=1))
         os.replace(tmp, self.state_path)
 
-    def cached(self, name: str, key: str) -> bool:
+    def known(self, name: str, key: str) -> bool:
+        """A record made from the same recipe (its file may be gone: a check's figures)."""
         entry = self.state.get(name)
-        f = self.out / entry["file"] if entry else None
-        return bool(entry and entry["key"] == key and f.is_file() and sha256_file(f) == entry["sha256"])
+        return bool(entry and entry["key"] == key)
 
-    def record(self, name: str, key: str, file: str, **extra) -> dict:
-        entry = {"key": key, "file": file, "sha256": sha256_file(self.out / file), **extra}
+    def cached(self, name: str, key: str) -> bool:
+        """A record made from the same recipe whose file is still there, unchanged."""
+        if not self.known(name, key):
+            return False
+        entry = self.state[name]
+        f = self.path_of(name)
+        return f.is_file() and sha256_file(f) == entry["sha256"]
+
+    def path_of(self, name: str) -> Path:
+        """Where the recorded file of `name` is (a reused fp32 graph may sit in OUT itself)."""
+        entry = self.state[name]
+        return self.out / entry.get("dir", ".") / entry["file"]
+
+    def record(self, name: str, key: str, file: str, directory: Path | None = None, **extra) -> dict:
+        directory = directory or self.out
+        entry = {"key": key, "file": file, "sha256": sha256_file(directory / file), **extra}
+        if directory != self.out:
+            entry["dir"] = str(directory.relative_to(self.out))
         self.state[name] = entry
         self.save_state()
         return entry
+
+
+def llm_int8_key(recipe: str, method: str, accuracy_level: int) -> str:
+    return hashlib.sha256(f"{recipe}:llm:int8:{method}:{accuracy_level}".encode()).hexdigest()
+
+
+def sam_int8_key(recipe: str) -> str:
+    return hashlib.sha256(f"{recipe}:sam_image:int8:dynamic-int8".encode()).hexdigest()
+
+
+def int8_result_cached(b: Builder, recipe: str, name: str, methods: tuple[str, ...], accuracy_level: int) -> bool:
+    """Whether graph `name`'s int8 result for this recipe is in place, so that its fp32 graph
+    need not be exported again: for the LLM, every method before the chosen one is on record as
+    refused and the chosen one's file is unchanged."""
+    if name == "sam_image":
+        return b.cached("sam_image_int8", sam_int8_key(recipe))
+    for method in methods:
+        entry_name, key = f"llm_int8_{method}", llm_int8_key(recipe, method, accuracy_level)
+        if not b.known(entry_name, key):
+            return False
+        if min(b.state[entry_name]["seg_cosines"]) >= LLM_INT8_COSINE_MIN:
+            return b.cached(entry_name, key)
+    return False
+
+
+def remove_stale(out: Path, manifest: dict) -> list[str]:
+    """Files a build makes that this engine's manifest does not name (an earlier build's, of
+    another precision or graph set): removed. Only the build's own kinds of file are touched."""
+    named = {MANIFEST}
+    for section in ("graphs", "arrays"):
+        for entry in manifest[section].values():
+            named.add(entry["file"])
+            named.update(e["file"] for e in entry.get("external_data", []))
+    named.add(manifest["tokenizer"]["file"])
+    gone = []
+    for f in sorted(out.iterdir()):
+        if f.is_file() and f.name not in named and (f.name in BUILD_FILES or f.suffix in BUILD_SUFFIXES
+                                                     or f.name.endswith(".onnx.data")):
+            f.unlink()
+            gone.append(f.name)
+    return gone
 
 
 def io_signature(path: Path) -> dict:
@@ -320,10 +399,13 @@ def check_backend(precision: str, backend: str) -> str | None:
 def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str = "onnxruntime",
           out: str | Path, force: bool = False, progress: bool = True,
           int8_method: str = "auto", accuracy_level: int = 4,
-          int8_graphs: tuple[str, ...] = INT8_GRAPHS, llm_process: str = "auto") -> dict:
+          int8_graphs: tuple[str, ...] = INT8_GRAPHS, llm_process: str = "auto",
+          keep_build_files: bool = False) -> dict:
     """int8_graphs: which graphs an int8 build quantizes; "llm" (int8_method) and "sam_image"
     (SAM2's image encoder, dynamic-int8) are supported. llm_process: where llm.onnx is exported,
-    "child" (a process of its own), "same" or "auto" (see resolve_llm_process)."""
+    "child" (a process of its own), "same" or "auto" (see resolve_llm_process).
+    keep_build_files: keep OUT/.build/ (the fp32 graphs an int8 or fp16 engine replaces, so that
+    a rebuild with another int8 method need not export them again); removed by default."""
     if precision not in PRECISIONS:
         raise BuildError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     if precision == "int8" and not int8_graphs:
@@ -358,9 +440,17 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
     if not checkpoint.is_dir():
         raise BuildError(f"checkpoint directory not found: {checkpoint}")
 
-    # An old manifest must not outlive a rebuild that may stop half way.
+    # An old manifest must not outlive a rebuild that may stop half way; what it says each file
+    # was made from lets the rebuild reuse them.
+    previous = None
+    if (out / MANIFEST).is_file():
+        try:
+            previous = json.loads((out / MANIFEST).read_text()).get("build")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            previous = None
     (out / MANIFEST).unlink(missing_ok=True)
-    b = Builder(out, precision, backend, force, progress)
+    replaced = set(int8_graphs) if precision == "int8" else set(REQUIRED_GRAPHS) if precision == "fp16" else set()
+    b = Builder(out, precision, backend, force, progress, replaced=replaced, previous=previous)
     t_all = time.perf_counter()
 
     import reference
@@ -401,8 +491,11 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
         # An fp16 build re-runs each PyTorch graph for its CUDA parity; every other build is done
         # with the LLM's PyTorch weights once llm.onnx is checked.
         release = (lambda: release_llm_weights(ref.model)) if spec.name == "llm" and precision != "fp16" else None
-        if b.cached(spec.name, key):
-            entry = b.state[spec.name]
+        where = b.dir_for(spec.name)
+        final_cached = precision == "int8" and spec.name in replaced and int8_result_cached(
+            b, recipe, spec.name, llm_int8_candidates(int8_method, ref.model.cfg.hidden_size), accuracy_level)
+        if b.cached(spec.name, key) or (final_cached and b.known(spec.name, key)):
+            entry = b.state[spec.name]  # (final_cached: the int8 graph made from it is unchanged)
             reused = True
         else:
             seed = int.from_bytes(os.urandom(4), "little")
@@ -410,22 +503,23 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
                 from .llm_process import LlmProcessError, export_llm_in_child
 
                 try:
-                    inputs, want = export_llm_in_child(checkpoint, Path(ref.clip_dir), out / file, seed)
+                    inputs, want = export_llm_in_child(checkpoint, Path(ref.clip_dir), where / file, seed)
                 except LlmProcessError as e:
                     raise BuildError(str(e)) from None
-                check = ort_parity(spec.outputs, out / file, inputs, want)
+                check = ort_parity(spec.outputs, where / file, inputs, want)
             else:
-                export_graph(spec, out / file)
-                check = graph_parity(spec, out / file, seed=seed, release=release)
-            entry = b.record(spec.name, key, file, parity=check)
+                export_graph(spec, where / file)
+                check = graph_parity(spec, where / file, seed=seed, release=release)
+            entry = b.record(spec.name, key, file, where, parity=check)
             reused = False
         if release is not None:
             release()  # (again, when reused or exported in a child: a no-op after the first)
         b.timings[spec.name] = time.perf_counter() - t
         parity[spec.name] = entry["parity"]
-        graphs[spec.name] = {"file": file, "sha256": entry["sha256"], "precision": "fp32",
-                             "quantization": None, "external_data": external_files(out / file),
-                             **io_signature(out / file)}
+        if spec.name not in replaced:
+            graphs[spec.name] = {"file": file, "sha256": entry["sha256"], "precision": "fp32",
+                                 "quantization": None, "external_data": external_files(out / file),
+                                 **io_signature(out / file)}
         b.log(f"[{spec.name}] {'reused' if reused else 'exported'} in {b.timings[spec.name]:.1f}s,"
               f" max rel error {entry['parity']['max_rel_error']:.2e}")
         if entry["parity"]["max_rel_error"] > 1e-4:
@@ -440,7 +534,7 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
             key = hashlib.sha256(f"{recipe}:{spec.name}:fp16".encode()).hexdigest()
             file = f"{spec.name}.fp16.onnx"
             if not b.cached(f"{spec.name}_fp16", key):
-                report = convert_fp16(out / f"{spec.name}.onnx", out / file)
+                report = convert_fp16(b.path_of(spec.name), out / file)
                 check = graph_parity(spec, out / file, seed=int.from_bytes(os.urandom(4), "little"),
                                      providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
                 b.record(f"{spec.name}_fp16", key, file, parity=check, report=report)
@@ -461,15 +555,16 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
 
         t = time.perf_counter()
         spec = next(s for s in specs if s.name == "sam_image")
-        key = hashlib.sha256(f"{recipe}:sam_image:int8:dynamic-int8".encode()).hexdigest()
+        key = sam_int8_key(recipe)
         file = "sam_image.int8.onnx"
+        fp32_path = b.path_of("sam_image")
         if not b.cached("sam_image_int8", key):
             logging.disable(logging.INFO)
             try:
-                report = quantize_graph(out / "sam_image.onnx", out / file, method="dynamic-int8")
+                report = quantize_graph(fp32_path, out / file, method="dynamic-int8")
             finally:
                 logging.disable(logging.NOTSET)
-            cos = int8_output_cosines(spec, out / "sam_image.onnx", out / file,
+            cos = int8_output_cosines(spec, fp32_path, out / file,
                                       seed=int.from_bytes(os.urandom(4), "little"))
             b.record("sam_image_int8", key, file, report=report, cosines=cos)
         entry = b.state["sam_image_int8"]
@@ -492,19 +587,21 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
         t = time.perf_counter()
         # "auto": the fastest method whose [SEG] cosine passes, tried in order of CPU speed.
         methods = llm_int8_candidates(int8_method, ref.model.cfg.hidden_size)
+        fp32_path = b.path_of("llm")
         tried = {}
         for method in methods:
-            key = hashlib.sha256(f"{recipe}:llm:int8:{method}:{accuracy_level}".encode()).hexdigest()
+            key = llm_int8_key(recipe, method, accuracy_level)
             name = f"llm_int8_{method}"
             file = "llm.int8.onnx"
-            if not b.cached(name, key):
+            refused = b.known(name, key) and min(b.state[name]["seg_cosines"]) < LLM_INT8_COSINE_MIN
+            if not (refused or b.cached(name, key)):
                 logging.disable(logging.INFO)  # onnxruntime.quantization logs every node at INFO
                 try:
-                    report = quantize_graph(out / "llm.onnx", out / file, method=method,
+                    report = quantize_graph(fp32_path, out / file, method=method,
                                             **({"accuracy_level": accuracy_level} if method == "nbits8" else {}))
                 finally:
                     logging.disable(logging.NOTSET)
-                cos = llm_seg_cosines(ref, out / "llm.onnx", out / file)
+                cos = llm_seg_cosines(ref, fp32_path, out / file)
                 b.record(name, key, file, report=report, seg_cosines=cos)
             entry = b.state[name]
             tried[method] = min(entry["seg_cosines"])
@@ -562,10 +659,16 @@ def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str =
         "parity": parity,
         "tensorrt": trt,
         "timings_s": {k: round(v, 3) for k, v in b.timings.items()},
+        "build": b.state,  # what each file was made from: a rebuild reuses what is unchanged
     }
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, out / MANIFEST)  # atomic: the directory is an engine only from here on
+    if not keep_build_files:
+        shutil.rmtree(b.work, ignore_errors=True)
+    gone = remove_stale(out, manifest)
+    if gone:
+        b.log(f"[clean] removed files of an earlier build: {', '.join(gone)}")
     b.timings["total"] = time.perf_counter() - t_all
     if progress:
         print_summary(out, manifest, b.timings)
@@ -608,6 +711,8 @@ def main(argv=None) -> int:
                    help="where llm.onnx is exported: child (a process of its own, whose memory goes back"
                         " when it exits: the way to export a 7B), same, or auto (default: child from"
                         " 1 GiB of fp32 LLM weights)")
+    p.add_argument("--keep-build-files", action="store_true",
+                   help="keep OUT/.build/ (the fp32 graphs an int8/fp16 engine replaces) for later rebuilds")
     p.add_argument("--accuracy-level", type=int, default=4,
                    help="MatMulNBits accuracy_level (4 = int8 compute, the fast one on CPUs)")
     a = p.parse_args(argv)
@@ -622,7 +727,8 @@ def main(argv=None) -> int:
     try:
         build(a.checkpoint, a.clip, precision=a.precision, backend=a.backend, out=a.out, force=a.force,
               int8_method=a.int8_method, accuracy_level=a.accuracy_level,
-              int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g), llm_process=a.llm_process)
+              int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g), llm_process=a.llm_process,
+              keep_build_files=a.keep_build_files)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,3 +15,7 @@ class BackendError(GlusError):
 
 class InputError(GlusError, ValueError):
     """A bad frame, expression or argument; the stream stays usable after it."""
+
+
+class UnknownFilesWarning(UserWarning):
+    """The engine directory holds files its manifest does not name (they are not used)."""

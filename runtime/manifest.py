@@ -54,6 +54,19 @@ class Manifest:
     def graph_path(self, name: str) -> Path:
         return self.path(self.graphs[name])
 
+    def named_files(self) -> set[str]:
+        """Every file the manifest names (and itself), relative to the directory."""
+        names = {MANIFEST} | {entry["file"] for _, entry in _files(self.data)}
+        trt = self.data.get("tensorrt") or {}
+        if trt.get("cache"):
+            names.add(trt["cache"])  # TensorRT's engine cache: a directory
+        return names
+
+    def unknown_files(self) -> list[str]:
+        """What lies in the directory without being named by the manifest."""
+        named = self.named_files()
+        return sorted(p.name for p in self.directory.iterdir() if p.name not in named)
+
 
 def _files(data: dict):
     for section in ("graphs", "arrays"):
@@ -94,8 +107,11 @@ def read_manifest(directory: str | Path, verify_hashes: bool = True) -> Manifest
     missing += [a for a in REQUIRED_ARRAYS if a not in data["arrays"]]
     if missing:
         raise EngineDirError(f"{path} lacks entries for: {', '.join(missing)}")
+    root = directory.resolve()
     for name, entry in _files(data):
         f = directory / entry["file"]
+        if not isinstance(entry["file"], str) or not f.resolve().is_relative_to(root):
+            raise EngineDirError(f"{name}: file {entry['file']!r} is outside the engine directory {directory}")
         if not f.is_file():
             raise EngineDirError(f"{name}: file {f} is missing")
         if verify_hashes and sha256_file(f) != entry["sha256"]:

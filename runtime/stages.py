@@ -10,6 +10,7 @@ runtime/tracking.py's; GlusEngine and Stream drive both.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 from . import preprocess, rules
 from .backends import nbytes, open_graph, resolve_backend, to_host
 from .checks import check_expression, check_kv_policy
-from .errors import EngineDirError
+from .errors import EngineDirError, UnknownFilesWarning
 from .manifest import Manifest, read_manifest
 from .memory import MemoryBank
 from .tokenizer import RuntimeTokenizer
@@ -64,6 +65,11 @@ class Stages:
              io_binding: bool | None = None) -> "Stages":
         """Open an engine directory (GlusEngine.load documents the options)."""
         manifest = read_manifest(engine_dir, verify_hashes=verify)
+        unknown = manifest.unknown_files()
+        if unknown:  # not used, but someone put them there: maybe a graph they meant to be used
+            warnings.warn(f"engine directory {engine_dir} holds files its manifest does not name, not used:"
+                          f" {', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}", UnknownFilesWarning,
+                          stacklevel=3)
         trt = manifest.data.get("tensorrt") or {}
         backend = resolve_backend(backend, device, bool(trt.get("built")))
         fp16 = manifest.precision == "fp16"

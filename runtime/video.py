@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import GlusError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts")
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -31,7 +33,7 @@ DEFAULT_TIMEOUT_S = 10.0
 TEXT_CODECS = ("ansi", "bintext", "xbin", "idf")
 
 
-class VideoSourceError(ValueError):
+class VideoSourceError(GlusError, ValueError):
     """A video source that cannot be opened or read."""
 
 
