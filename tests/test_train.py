@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +226,41 @@ def test_motion_batch_and_mask_warmup_flags(batch, warm):
     else:
         with pytest.raises(SystemExit):
             cli.parse_args(argv)
+
+
+def _other_value(f):
+    """A valid value of field f other than its default, and how the command line says it."""
+    if f.metadata.get("range_to"):
+        return (6, 9), "6-9"
+    if f.metadata.get("choices"):
+        v = next(c for c in f.metadata["choices"] if c != f.default)
+        return v, v
+    if isinstance(f.default, tuple):
+        return (96, 64), "96x64"
+    if f.default is None or isinstance(f.default, float):
+        v = 0.75 if f.default is None else f.default / 2 + 0.3  # probabilities stay in [0, 1]
+        return v, repr(v)
+    v = 2 * f.default or 1  # a multiple: --motion-batch must stay a multiple of --motion-videos
+    return v, str(v)
+
+
+def test_every_config_field_is_a_flag_that_sets_that_field_alone():
+    """The command line is TrainConfig's fields: each field's flag (named by the field unless its
+    metadata says otherwise) sets it and nothing else; booleans flip their default."""
+    base = TrainConfig()
+    assert cli.parse_args(["--out", "x"])[1] == base
+    for f in fields(TrainConfig):
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        if flag is None:
+            assert any(g.metadata.get("range_to") == f.name for g in fields(TrainConfig)), f.name
+            continue
+        assert f.metadata["help"], f.name
+        if isinstance(f.default, bool):
+            argv, want = [("--no-" + f.name.replace("_", "-")) if f.default else flag], {f.name: not f.default}
+        else:
+            value, text = _other_value(f)
+            assert value != f.default, f.name
+            argv = [flag, text]
+            want = ({f.name: value[0], f.metadata["range_to"]: value[1]} if f.metadata.get("range_to")
+                    else {f.name: value})
+        assert cli.parse_args(["--out", "x", *argv])[1] == replace(base, **want), argv
