@@ -1,6 +1,6 @@
 """The project's default model: what `export.build` and `runtime.segment` use without --checkpoint.
 
-It is the small GLUS trained by `python -m reference.train` and shipped in models/glus-tiny
+It is the small GLUS trained by `python -m training.train` and shipped in models/glus-tiny
 (see models/glus-tiny/TRAINING.md). A tree without it falls back to the seeded tiny random GLUS
 written by `reference.make_tiny` (seed 0) into a cache directory, built on first use.
 """
