@@ -396,11 +396,20 @@ def check_backend(precision: str, backend: str) -> str | None:
     return None
 
 
-def build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str = "onnxruntime",
-          out: str | Path, force: bool = False, progress: bool = True,
-          int8_method: str = "auto", accuracy_level: int = 4,
-          int8_graphs: tuple[str, ...] = INT8_GRAPHS, llm_process: str = "auto",
-          keep_build_files: bool = False) -> dict:
+def build(checkpoint=None, clip=None, *, verbose: bool = False, **kw) -> dict:
+    """checkpoint → engine directory (keyword options: _build's). verbose: let the third-party
+    messages export/quiet.py filters through."""
+    from .quiet import quiet
+
+    with quiet(verbose):
+        return _build(checkpoint, clip, **kw)
+
+
+def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str = "onnxruntime",
+           out: str | Path, force: bool = False, progress: bool = True,
+           int8_method: str = "auto", accuracy_level: int = 4,
+           int8_graphs: tuple[str, ...] = INT8_GRAPHS, llm_process: str = "auto",
+           keep_build_files: bool = False) -> dict:
     """int8_graphs: which graphs an int8 build quantizes; "llm" (int8_method) and "sam_image"
     (SAM2's image encoder, dynamic-int8) are supported. llm_process: where llm.onnx is exported,
     "child" (a process of its own), "same" or "auto" (see resolve_llm_process).
@@ -711,6 +720,8 @@ def main(argv=None) -> int:
                    help="where llm.onnx is exported: child (a process of its own, whose memory goes back"
                         " when it exits: the way to export a 7B), same, or auto (default: child from"
                         " 1 GiB of fp32 LLM weights)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show third-party messages the build filters (torch.onnx, ONNX Runtime)")
     p.add_argument("--keep-build-files", action="store_true",
                    help="keep OUT/.build/ (the fp32 graphs an int8/fp16 engine replaces) for later rebuilds")
     p.add_argument("--accuracy-level", type=int, default=4,
@@ -728,7 +739,7 @@ def main(argv=None) -> int:
         build(a.checkpoint, a.clip, precision=a.precision, backend=a.backend, out=a.out, force=a.force,
               int8_method=a.int8_method, accuracy_level=a.accuracy_level,
               int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g), llm_process=a.llm_process,
-              keep_build_files=a.keep_build_files)
+              keep_build_files=a.keep_build_files, verbose=a.verbose)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

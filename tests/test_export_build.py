@@ -206,3 +206,13 @@ def test_llm_child_failure_is_a_build_error_with_its_cause(tiny_dirs, tmp_path, 
     assert not (tmp_path / "e" / "manifest.json").exists()
     with pytest.raises(BuildError, match="llm_process"):
         build(*tiny_dirs, precision="fp32", out=tmp_path / "e", progress=False, llm_process="elsewhere")
+
+
+def test_build_output_is_quiet_unless_verbose(tiny_dirs, tmp_path, capfd):
+    """No third-party chatter (torch.onnx's torchvision notes, ONNX Runtime's pre-processing
+    advice, transformers' loading bar) in a build's output; --verbose lets it through."""
+    build(*tiny_dirs, precision="int8", out=tmp_path / "q", progress=True, llm_process="same")
+    out, err = capfd.readouterr()
+    for noise in ("torchvision is not installed", "pre-processing before quantization", "Loading weights"):
+        assert noise not in out + err, noise
+    assert "engine written to" in out
