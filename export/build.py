@@ -441,9 +441,12 @@ def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str 
     except OSError as e:
         raise BuildError(f"cannot write to output directory {out}: {e.strerror or e}") from None
     if checkpoint is None:
-        from .default_model import default_checkpoint
+        from .default_model import DefaultModelMissing, default_checkpoint
 
-        checkpoint, default_clip = default_checkpoint()
+        try:
+            checkpoint, default_clip = default_checkpoint()
+        except DefaultModelMissing as e:
+            raise BuildError(str(e)) from None
         clip = clip or default_clip
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
