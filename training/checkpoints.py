@@ -24,6 +24,8 @@ from .config import CLIP_TEXT, TRAIN_SHAPES
 
 
 def write_sam2_yaml(path: Path, s: dict) -> None:
+    """reference.make_tiny's SAM2 YAML for sizes `s`, with what training sets besides: the memory
+    fuser's depth, hiera's attention windows, no dropout."""
     write_base_sam2_yaml(path, s)
     cfg = OmegaConf.load(str(path))
     m = cfg.model
