@@ -7,5 +7,5 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet torch==2.13.0
 # sam2's declared dependencies pull torchvision; we avoid the parts that need it.
 python -m pip install --quiet --no-deps sam2==1.1.0
-python -m pip install --quiet -e ".[export,test]"
+python -m pip install --quiet -e ".[export,eval,test]"
 echo "set-up done"

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from pycocotools import mask as mask_api
 
 from .common import (
     Dataset,
@@ -31,6 +30,8 @@ from .common import (
 
 def encode_rle(mask: np.ndarray) -> dict:
     """COCO RLE of a bool HxW mask, JSON-ready (counts as str)."""
+    from pycocotools import mask as mask_api  # only the RLE layouts need it: pip install '.[eval]'
+
     rle = mask_api.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
