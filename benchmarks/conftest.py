@@ -29,16 +29,24 @@ RESULTS_KEY = pytest.StashKey[Results]()
 
 def pytest_addoption(parser):
     g = parser.getgroup("glus benchmarks")
-    g.addoption("--benchmark-full", action="store_true", default=False,
-                help="the longer set: more frames and videos, medium model drift on the synthetic set")
-    g.addoption("--bench-results", default=str(RESULTS_DIR),
-                help="directory for the results JSON/markdown (default: benchmarks/results)")
+    g.addoption(
+        "--benchmark-full",
+        action="store_true",
+        default=False,
+        help="the longer set: more frames and videos, medium model drift on the synthetic set",
+    )
+    g.addoption(
+        "--bench-results",
+        default=str(RESULTS_DIR),
+        help="directory for the results JSON/markdown (default: benchmarks/results)",
+    )
 
 
 def pytest_configure(config):
     s = harness.settings(config.getoption("--benchmark-full"))
-    info = dict(machine_info(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-                torch_loaded_before_conftest=TORCH_PRELOADED)
+    info = dict(
+        machine_info(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), torch_loaded_before_conftest=TORCH_PRELOADED
+    )
     r = Results(info, machine_slug(info), s.mode)
     r.run_info = {"load_average_start": load_average(), "settings": s.__dict__.copy()}
     config.stash[RESULTS_KEY] = r
@@ -85,8 +93,7 @@ def _finish(r: Results) -> None:
         for model, st in r.data["stages"].items():
             f = (r.get("flops") or {}).get(model)
             if f:
-                r.put("cost", model, {"peak_gflops": best,
-                                      "rows": cost_rows(f["stages"], st["stages"], best)})
+                r.put("cost", model, {"peak_gflops": best, "rows": cost_rows(f["stages"], st["stages"], best)})
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -94,8 +101,9 @@ def pytest_sessionfinish(session, exitstatus):
     if r is None or r.empty:
         return
     _finish(r)
-    info = dict(r.run_info, load_average_end=load_average(), wall_s=time.time() - r.started,
-                exit_status=int(exitstatus))
+    info = dict(
+        r.run_info, load_average_end=load_average(), wall_s=time.time() - r.started, exit_status=int(exitstatus)
+    )
     directory = session.config.getoption("--bench-results")
     r.written = r.write(directory, info)
 

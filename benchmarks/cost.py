@@ -11,6 +11,15 @@ def cost_rows(stage_flops: dict[str, float], stages: dict[str, dict], peak_gflop
         if not flops or not s.get("median_ms"):
             continue  # memory_attention M=0 is an add: no FLOPs to speak of
         gflops = flops / (s["median_ms"] / 1000.0) / 1e9
-        rows.append({"key": key, "stage": s["stage"], "precision": s["precision"], "flops": flops,
-                     "median_ms": s["median_ms"], "gflops": gflops, "share_of_peak": gflops / peak_gflops})
+        rows.append(
+            {
+                "key": key,
+                "stage": s["stage"],
+                "precision": s["precision"],
+                "flops": flops,
+                "median_ms": s["median_ms"],
+                "gflops": gflops,
+                "share_of_peak": gflops / peak_gflops,
+            }
+        )
     return rows

@@ -129,14 +129,18 @@ def measure_build(ckpt: Path, out: Path, precision: str) -> dict:
         _wrap(s, eb, "llm_seg_cosines", lambda *a, **k: "cosines llm")
         _wrap(s, eb, "int8_output_cosines", lambda *a, **k: "cosines sam_image")
         t = time.perf_counter()
-        manifest = eb.build(ckpt / "glus", ckpt / "clip", precision=precision, out=out, force=True,
-                            progress=False)
+        manifest = eb.build(ckpt / "glus", ckpt / "clip", precision=precision, out=out, force=True, progress=False)
         wall = time.perf_counter() - t
     graphs = {}
     for g in sorted(out.glob("*.onnx")):
         graphs[g.name] = eq.model_bytes(g)
-    return {"peaks": s.peaks, "wall_s": wall, "engine_bytes": dir_bytes(out), "graph_bytes": graphs,
-            "llm_int8": manifest.get("parity", {}).get("llm_int8")}
+    return {
+        "peaks": s.peaks,
+        "wall_s": wall,
+        "engine_bytes": dir_bytes(out),
+        "graph_bytes": graphs,
+        "llm_int8": manifest.get("parity", {}).get("llm_int8"),
+    }
 
 
 def llm_fp32_weight_bytes(layers: int) -> int:
@@ -165,10 +169,12 @@ def summarize(rows: list[dict]) -> dict:
     """Least-squares line over N of the whole build's peak and of each step's, extrapolated to 32."""
     xs = [r["layers"] for r in rows]
     steps = sorted({k for r in rows for k in r["peaks"]})
-    fits = {"build": fit_line(xs, [max(r["peaks"].values()) for r in rows]),
-            "llm_weights_fp32": fit_line(xs, [r["llm_weight_bytes"] for r in rows]),
-            "checkpoint": fit_line(xs, [r["checkpoint_bytes"] for r in rows]),
-            "engine": fit_line(xs, [r["engine_bytes"] for r in rows])}
+    fits = {
+        "build": fit_line(xs, [max(r["peaks"].values()) for r in rows]),
+        "llm_weights_fp32": fit_line(xs, [r["llm_weight_bytes"] for r in rows]),
+        "checkpoint": fit_line(xs, [r["checkpoint_bytes"] for r in rows]),
+        "engine": fit_line(xs, [r["engine_bytes"] for r in rows]),
+    }
     for k in steps:
         if all(k in r["peaks"] for r in rows):
             fits[f"step {k}"] = fit_line(xs, [r["peaks"][k] for r in rows])
@@ -177,11 +183,15 @@ def summarize(rows: list[dict]) -> dict:
     a, b = fits["build"]
     wa, wb = fits["llm_weights_fp32"]
     return {
-        "fit": fits, "extrapolated_32": full, "top_step_32": top_step,
+        "fit": fits,
+        "extrapolated_32": full,
+        "top_step_32": top_step,
         "peak_over_llm_weights_32": full["build"] / full["llm_weights_fp32"],
-        "arithmetic": (f"peak(32) = {a / 1e9:.2f} GB + 32 x {b / 1e9:.3f} GB = {full['build'] / 1e9:.1f} GB;"
-                       f" fp32 LLM weights(32) = {wa / 1e9:.2f} GB + 32 x {wb / 1e9:.3f} GB ="
-                       f" {full['llm_weights_fp32'] / 1e9:.1f} GB"),
+        "arithmetic": (
+            f"peak(32) = {a / 1e9:.2f} GB + 32 x {b / 1e9:.3f} GB = {full['build'] / 1e9:.1f} GB;"
+            f" fp32 LLM weights(32) = {wa / 1e9:.2f} GB + 32 x {wb / 1e9:.3f} GB ="
+            f" {full['llm_weights_fp32'] / 1e9:.1f} GB"
+        ),
     }
 
 
@@ -189,33 +199,49 @@ def markdown(data: dict) -> str:
     gb = 1e9
     rows = data["rows"]
     m = data["machine"]
-    lines = [f"## export.build memory at GLUS-7B widths (machine {m['slug']}, {data['label']})", "",
-             f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {data['date']}."
-             f" `python -m benchmarks.export_memory --layers {','.join(str(r['layers']) for r in rows)}"
-             f" --precision {data['precision']}`: per depth, make_tiny --shape glus-7b --llm-layers N"
-             " (bf16 checkpoint) then the real export.build in a fresh process, the resident set"
-             " sampled every 20 ms and its peak kept per build step.", "",
-             "| layers | checkpoint GB (bf16) | fp32 LLM weights GB | build peak GB | peak / LLM weights | step at the peak | engine GB | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## export.build memory at GLUS-7B widths (machine {m['slug']}, {data['label']})",
+        "",
+        f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {data['date']}."
+        f" `python -m benchmarks.export_memory --layers {','.join(str(r['layers']) for r in rows)}"
+        f" --precision {data['precision']}`: per depth, make_tiny --shape glus-7b --llm-layers N"
+        " (bf16 checkpoint) then the real export.build in a fresh process, the resident set"
+        " sampled every 20 ms and its peak kept per build step.",
+        "",
+        "| layers | checkpoint GB (bf16) | fp32 LLM weights GB | build peak GB | peak / LLM weights | step at the peak | engine GB | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         top = max(r["peaks"], key=r["peaks"].get)
-        lines.append(f"| {r['layers']} | {r['checkpoint_bytes'] / gb:.2f} | {r['llm_weight_bytes'] / gb:.2f} |"
-                     f" {r['peaks'][top] / gb:.2f} | {r['peaks'][top] / r['llm_weight_bytes']:.2f}x | {top} |"
-                     f" {r['engine_bytes'] / gb:.2f} | {r['wall_s']:.0f} |")
+        lines.append(
+            f"| {r['layers']} | {r['checkpoint_bytes'] / gb:.2f} | {r['llm_weight_bytes'] / gb:.2f} |"
+            f" {r['peaks'][top] / gb:.2f} | {r['peaks'][top] / r['llm_weight_bytes']:.2f}x | {top} |"
+            f" {r['engine_bytes'] / gb:.2f} | {r['wall_s']:.0f} |"
+        )
     steps = [k for k in data["summary"]["fit"] if k.startswith("step ")] if data["summary"] else []
     if steps:
-        lines += ["", "Peak resident set per build step (GB) and its growth per LLM layer:", "",
-                  "| step | " + " | ".join(f"N={r['layers']}" for r in rows) + " | per layer | at 32 layers (extrapolated) |",
-                  "|---|" + "---|" * len(rows) + "---|---|"]
+        lines += [
+            "",
+            "Peak resident set per build step (GB) and its growth per LLM layer:",
+            "",
+            "| step | " + " | ".join(f"N={r['layers']}" for r in rows) + " | per layer | at 32 layers (extrapolated) |",
+            "|---|" + "---|" * len(rows) + "---|---|",
+        ]
         fit, full = data["summary"]["fit"], data["summary"]["extrapolated_32"]
         for k in sorted(steps, key=lambda k: -full[k]):
-            lines.append(f"| {k[5:]} | " + " | ".join(f"{r['peaks'][k[5:]] / gb:.2f}" for r in rows)
-                         + f" | {fit[k][1] / gb:+.3f} | {full[k] / gb:.1f} |")
+            lines.append(
+                f"| {k[5:]} | "
+                + " | ".join(f"{r['peaks'][k[5:]] / gb:.2f}" for r in rows)
+                + f" | {fit[k][1] / gb:+.3f} | {full[k] / gb:.1f} |"
+            )
         s = data["summary"]
-        lines += ["", f"**Extrapolation to 32 layers (not measured):** {s['arithmetic']}: peak / fp32"
-                      f" LLM weights = {s['peak_over_llm_weights_32']:.2f}x, at step {s['top_step_32'][5:]}."
-                      f" Checkpoint {s['extrapolated_32']['checkpoint'] / gb:.1f} GB, engine"
-                      f" {s['extrapolated_32']['engine'] / gb:.1f} GB on disk."]
+        lines += [
+            "",
+            f"**Extrapolation to 32 layers (not measured):** {s['arithmetic']}: peak / fp32"
+            f" LLM weights = {s['peak_over_llm_weights_32']:.2f}x, at step {s['top_step_32'][5:]}."
+            f" Checkpoint {s['extrapolated_32']['checkpoint'] / gb:.1f} GB, engine"
+            f" {s['extrapolated_32']['engine'] / gb:.1f} GB on disk.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -254,21 +280,34 @@ def main(argv=None) -> int:
         ckpt, out = work / f"ckpt-L{n}", work / f"engine-L{n}"
         if not (ckpt / "glus" / "config.json").is_file():  # --work kept from an earlier run: reused
             make_tiny(ckpt, shape="glus-7b", llm_layers=n, shards=2)
-        r = subprocess.run([sys.executable, "-m", "benchmarks.export_memory", "--one", f"{ckpt}:{out}",
-                            "--precision", a.precision], capture_output=True, text=True, check=False)
+        r = subprocess.run(
+            [sys.executable, "-m", "benchmarks.export_memory", "--one", f"{ckpt}:{out}", "--precision", a.precision],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if r.returncode:
             print(r.stderr[-3000:], file=sys.stderr)
             return 1
         row = json.loads(r.stdout.strip().splitlines()[-1])
-        row.update(layers=n, checkpoint_bytes=dir_bytes(ckpt / "glus"), clip_bytes=dir_bytes(ckpt / "clip"),
-                   llm_weight_bytes=llm_fp32_weight_bytes(n))
+        row.update(
+            layers=n,
+            checkpoint_bytes=dir_bytes(ckpt / "glus"),
+            clip_bytes=dir_bytes(ckpt / "clip"),
+            llm_weight_bytes=llm_fp32_weight_bytes(n),
+        )
         rows.append(row)
         subprocess.run(["rm", "-rf", str(out)] + ([] if a.keep else [str(ckpt)]), check=False)
     info = machine_info()
     info["slug"] = machine_slug(info)
-    data = {"date": time.strftime("%Y-%m-%d"), "machine": info, "precision": a.precision,
-            "label": a.label or "as built", "rows": rows,
-            "summary": summarize(rows) if len(rows) > 1 else None}
+    data = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": info,
+        "precision": a.precision,
+        "label": a.label or "as built",
+        "rows": rows,
+        "summary": summarize(rows) if len(rows) > 1 else None,
+    }
     res = Path(a.out)
     res.mkdir(parents=True, exist_ok=True)
     stem = "export-memory-glus-7b" + (f"-{a.label}" if a.label else "")

@@ -44,9 +44,12 @@ def collect(ref, data, progress: bool = True):
             exprs = {e.exp_id: e for e in ds.expressions_of(video)}
             for c in mine:
                 res = reference.segment_video(ref, frames, exprs[c.exp_id].text)
-                outcomes.append([frame_outcome(m, ds.gt_mask(exprs[c.exp_id], f),
-                                               ds.gt_mask(exprs[c.twin_exp_id], f))
-                                 for f, m in enumerate(res.masks)])
+                outcomes.append(
+                    [
+                        frame_outcome(m, ds.gt_mask(exprs[c.exp_id], f), ds.gt_mask(exprs[c.twin_exp_id], f))
+                        for f, m in enumerate(res.masks)
+                    ]
+                )
                 segs.append(np.stack([np.asarray(fr.seg_embedding, np.float32) for fr in res.frames]))
                 cases.append(c)
                 bar.update()
@@ -58,9 +61,12 @@ def probe_by_outcome(cases, outcomes, segs, alpha: float = 100.0) -> dict:
     """Share of frames whose [SEG] read-out points nearer the target than the twin, per outcome."""
     from evalkit.failmodes import OUTCOMES, pick_by_probe
 
-    rows = [(c.split, o, s, c.target_xy[f], c.twin_xy[f])
-            for c, outs, seg in zip(cases, outcomes, segs) for f, (o, s) in enumerate(zip(outs, seg))
-            if o != "absent"]
+    rows = [
+        (c.split, o, s, c.target_xy[f], c.twin_xy[f])
+        for c, outs, seg in zip(cases, outcomes, segs)
+        for f, (o, s) in enumerate(zip(outs, seg))
+        if o != "absent"
+    ]
     if len({r[0] for r in rows}) < 2:
         return {}
     groups, outs, x, txy, oxy = (np.array(v) for v in zip(*rows))
@@ -75,17 +81,25 @@ def probe_by_outcome(cases, outcomes, segs, alpha: float = 100.0) -> dict:
 def table(summary: dict, probe: dict, n_cases: int) -> list[str]:
     from evalkit.failmodes import OUTCOMES
 
-    lines = [f"{n_cases} expressions whose target has a twin, {summary['frames']} frames "
-             "(frames where either is out of view left out)", "",
-             "| outcome | share of frames | [SEG] read-out nearer the target than the twin |",
-             "|---|---|---|"]
+    lines = [
+        f"{n_cases} expressions whose target has a twin, {summary['frames']} frames "
+        "(frames where either is out of view left out)",
+        "",
+        "| outcome | share of frames | [SEG] read-out nearer the target than the twin |",
+        "|---|---|---|",
+    ]
     for k in OUTCOMES:
-        lines.append(f"| {k} | {summary[k]:.3f} | {probe[k]:.2f} |" if k in probe else f"| {k} | {summary[k]:.3f} | - |")
+        lines.append(
+            f"| {k} | {summary[k]:.3f} | {probe[k]:.2f} |" if k in probe else f"| {k} | {summary[k]:.3f} | - |"
+        )
     if probe:
         lines.append(f"| all | 1.000 | {probe['all']:.2f} |")
     by = summary["by_frame"]
-    lines += ["", "| frame | " + " | ".join(str(f) for f in range(len(by["right"]))) + " |",
-              "|---" * (len(by["right"]) + 1) + "|"]
+    lines += [
+        "",
+        "| frame | " + " | ".join(str(f) for f in range(len(by["right"]))) + " |",
+        "|---" * (len(by["right"]) + 1) + "|",
+    ]
     for k in ("right", "merge", "swap"):
         lines.append(f"| {k} | " + " | ".join(f"{v:.2f}" for v in by[k]) + " |")
     return lines
@@ -121,19 +135,31 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"failmodes-{model.name}"
-    meta = {"model": str(model), "data": data, "seconds": round(time.time() - t0, 1),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    per_case = [{"split": c.split, "video": c.video, "exp_id": c.exp_id, "outcomes": o}
-                for c, o in zip(cases, outcomes)]
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "summary": summary, "probe": probe,
-                                                  "cases": per_case}, indent=1))
+    meta = {
+        "model": str(model),
+        "data": data,
+        "seconds": round(time.time() - t0, 1),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    per_case = [
+        {"split": c.split, "video": c.video, "exp_id": c.exp_id, "outcomes": o} for c, o in zip(cases, outcomes)
+    ]
+    (out / f"{stem}.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "probe": probe, "cases": per_case}, indent=1)
+    )
     lines = table(summary, probe, len(cases))
-    md = [f"## Failure modes on look-alike twins: {model}", "",
-          f"Held-out sets {', '.join(s for _, s in data)}; reference offline; measured by "
-          f"`python -m benchmarks.failmodes` on {meta['date'][:10]}. merge (tested first): the mask "
-          "covers at least half of both the target and its twin; right: IoU with the target >= 0.5; "
-          "swap: IoU with the twin >= 0.5. The read-out is a ridge regression from the [SEG] embedding to the target's "
-          "centre, fitted on one split and scored on the other.", "", *lines, ""]
+    md = [
+        f"## Failure modes on look-alike twins: {model}",
+        "",
+        f"Held-out sets {', '.join(s for _, s in data)}; reference offline; measured by "
+        f"`python -m benchmarks.failmodes` on {meta['date'][:10]}. merge (tested first): the mask "
+        "covers at least half of both the target and its twin; right: IoU with the target >= 0.5; "
+        "swap: IoU with the twin >= 0.5. The read-out is a ridge regression from the [SEG] embedding to the target's "
+        "centre, fitted on one split and scored on the other.",
+        "",
+        *lines,
+        "",
+    ]
     (out / f"{stem}.md").write_text("\n".join(md))
     print("\n".join(lines))
     return 0

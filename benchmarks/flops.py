@@ -41,13 +41,12 @@ def step_tokens(tokenizer, step: int, expression: str = EXPRESSION) -> dict[str,
     past = [rules.ANSWER_SEG] * (min(step, rules.NUM_QUERY) - 1)
     ids = tokenizer.encode_prompt(rules.prompt_text(expression, past))
     prefix = tokenizer.encode_prompt(rules.prefix_text())
-    rest = ids[len(prefix):]
+    rest = ids[len(prefix) :]
     incremental = positions(rest)
     if step > 1:
         eos = len(rest) - 1 - rest[::-1].index(tokenizer.eos_id)
-        incremental = positions(rest[eos - 1 - rest[:eos][::-1].index(tokenizer.seg_id):])
-    return {"full": positions(ids), "prefix": positions(prefix), "window": positions(rest),
-            "incremental": incremental}
+        incremental = positions(rest[eos - 1 - rest[:eos][::-1].index(tokenizer.seg_id) :])
+    return {"full": positions(ids), "prefix": positions(prefix), "window": positions(rest), "incremental": incremental}
 
 
 # ---- LLM and CLIP from shapes ---------------------------------------------------------------------
@@ -98,8 +97,7 @@ def sam_flops(sam) -> dict:
 
     sam = sam.to("meta")
     s = int(sam.image_size)
-    view = types.SimpleNamespace(sam=sam, sam_image_size=s,
-                                 _to_map=lambda t, size: GlusModel._to_map(None, t, size))
+    view = types.SimpleNamespace(sam=sam, sam_image_size=s, _to_map=lambda t, size: GlusModel._to_map(None, t, size))
     keep = {}
 
     def encode():
@@ -182,12 +180,15 @@ class ModelFlops:
         """FLOPs of each stage the stage benchmarks time, keyed like them."""
         s = self.sam
         tk = self.tokens(rules.NUM_QUERY + 1)
-        out = {"vision": self.clip_images(1),
-               "llm_prefix": self.llm_call(tk["prefix"], tk["prefix"]),
-               "llm_window_exact": self.llm_call(tk["window"], tk["full"]),
-               "llm_window_incremental": self.llm_call(tk["incremental"], tk["full"]),
-               "sam_image": s["sam_image"], "mask_decoder": s["mask_decoder"],
-               "memory_encoder": s["memory_encoder"]}
+        out = {
+            "vision": self.clip_images(1),
+            "llm_prefix": self.llm_call(tk["prefix"], tk["prefix"]),
+            "llm_window_exact": self.llm_call(tk["window"], tk["full"]),
+            "llm_window_incremental": self.llm_call(tk["incremental"], tk["full"]),
+            "sam_image": s["sam_image"],
+            "mask_decoder": s["mask_decoder"],
+            "memory_encoder": s["memory_encoder"],
+        }
         for m, v in s["memory_attention"].items():
             out[f"memory_attention_m{m}"] = v
         return out
@@ -252,6 +253,8 @@ def shape_flops(shape: str, tokenizer, cache_dir=None) -> ModelFlops:
 def format_split(name: str, summary: dict) -> str:
     r, s = summary["per_frame"]["reference"], summary["reference_split"]
     total = sum(r.values())
-    return (f"{name}: reference loop {total / 1e9:,.1f} GFLOP/frame = LLM {r['llm'] / 1e9:,.1f} "
-            f"({s['llm']:.1%}) + 8 CLIP encodes {r['clip'] / 1e9:,.1f} ({s['clip']:.1%}) + SAM2 "
-            f"{r['sam2'] / 1e9:,.1f} ({s['sam2']:.1%})")
+    return (
+        f"{name}: reference loop {total / 1e9:,.1f} GFLOP/frame = LLM {r['llm'] / 1e9:,.1f} "
+        f"({s['llm']:.1%}) + 8 CLIP encodes {r['clip'] / 1e9:,.1f} ({s['clip']:.1%}) + SAM2 "
+        f"{r['sam2'] / 1e9:,.1f} ({s['sam2']:.1%})"
+    )

@@ -34,25 +34,27 @@ def render(points: list[dict], bar_jf: float, bar_minutes: float, title: str) ->
     def y(j: float) -> float:
         return PAD_T + (H - PAD_T - PAD_B) * (hi - j) / (hi - lo)
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{W}" height="{H}" fill="white"/>',
-           f'<text x="{W / 2}" y="18" text-anchor="middle" font-size="14">{escape(title)}</text>',
-           # the corner both bars ask for
-           f'<rect x="{x(0):.1f}" y="{y(hi):.1f}" width="{x(bar_minutes) - x(0):.1f}" '
-           f'height="{y(bar_jf) - y(hi):.1f}" fill="#d8f0d8"/>',
-           f'<line x1="{x(0):.1f}" y1="{y(bar_jf):.1f}" x2="{x(xmax):.1f}" y2="{y(bar_jf):.1f}" '
-           'stroke="#393" stroke-dasharray="5,4"/>',
-           f'<line x1="{x(bar_minutes):.1f}" y1="{y(lo):.1f}" x2="{x(bar_minutes):.1f}" y2="{y(hi):.1f}" '
-           'stroke="#393" stroke-dasharray="5,4"/>',
-           f'<text x="{x(0) + 4:.1f}" y="{y(bar_jf) + 14:.1f}" fill="#393">J&amp;F {bar_jf}</text>',
-           f'<text x="{x(bar_minutes) + 4:.1f}" y="{y(lo) - 6:.1f}" fill="#393">{bar_minutes:g} min</text>',
-           # axes
-           f'<line x1="{x(0)}" y1="{y(lo):.1f}" x2="{x(xmax):.1f}" y2="{y(lo):.1f}" stroke="black"/>',
-           f'<line x1="{x(0)}" y1="{y(lo):.1f}" x2="{x(0)}" y2="{y(hi):.1f}" stroke="black"/>',
-           f'<text x="{(x(0) + x(xmax)) / 2:.1f}" y="{H - 10}" text-anchor="middle">'
-           'training wall time, minutes (2 CPU threads)</text>',
-           f'<text x="14" y="{(y(lo) + y(hi)) / 2:.1f}" text-anchor="middle" '
-           f'transform="rotate(-90 14 {(y(lo) + y(hi)) / 2:.1f})">held-out J&amp;F</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{W}" height="{H}" fill="white"/>',
+        f'<text x="{W / 2}" y="18" text-anchor="middle" font-size="14">{escape(title)}</text>',
+        # the corner both bars ask for
+        f'<rect x="{x(0):.1f}" y="{y(hi):.1f}" width="{x(bar_minutes) - x(0):.1f}" '
+        f'height="{y(bar_jf) - y(hi):.1f}" fill="#d8f0d8"/>',
+        f'<line x1="{x(0):.1f}" y1="{y(bar_jf):.1f}" x2="{x(xmax):.1f}" y2="{y(bar_jf):.1f}" '
+        'stroke="#393" stroke-dasharray="5,4"/>',
+        f'<line x1="{x(bar_minutes):.1f}" y1="{y(lo):.1f}" x2="{x(bar_minutes):.1f}" y2="{y(hi):.1f}" '
+        'stroke="#393" stroke-dasharray="5,4"/>',
+        f'<text x="{x(0) + 4:.1f}" y="{y(bar_jf) + 14:.1f}" fill="#393">J&amp;F {bar_jf}</text>',
+        f'<text x="{x(bar_minutes) + 4:.1f}" y="{y(lo) - 6:.1f}" fill="#393">{bar_minutes:g} min</text>',
+        # axes
+        f'<line x1="{x(0)}" y1="{y(lo):.1f}" x2="{x(xmax):.1f}" y2="{y(lo):.1f}" stroke="black"/>',
+        f'<line x1="{x(0)}" y1="{y(lo):.1f}" x2="{x(0)}" y2="{y(hi):.1f}" stroke="black"/>',
+        f'<text x="{(x(0) + x(xmax)) / 2:.1f}" y="{H - 10}" text-anchor="middle">'
+        "training wall time, minutes (2 CPU threads)</text>",
+        f'<text x="14" y="{(y(lo) + y(hi)) / 2:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {(y(lo) + y(hi)) / 2:.1f})">held-out J&amp;F</text>',
+    ]
     step = 30 if xmax <= 300 else 60
     for m in range(0, int(xmax) + 1, step):
         out.append(f'<text x="{x(m):.1f}" y="{y(lo) + 16:.1f}" text-anchor="middle">{m}</text>')
@@ -66,8 +68,10 @@ def render(points: list[dict], bar_jf: float, bar_minutes: float, title: str) ->
         out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="5" fill="#246"/>')
         left = px > (PAD_L + W - PAD_R) / 2  # labels of the right half go left of their dot
         anchor = ' text-anchor="end"' if left else ""
-        out.append(f'<text x="{px - 8 if left else px + 8:.1f}" y="{py + 4:.1f}"{anchor}>'
-                   f'{escape(p["label"])} ({p["jf"]:.3f})</text>')
+        out.append(
+            f'<text x="{px - 8 if left else px + 8:.1f}" y="{py + 4:.1f}"{anchor}>'
+            f"{escape(p['label'])} ({p['jf']:.3f})</text>"
+        )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

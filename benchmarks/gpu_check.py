@@ -53,8 +53,11 @@ def cuda_status() -> dict:
         out["torch_cuda"] = bool(torch.cuda.is_available())
         if out["torch_cuda"]:
             p = torch.cuda.get_device_properties(0)
-            out["gpu"] = {"name": p.name, "memory_gb": round(p.total_memory / 1e9, 1),
-                          "count": torch.cuda.device_count()}
+            out["gpu"] = {
+                "name": p.name,
+                "memory_gb": round(p.total_memory / 1e9, 1),
+                "count": torch.cuda.device_count(),
+            }
     except ImportError:
         out["torch"] = None
     try:
@@ -144,8 +147,9 @@ def component_times(ref, frames, expression: str, device: str) -> dict:
     context = rules.context_frame_indices(n)
     window = rules.window_positions(rules.NUM_QUERY)  # a full window: the steady state
     ids = tok.encode_prompt(rules.prompt_text(expression, [rules.ANSWER_SEG] * (len(window) - 1)))
-    pixels = torch.stack([clip_pixels(ref.clip_processor, frames[i]) for i in
-                          list(context) + list(window)]).to(p.device, p.dtype)
+    pixels = torch.stack([clip_pixels(ref.clip_processor, frames[i]) for i in list(context) + list(window)]).to(
+        p.device, p.dtype
+    )
     sam_in = sam_pixels(frames[0], model.sam_image_size).to(p.device, p.dtype)[None]
     out = {}
     with torch.no_grad():
@@ -171,8 +175,7 @@ def component_times(ref, frames, expression: str, device: str) -> dict:
     return out
 
 
-def phase_reference(work: Path, shape: str, layers: int | None, frames: int, device: str,
-                    dtype_name: str) -> dict:
+def phase_reference(work: Path, shape: str, layers: int | None, frames: int, device: str, dtype_name: str) -> dict:
     import torch
 
     import reference
@@ -194,10 +197,16 @@ def phase_reference(work: Path, shape: str, layers: int | None, frames: int, dev
     parts = component_times(ref, vid, exprs[0], device)
     n_layers = ref.model.cfg.raw["num_hidden_layers"]
     out = {
-        "shape": shape, "llm_layers": n_layers, "dtype": dtype_name, "device": device,
+        "shape": shape,
+        "llm_layers": n_layers,
+        "dtype": dtype_name,
+        "device": device,
         "weights": "random (make_tiny's config, tokenizer and CLIP; [SEG] row pointed)",
-        "build_s": build_s, "frames": len(vid), "expression": exprs[0],
-        "per_frame_s": loop_s, "components_s": parts,
+        "build_s": build_s,
+        "frames": len(vid),
+        "expression": exprs[0],
+        "per_frame_s": loop_s,
+        "components_s": parts,
         "seg_frames": int(sum(f.is_seg for f in res.frames)),
         "masks_nonempty": float(np.mean([m.any() for m in res.masks])),
         "params": int(sum(q.numel() for q in ref.model.parameters())),
@@ -217,19 +226,24 @@ def phase_reference(work: Path, shape: str, layers: int | None, frames: int, dev
 
 
 # ---- phase 2: the runtime on the CUDA provider --------------------------------------------------
-def phase_runtime(work: Path, shape: str, layers: int, frames: int, device: str,
-                  save=lambda part: None) -> dict:
+def phase_runtime(work: Path, shape: str, layers: int, frames: int, device: str, save=lambda part: None) -> dict:
     """save(part) is called after each engine, so that a run cut off keeps what it measured."""
     from export.build import build, check_backend
     from reference.make_tiny import make_tiny
     from runtime import GlusEngine
 
     t0 = time.perf_counter()
-    glus_dir, clip_dir = make_tiny(work / f"eng-{shape}", shape=shape,
-                                   llm_layers=layers if shape == "glus-7b" else None)
+    glus_dir, clip_dir = make_tiny(
+        work / f"eng-{shape}", shape=shape, llm_layers=layers if shape == "glus-7b" else None
+    )
     vid, exprs = video(frames)
-    out = {"shape": shape, "llm_layers": layers if shape == "glus-7b" else None, "frames": len(vid),
-           "expressions": exprs, "engines": {}}
+    out = {
+        "shape": shape,
+        "llm_layers": layers if shape == "glus-7b" else None,
+        "frames": len(vid),
+        "expressions": exprs,
+        "engines": {},
+    }
     cpu_res, cpu_s = None, None
     for precision in ("fp32", "fp16", "int8"):
         row = {}
@@ -259,10 +273,17 @@ def phase_runtime(work: Path, shape: str, layers: int, frames: int, device: str,
         row["per_frame_s"] = (time.perf_counter() - t) / (len(vid) * len(exprs))
         row["speedup_vs_cpu_fp32"] = cpu_s / row["per_frame_s"]
         ious = [mask_iou(a, b) for ra, rb in zip(cpu_res, res) for a, b in zip(ra.masks, rb.masks)]
-        coss = [cosine(sa.seg_embedding, sb.seg_embedding)
-                for ra, rb in zip(cpu_res, res) for sa, sb in zip(ra.steps, rb.steps)]
-        row.update(iou_min=min(ious), iou_mean=float(np.mean(ious)), seg_cosine_min=min(coss),
-                   masks_nonempty=float(np.mean([m.any() for r in cpu_res for m in r.masks])))
+        coss = [
+            cosine(sa.seg_embedding, sb.seg_embedding)
+            for ra, rb in zip(cpu_res, res)
+            for sa, sb in zip(ra.steps, rb.steps)
+        ]
+        row.update(
+            iou_min=min(ious),
+            iou_mean=float(np.mean(ious)),
+            seg_cosine_min=min(coss),
+            masks_nonempty=float(np.mean([m.any() for r in cpu_res for m in r.masks])),
+        )
         del eng
         save(out)
     out["wall_s"] = time.perf_counter() - t0
@@ -288,10 +309,18 @@ def main(argv=None) -> int:
     p.add_argument("--engine-shape", default="glus-7b", choices=["glus-7b", "tiny"])
     p.add_argument("--engine-layers", type=int, default=2)
     p.add_argument("--frames", type=int, default=12, help="frames of the reference phase's video")
-    p.add_argument("--engine-frames", type=int, default=6,
-                   help="frames of the runtime phase's video (its CPU yardstick runs SAM2-L on the CPU)")
-    p.add_argument("--budget-s", type=float, default=420.0,
-                   help="the runtime phase is skipped if less than --runtime-min-s is left")
+    p.add_argument(
+        "--engine-frames",
+        type=int,
+        default=6,
+        help="frames of the runtime phase's video (its CPU yardstick runs SAM2-L on the CPU)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="the runtime phase is skipped if less than --runtime-min-s is left",
+    )
     p.add_argument("--runtime-min-s", type=float, default=180.0)
     p.add_argument("--skip", action="append", default=[], choices=["reference", "runtime"])
     a = p.parse_args(argv)
@@ -310,24 +339,42 @@ def main(argv=None) -> int:
     path = Path(a.out) / f"gpu-check-{slug}.json"
     work = Path(a.work) if a.work else Path(a.out).resolve().parent / "gpu-check-work"
     work.mkdir(parents=True, exist_ok=True)
-    doc = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": info, "cuda": status,
-           "device": a.device, "argv": sys.argv[1:] if argv is None else list(argv), "phases": {}}
+    doc = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": info,
+        "cuda": status,
+        "device": a.device,
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "phases": {},
+    }
     write(path, doc)
     dtype = a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32")
     rc = 0
-    phases = [("reference", lambda: phase_reference(work, a.shape, a.llm_layers, a.frames, a.device, dtype)),
-              ("runtime", lambda: phase_runtime(work, a.engine_shape, a.engine_layers, a.engine_frames,
-                                                "cuda:0" if a.device.startswith("cuda") else a.device,
-                                                save=lambda part: (doc["phases"].update(runtime=part),
-                                                                   write(path, doc))))]
+    phases = [
+        ("reference", lambda: phase_reference(work, a.shape, a.llm_layers, a.frames, a.device, dtype)),
+        (
+            "runtime",
+            lambda: phase_runtime(
+                work,
+                a.engine_shape,
+                a.engine_layers,
+                a.engine_frames,
+                "cuda:0" if a.device.startswith("cuda") else a.device,
+                save=lambda part: (doc["phases"].update(runtime=part), write(path, doc)),
+            ),
+        ),
+    ]
     for name, fn in phases:
         left = a.budget_s - (time.perf_counter() - t_start)
         if name in a.skip:
             doc["phases"][name] = {"skipped": "--skip"}
-        elif name == "runtime" and a.device.startswith("cuda") and \
-                "CUDAExecutionProvider" not in status["ort_providers"]:
-            doc["phases"][name] = {"skipped": "ONNX Runtime has no CUDA provider here (onnxruntime-gpu"
-                                              " not installed: see benchmarks/gpu_check.sh)"}
+        elif (
+            name == "runtime" and a.device.startswith("cuda") and "CUDAExecutionProvider" not in status["ort_providers"]
+        ):
+            doc["phases"][name] = {
+                "skipped": "ONNX Runtime has no CUDA provider here (onnxruntime-gpu"
+                " not installed: see benchmarks/gpu_check.sh)"
+            }
         elif name == "runtime" and left < a.runtime_min_s:
             doc["phases"][name] = {"skipped": f"{left:.0f} s of the {a.budget_s:.0f} s budget left"}
         else:
@@ -336,8 +383,7 @@ def main(argv=None) -> int:
             try:
                 doc["phases"][name] = fn()
             except Exception as e:  # noqa: BLE001 -- recorded; the other phase may still measure
-                doc["phases"][name] = {"error": f"{type(e).__name__}: {e}",
-                                       "traceback": traceback.format_exc()[-3000:]}
+                doc["phases"][name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
                 rc = 1
             doc["phases"][name]["phase_s"] = time.perf_counter() - t
         write(path, doc)

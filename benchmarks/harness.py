@@ -40,14 +40,30 @@ class Settings:
 
 def settings(full: bool) -> Settings:
     if full:
-        return Settings(True, e2e_frames=24, e2e_repeats=7, frame_size=(96, 128), synth_videos=4,
-                        synth_frames=24, synth_expressions_per_video=3,
-                        drift_models=DRIFT_MODELS if models.has_trained() else MODELS,
-                        stream_frames=1000, stage_budget_s=3.0)
-    return Settings(False, e2e_frames=8, e2e_repeats=5, frame_size=(96, 128), synth_videos=3,
-                    synth_frames=12, synth_expressions_per_video=2,
-                    drift_models=(models.TRAINED,) if models.has_trained() else ("tiny",),
-                    stream_frames=300, stage_budget_s=1.0)
+        return Settings(
+            True,
+            e2e_frames=24,
+            e2e_repeats=7,
+            frame_size=(96, 128),
+            synth_videos=4,
+            synth_frames=24,
+            synth_expressions_per_video=3,
+            drift_models=DRIFT_MODELS if models.has_trained() else MODELS,
+            stream_frames=1000,
+            stage_budget_s=3.0,
+        )
+    return Settings(
+        False,
+        e2e_frames=8,
+        e2e_repeats=5,
+        frame_size=(96, 128),
+        synth_videos=3,
+        synth_frames=12,
+        synth_expressions_per_video=2,
+        drift_models=(models.TRAINED,) if models.has_trained() else ("tiny",),
+        stream_frames=300,
+        stage_budget_s=1.0,
+    )
 
 
 class ModelBench:
@@ -123,8 +139,9 @@ def param_counts(glus_dir: Path, clip_dir: Path) -> dict[str, int]:
                     parts["llm"] += n
     for f in sorted(Path(clip_dir).glob("*.safetensors")):
         with safe_open(str(f), "np") as st:
-            parts["clip_vision"] += sum(int(np.prod(st.get_slice(k).get_shape()))
-                                        for k in st.keys() if k.startswith("vision_model."))
+            parts["clip_vision"] += sum(
+                int(np.prod(st.get_slice(k).get_shape())) for k in st.keys() if k.startswith("vision_model.")
+            )
     return parts
 
 
@@ -148,8 +165,7 @@ def synth_dataset(videos: int, frames: int, size: tuple[int, int], seed: int = 0
 def video_frames(dataset, video: str) -> list[np.ndarray]:
     from PIL import Image
 
-    return [np.array(Image.open(dataset.image_path(video, f)).convert("RGB"))
-            for f in dataset.frames(video)]
+    return [np.array(Image.open(dataset.image_path(video, f)).convert("RGB")) for f in dataset.frames(video)]
 
 
 def gt_masks(dataset, expression) -> list[np.ndarray]:

@@ -61,39 +61,64 @@ def runtime_segmenter(engine_dir: Path, kv_policy: str = "exact", stream: bool =
 
 
 def table(results: dict) -> list[str]:
-    lines = ["| variant | J&F | J | F | J&F static (colour/shape) | J&F motion-only | "
-             "static: colour names it | static: shape needed | wall s (shared CPU) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | J&F | J | F | J&F static (colour/shape) | J&F motion-only | "
+        "static: colour names it | static: shape needed | wall s (shared CPU) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         kinds = [f"{r[k]['JF']:.4f} (n={r[k]['n']})" if k in r else "–" for k in ("static", "motion")]
         needs = r.get("needs", {})  # results measured before this split existed lack it
         split = [f"{needs[k]['JF']:.4f} (n={needs[k]['n']})" if k in needs else "–" for k in ("colour", "shape")]
-        lines.append(f"| {name} | **{r['JF']:.4f}** | {r['J']:.4f} | {r['F']:.4f} | "
-                     f"{kinds[0]} | {kinds[1]} | {split[0]} | {split[1]} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {name} | **{r['JF']:.4f}** | {r['J']:.4f} | {r['F']:.4f} | "
+            f"{kinds[0]} | {kinds[1]} | {split[0]} | {split[1]} | {r['seconds']:.0f} |"
+        )
     return lines
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.heldout", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="models/glus-tiny", help="directory with glus/ and clip/")
-    p.add_argument("--ablation", action="append", default=[], metavar="NAME=DIR",
-                   help="another checkpoint (glus/ + clip/) scored as 'reference offline'")
-    p.add_argument("--ablation-no-memory", action="append", default=[], metavar="NAME=DIR",
-                   help="a checkpoint trained without the memory bank, scored the way it was trained"
-                        " (the reference loop without memory)")
+    p.add_argument(
+        "--ablation",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another checkpoint (glus/ + clip/) scored as 'reference offline'",
+    )
+    p.add_argument(
+        "--ablation-no-memory",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a checkpoint trained without the memory bank, scored the way it was trained"
+        " (the reference loop without memory)",
+    )
     p.add_argument("--videos", type=int, default=24)
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--size", default="128x128")
     p.add_argument("--data", default=None, help="where the held-out sets are written (default: cache)")
     p.add_argument("--engines", default=None, help="where engines are built (default: cache)")
-    p.add_argument("--only", action="append", default=None, metavar="VARIANT",
-                   help="run only this variant (repeatable; names as in the table)")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="VARIANT",
+        help="run only this variant (repeatable; names as in the table)",
+    )
     p.add_argument("--limit", type=int, default=None, help="first N expressions per split (smoke runs)")
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--merge", action="store_true",
-                   help="add these variants to the model's existing results instead of replacing them")
-    p.add_argument("--report-only", action="store_true",
-                   help="score nothing: rewrite the model's .json/.md from its stored results")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="add these variants to the model's existing results instead of replacing them",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="score nothing: rewrite the model's .json/.md from its stored results",
+    )
     a = p.parse_args(argv)
     if a.report_only:
         a.merge, a.only = True, []
@@ -119,16 +144,18 @@ def main(argv=None) -> int:
         "runtime fp32": lambda: runtime_segmenter(engine_dir_for(glus, clip, "fp32", engines)),
         "runtime int8": lambda: runtime_segmenter(engine_dir_for(glus, clip, "int8", engines)),
         "runtime int8 + incremental window": lambda: runtime_segmenter(
-            engine_dir_for(glus, clip, "int8", engines), kv_policy="incremental"),
+            engine_dir_for(glus, clip, "int8", engines), kv_policy="incremental"
+        ),
         "runtime fp32 streaming (causal)": lambda: runtime_segmenter(
-            engine_dir_for(glus, clip, "fp32", engines), stream=True),
+            engine_dir_for(glus, clip, "fp32", engines), stream=True
+        ),
     }
     for spec, memory in [(x, True) for x in a.ablation] + [(x, False) for x in a.ablation_no_memory]:
         name, _, d = spec.partition("=")
         if not d:
             p.error(f"--ablation wants NAME=DIR, got {spec!r}")
         label = f"reference offline, {name}" if memory else f"reference, no memory bank, {name}"
-        variants[label] = (lambda d=Path(d), m=memory: reference_segmenter(d / "glus", d / "clip", use_memory=m))
+        variants[label] = lambda d=Path(d), m=memory: reference_segmenter(d / "glus", d / "clip", use_memory=m)
     if a.only is not None:
         unknown = [v for v in a.only if v not in variants]
         if unknown:
@@ -143,15 +170,25 @@ def main(argv=None) -> int:
         r = score(make(), data, limit=a.limit, progress=True, desc=name)
         r["seconds"] = time.time() - t
         results[name] = r
-        print(f"{name}: J&F {r['JF']:.4f} (static {r.get('static', {}).get('JF', float('nan')):.4f},"
-              f" motion {r.get('motion', {}).get('JF', float('nan')):.4f}) in {r['seconds']:.0f} s", flush=True)
+        print(
+            f"{name}: J&F {r['JF']:.4f} (static {r.get('static', {}).get('JF', float('nan')):.4f},"
+            f" motion {r.get('motion', {}).get('JF', float('nan')):.4f}) in {r['seconds']:.0f} s",
+            flush=True,
+        )
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"heldout-{model.name}"
-    meta = {"model": str(model), "ablations": a.ablation + a.ablation_no_memory, "data": [list(d) for d in data],
-            "videos": a.videos, "frames": a.frames, "size": a.size, "limit": a.limit,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    meta = {
+        "model": str(model),
+        "ablations": a.ablation + a.ablation_no_memory,
+        "data": [list(d) for d in data],
+        "videos": a.videos,
+        "frames": a.frames,
+        "size": a.size,
+        "limit": a.limit,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     path = out / f"{stem}.json"
     if a.merge and path.is_file():
         old = json.loads(path.read_text())
@@ -167,12 +204,18 @@ def main(argv=None) -> int:
         if "needs" not in r and "per_expression" in r:
             r["needs"] = needs_from_per_expression(r, data)
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    md = [f"## Held-out J&F: {model}", "",
-          f"{a.videos} synthetic videos x {a.frames} frames at {a.size} "
-          f"(evalkit.synth, splits {', '.join(s for _, s in data)}: seeds no training run draws), "
-          "MeViS protocol, measured by `python -m benchmarks.heldout` on "
-          f"{meta['date'][:10]}. Static: colour/shape alone name the target; motion-only: only "
-          "the motion tells the target from a look-alike.", "", *table(results), ""]
+    md = [
+        f"## Held-out J&F: {model}",
+        "",
+        f"{a.videos} synthetic videos x {a.frames} frames at {a.size} "
+        f"(evalkit.synth, splits {', '.join(s for _, s in data)}: seeds no training run draws), "
+        "MeViS protocol, measured by `python -m benchmarks.heldout` on "
+        f"{meta['date'][:10]}. Static: colour/shape alone name the target; motion-only: only "
+        "the motion tells the target from a look-alike.",
+        "",
+        *table(results),
+        "",
+    ]
     (out / f"{stem}.md").write_text("\n".join(md))
     print("\n".join(table(results)))
     return 0

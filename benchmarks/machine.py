@@ -87,8 +87,13 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> dict:
         t = time.perf_counter()
         a @ b
         rates.append(2.0 * n**3 / (time.perf_counter() - t) / 1e9)
-    return {"n": n, "repeats": repeats, "gflops_best": max(rates), "gflops_median": float(np.median(rates)),
-            "load_average": load_average()}
+    return {
+        "n": n,
+        "repeats": repeats,
+        "gflops_best": max(rates),
+        "gflops_median": float(np.median(rates)),
+        "load_average": load_average(),
+    }
 
 
 def rss_bytes() -> int:

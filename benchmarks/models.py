@@ -19,8 +19,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SEED = 0
 # What the checkpoint depends on, and what the engine depends on besides the checkpoint.
-_REFERENCE_MODEL = tuple(f"reference/{f}.py" for f in (
-    "make_tiny", "model", "sam", "config", "checkpoint", "loader", "tokenizer", "rules", "preprocess"))
+_REFERENCE_MODEL = tuple(
+    f"reference/{f}.py"
+    for f in ("make_tiny", "model", "sam", "config", "checkpoint", "loader", "tokenizer", "rules", "preprocess")
+)
 CHECKPOINT_SOURCES = (*_REFERENCE_MODEL, "benchmarks/models.py")
 ENGINE_SOURCES = (*_REFERENCE_MODEL, "export", "kernels", "runtime/manifest.py")
 
@@ -118,9 +120,8 @@ def condition_random(glus_dir: Path, clip_dir: Path, offset: float = 0.1, n_prob
     m, tok = ref.model, ref.tokenizer
     d = m.cfg.hidden_size
     u = torch.randn(d, generator=torch.Generator().manual_seed(3))
-    u = u / u.norm() * offset * d ** 0.5  # per-entry RMS = offset
-    frames = make_video(seed=123, index=0, frames=rules.NUM_CONTEXT + rules.NUM_QUERY,
-                        size=(96, 128)).annotation.images
+    u = u / u.norm() * offset * d**0.5  # per-entry RMS = offset
+    frames = make_video(seed=123, index=0, frames=rules.NUM_CONTEXT + rules.NUM_QUERY, size=(96, 128)).annotation.images
     with torch.no_grad():
         m.llm.model.embed_tokens.weight += u
         m.mm_projector.bias += u

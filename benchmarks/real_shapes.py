@@ -91,8 +91,9 @@ def worker_reference(ckpt: Path, video: Path, out: Path) -> None:
         save[f"seg{k}"] = np.stack([f.seg_embedding for f in r.frames])
         save[f"is_seg{k}"] = np.array([f.is_seg for f in r.frames])
     np.savez(out, **save)
-    (out.with_suffix(".json")).write_text(json.dumps(
-        {"load_s": load_s, "per_frame_s": per, "peak_rss_bytes": vm_hwm()}))
+    (out.with_suffix(".json")).write_text(
+        json.dumps({"load_s": load_s, "per_frame_s": per, "peak_rss_bytes": vm_hwm()})
+    )
 
 
 def worker_runtime(engine_dir: Path, video: Path, out: Path, kv_policy: str) -> None:
@@ -113,10 +114,18 @@ def worker_runtime(engine_dir: Path, video: Path, out: Path, kv_policy: str) -> 
         save[f"seg{k}"] = np.stack([s.seg_embedding for s in r.steps])
         save[f"is_seg{k}"] = np.array([s.is_seg for s in r.steps])
     np.savez(out, **save)
-    (out.with_suffix(".json")).write_text(json.dumps(
-        {"load_s": load_s, "wall_s": wall, "per_frame_s": wall / (len(frames) * len(exprs)),
-         "per_video_frame_s": wall / len(frames), "peak_rss_bytes": vm_hwm(),
-         "torch_imported": "torch" in sys.modules}))
+    (out.with_suffix(".json")).write_text(
+        json.dumps(
+            {
+                "load_s": load_s,
+                "wall_s": wall,
+                "per_frame_s": wall / (len(frames) * len(exprs)),
+                "per_video_frame_s": wall / len(frames),
+                "peak_rss_bytes": vm_hwm(),
+                "torch_imported": "torch" in sys.modules,
+            }
+        )
+    )
 
 
 def worker_stages(engine_dirs: dict[str, Path], out: Path, repeats: int) -> None:
@@ -138,9 +147,13 @@ def worker_stages(engine_dirs: dict[str, Path], out: Path, repeats: int) -> None
                 t = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t)
-            rows[f"{stage}|{precision}"] = {"stage": stage, "precision": precision,
-                                            "median_ms": 1000 * float(np.median(times)),
-                                            "min_ms": 1000 * float(np.min(times)), "repeats": repeats}
+            rows[f"{stage}|{precision}"] = {
+                "stage": stage,
+                "precision": precision,
+                "median_ms": 1000 * float(np.median(times)),
+                "min_ms": 1000 * float(np.min(times)),
+                "repeats": repeats,
+            }
         del engine, x
     out.write_text(json.dumps(rows))
 
@@ -156,10 +169,16 @@ def compare(ref: dict, got: dict, n_expr: int) -> dict:
             coss.append(cosine(a, b))
         seg_agree += list(ref[f"is_seg{k}"] == got[f"is_seg{k}"])
     frac_nonempty = float(np.mean([m.any() for k in range(n_expr) for m in ref[f"masks{k}"]]))
-    return {"iou_min": min(ious), "iou_mean": float(np.mean(ious)), "frames": len(ious),
-            "frames_iou_ge_0999": float(np.mean(np.array(ious) >= 0.999)),
-            "seg_cosine_min": min(coss), "seg_cosine_mean": float(np.mean(coss)),
-            "seg_token_agreement": float(np.mean(seg_agree)), "reference_masks_nonempty": frac_nonempty}
+    return {
+        "iou_min": min(ious),
+        "iou_mean": float(np.mean(ious)),
+        "frames": len(ious),
+        "frames_iou_ge_0999": float(np.mean(np.array(ious) >= 0.999)),
+        "seg_cosine_min": min(coss),
+        "seg_cosine_mean": float(np.mean(coss)),
+        "seg_token_agreement": float(np.mean(seg_agree)),
+        "reference_masks_nonempty": frac_nonempty,
+    }
 
 
 def flop_split(tokenizer_dir: Path, layers: int) -> dict:
@@ -181,11 +200,15 @@ def extrapolate(measured_s: float, f_cut: dict, f_full: dict) -> dict:
     other_s = measured_s - llm_s
     ratio = f_full["llm"] / f_cut["llm"]
     full_s = other_s + llm_s * ratio
-    return {"measured_s": measured_s, "llm_share_flops": f_cut["llm"] / tot_cut, "llm_flop_ratio": ratio,
-            "extrapolated_s": full_s,
-            "arithmetic": f"{other_s:.2f} s (non-LLM, as measured) + {llm_s:.2f} s (LLM: {f_cut['llm'] / tot_cut:.0%}"
-                          f" of the FLOPs at this depth) x {ratio:.1f} (LLM FLOPs 32 layers / this depth)"
-                          f" = {full_s:.1f} s"}
+    return {
+        "measured_s": measured_s,
+        "llm_share_flops": f_cut["llm"] / tot_cut,
+        "llm_flop_ratio": ratio,
+        "extrapolated_s": full_s,
+        "arithmetic": f"{other_s:.2f} s (non-LLM, as measured) + {llm_s:.2f} s (LLM: {f_cut['llm'] / tot_cut:.0%}"
+        f" of the FLOPs at this depth) x {ratio:.1f} (LLM FLOPs 32 layers / this depth)"
+        f" = {full_s:.1f} s",
+    }
 
 
 def extrapolate_timed(measured_s: float, llm_s: float, ratio: float) -> dict:
@@ -193,10 +216,15 @@ def extrapolate_timed(measured_s: float, llm_s: float, ratio: float) -> dict:
     time scaled by its FLOP ratio (32 layers / this depth)."""
     other_s = measured_s - llm_s
     full_s = other_s + llm_s * ratio
-    return {"measured_s": measured_s, "llm_s": llm_s, "llm_flop_ratio": ratio, "extrapolated_s": full_s,
-            "arithmetic": f"{other_s:.2f} s (the rest, as measured) + {llm_s:.2f} s (the LLM graph's own"
-                          f" time at this depth, from the per-stage table) x {ratio:.1f} (LLM FLOPs"
-                          f" 32 layers / this depth) = {full_s:.1f} s"}
+    return {
+        "measured_s": measured_s,
+        "llm_s": llm_s,
+        "llm_flop_ratio": ratio,
+        "extrapolated_s": full_s,
+        "arithmetic": f"{other_s:.2f} s (the rest, as measured) + {llm_s:.2f} s (the LLM graph's own"
+        f" time at this depth, from the per-stage table) x {ratio:.1f} (LLM FLOPs"
+        f" 32 layers / this depth) = {full_s:.1f} s",
+    }
 
 
 def runtime_llm_seconds(stages: dict, precision: str, variant: str, frames: int) -> float:
@@ -217,8 +245,11 @@ def main(argv=None) -> int:
     p.add_argument("--stage-repeats", type=int, default=3)
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--rebuild", action="store_true", help="remake the checkpoint and engines")
-    p.add_argument("--report-only", action="store_true",
-                   help="rewrite the results from what an earlier run of --work measured (runs nothing)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the results from what an earlier run of --work measured (runs nothing)",
+    )
     p.add_argument("--worker", choices=["reference", "runtime", "stages"], help=argparse.SUPPRESS)
     p.add_argument("--args", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -256,8 +287,10 @@ def main(argv=None) -> int:
 
     if a.rebuild or "make_tiny" not in rec or not (ckpt / "glus" / "config.json").is_file():
         steps.set_postfix_str("make_tiny")
-        rec["make_tiny"] = run_measured([py, "-m", "reference.make_tiny", str(ckpt), "--shape", "glus-7b",
-                                         "--llm-layers", str(n)], work / f"make_tiny-L{n}.log")
+        rec["make_tiny"] = run_measured(
+            [py, "-m", "reference.make_tiny", str(ckpt), "--shape", "glus-7b", "--llm-layers", str(n)],
+            work / f"make_tiny-L{n}.log",
+        )
         save_rec()
     rec["checkpoint_bytes"] = dir_bytes(ckpt / "glus")
     rec["clip_bytes"] = dir_bytes(ckpt / "clip")
@@ -269,14 +302,30 @@ def main(argv=None) -> int:
         key = f"build_{precision}"
         if a.rebuild or key not in rec or not (d / "manifest.json").is_file():
             steps.set_postfix_str(f"export.build {precision}")
-            rec[key] = run_measured([py, "-m", "export.build", "--checkpoint", str(ckpt / "glus"),
-                                     "--clip", str(ckpt / "clip"), "--precision", precision,
-                                     "--out", str(d), "--force"], work / f"build-{precision}-L{n}.log")
+            rec[key] = run_measured(
+                [
+                    py,
+                    "-m",
+                    "export.build",
+                    "--checkpoint",
+                    str(ckpt / "glus"),
+                    "--clip",
+                    str(ckpt / "clip"),
+                    "--precision",
+                    precision,
+                    "--out",
+                    str(d),
+                    "--force",
+                ],
+                work / f"build-{precision}-L{n}.log",
+            )
             save_rec()
         manifest = json.loads((d / "manifest.json").read_text())
         rec[key]["engine_bytes"] = dir_bytes(d)
-        rec[key]["graph_bytes"] = {g: sum((d / f["file"]).stat().st_size for f in [e, *e["external_data"]])
-                                   for g, e in manifest["graphs"].items()}
+        rec[key]["graph_bytes"] = {
+            g: sum((d / f["file"]).stat().st_size for f in [e, *e["external_data"]])
+            for g, e in manifest["graphs"].items()
+        }
         rec[key]["parity"] = manifest["parity"]
         steps.update()
 
@@ -286,8 +335,10 @@ def main(argv=None) -> int:
 
     def child(kind, args, name):
         out = work / f"{name}-L{n}.npz"
-        m = run_measured([py, "-m", "benchmarks.real_shapes", "--worker", kind, "--args",
-                          json.dumps({**args, "out": str(out)})], work / f"{name}-L{n}.log")
+        m = run_measured(
+            [py, "-m", "benchmarks.real_shapes", "--worker", kind, "--args", json.dumps({**args, "out": str(out)})],
+            work / f"{name}-L{n}.log",
+        )
         info = json.loads(out.with_suffix(".json").read_text()) if kind != "stages" else {}
         return out, {**info, "process": m}
 
@@ -310,8 +361,9 @@ def main(argv=None) -> int:
         steps.set_postfix_str(name)
         out = work / f"{name}-L{n}.npz"
         if not measured(name):
-            out, rec[name] = child("runtime", {"engine": str(engines[precision]), "video": str(video),
-                                               "kv_policy": policy}, name)
+            out, rec[name] = child(
+                "runtime", {"engine": str(engines[precision]), "video": str(video), "kv_policy": policy}, name
+            )
         rec[name]["vs_reference"] = compare(ref, dict(np.load(out)), len(exprs))
         save_rec()
         steps.update()
@@ -319,9 +371,23 @@ def main(argv=None) -> int:
     stages_out = work / f"stages-L{n}.json"
     if not measured("stages"):
         rec["stages_process"] = run_measured(
-            [py, "-m", "benchmarks.real_shapes", "--worker", "stages", "--args",
-             json.dumps({"engines": {k: str(v) for k, v in engines.items()}, "out": str(stages_out),
-                         "repeats": a.stage_repeats})], work / f"stages-L{n}.log")
+            [
+                py,
+                "-m",
+                "benchmarks.real_shapes",
+                "--worker",
+                "stages",
+                "--args",
+                json.dumps(
+                    {
+                        "engines": {k: str(v) for k, v in engines.items()},
+                        "out": str(stages_out),
+                        "repeats": a.stage_repeats,
+                    }
+                ),
+            ],
+            work / f"stages-L{n}.log",
+        )
         rec["stages"] = json.loads(stages_out.read_text())
         save_rec()
     steps.update()
@@ -332,8 +398,11 @@ def main(argv=None) -> int:
     info["slug"] = machine_slug(info)
     ref_frame = float(np.median(rec["reference"]["per_frame_s"]))
     speed = {k: ref_frame / rec[k]["per_frame_s"] for k in rec if k.startswith("runtime-")}
-    ext = {"reference": extrapolate(ref_frame, flops["depth"]["per_frame"]["reference"],
-                                    flops["full"]["per_frame"]["reference"])}
+    ext = {
+        "reference": extrapolate(
+            ref_frame, flops["depth"]["per_frame"]["reference"], flops["full"]["per_frame"]["reference"]
+        )
+    }
     for k in speed:
         # The runtime's LLM time is measured (per-stage table), not inferred from a FLOP share:
         # a frame's SAM2 and CLIP encodes are shared by the expressions, so FLOP shares of one
@@ -341,11 +410,20 @@ def main(argv=None) -> int:
         variant = "incremental" if k.endswith("incremental") else "exact"
         precision = k.split("-")[1]
         ratio = flops["full"]["per_frame"][variant]["llm"] / flops["depth"]["per_frame"][variant]["llm"]
-        ext[k] = extrapolate_timed(rec[k]["per_frame_s"],
-                                   runtime_llm_seconds(rec["stages"], precision, variant, a.frames), ratio)
-    data = {"date": time.strftime("%Y-%m-%d"), "machine": info, "model": f"glus-7b-L{n}", "llm_layers": n,
-            "video": {"frames": a.frames, "size": [h, w], "expressions": exprs},
-            "measured": rec, "speedup_vs_reference": speed, "flops": flops, "extrapolated_32": ext}
+        ext[k] = extrapolate_timed(
+            rec[k]["per_frame_s"], runtime_llm_seconds(rec["stages"], precision, variant, a.frames), ratio
+        )
+    data = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": info,
+        "model": f"glus-7b-L{n}",
+        "llm_layers": n,
+        "video": {"frames": a.frames, "size": [h, w], "expressions": exprs},
+        "measured": rec,
+        "speedup_vs_reference": speed,
+        "flops": flops,
+        "extrapolated_32": ext,
+    }
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"real-shapes-glus-7b-L{n}.json").write_text(json.dumps(data, indent=1, default=float))
@@ -358,62 +436,104 @@ def main(argv=None) -> int:
 def markdown(d: dict) -> str:
     m, n = d["measured"], d["llm_layers"]
     mi = d["machine"]
-    L = [f"## GLUS-7B widths at {n} LLM layers: the whole path on CPU (machine {mi['slug']})", "",
-         f"{mi['cpu']}, {mi['cores']} cores, {mi['memory_gb']} GB, ONNX Runtime {mi['onnxruntime']},"
-         f" torch {mi['torch']}; {d['date']}. `python -m benchmarks.real_shapes --llm-layers {n}`:"
-         f" `make_tiny --shape glus-7b --llm-layers {n}` (LLaMA-7B widths: hidden 4096, MLP 11008,"
-         " 32 heads, vocab 32003; CLIP ViT-L/14 at 224; SAM2 hiera-L at 1024; bf16, 2 shards; random"
-         f" weights) → export.build fp32 / int8 → GlusEngine, on a {d['video']['frames']}-frame"
-         f" {d['video']['size'][0]}x{d['video']['size'][1]} synthetic video with two expressions"
-         f" ({'; '.join(repr(e) for e in d['video']['expressions'])}). Every step in its own process.", "",
-         "### Parity against the reference (every frame of both expressions)", "",
-         "| engine | mask IoU min / mean | frames IoU ≥ 0.999 | [SEG] cosine min / mean | [SEG]-token agreement |",
-         "|---|---|---|---|---|"]
+    L = [
+        f"## GLUS-7B widths at {n} LLM layers: the whole path on CPU (machine {mi['slug']})",
+        "",
+        f"{mi['cpu']}, {mi['cores']} cores, {mi['memory_gb']} GB, ONNX Runtime {mi['onnxruntime']},"
+        f" torch {mi['torch']}; {d['date']}. `python -m benchmarks.real_shapes --llm-layers {n}`:"
+        f" `make_tiny --shape glus-7b --llm-layers {n}` (LLaMA-7B widths: hidden 4096, MLP 11008,"
+        " 32 heads, vocab 32003; CLIP ViT-L/14 at 224; SAM2 hiera-L at 1024; bf16, 2 shards; random"
+        f" weights) → export.build fp32 / int8 → GlusEngine, on a {d['video']['frames']}-frame"
+        f" {d['video']['size'][0]}x{d['video']['size'][1]} synthetic video with two expressions"
+        f" ({'; '.join(repr(e) for e in d['video']['expressions'])}). Every step in its own process.",
+        "",
+        "### Parity against the reference (every frame of both expressions)",
+        "",
+        "| engine | mask IoU min / mean | frames IoU ≥ 0.999 | [SEG] cosine min / mean | [SEG]-token agreement |",
+        "|---|---|---|---|---|",
+    ]
     for k in ("runtime-fp32-exact", "runtime-int8-exact", "runtime-int8-incremental"):
         c = m[k]["vs_reference"]
-        L.append(f"| {k.removeprefix('runtime-')} | {c['iou_min']:.4f} / {c['iou_mean']:.4f} |"
-                 f" {c['frames_iou_ge_0999']:.0%} | {c['seg_cosine_min']:.6f} / {c['seg_cosine_mean']:.6f} |"
-                 f" {c['seg_token_agreement']:.0%} |")
+        L.append(
+            f"| {k.removeprefix('runtime-')} | {c['iou_min']:.4f} / {c['iou_mean']:.4f} |"
+            f" {c['frames_iou_ge_0999']:.0%} | {c['seg_cosine_min']:.6f} / {c['seg_cosine_mean']:.6f} |"
+            f" {c['seg_token_agreement']:.0%} |"
+        )
     c = m["runtime-fp32-exact"]["vs_reference"]
-    L += ["", f"{c['reference_masks_nonempty']:.0%} of the reference's masks are non-empty (random weights:"
-          " make_tiny points the [SEG] row of lm_head along real prompts' hidden states so that both"
-          " branches of GLUS's loop run).", "",
-          "### Per frame: the reference loop against the runtime (same depth, same machine, same run)", "",
-          "| loop | s per frame-expression | speed-up | peak RSS GB | extrapolated to 32 layers (s) |",
-          "|---|---|---|---|---|"]
+    L += [
+        "",
+        f"{c['reference_masks_nonempty']:.0%} of the reference's masks are non-empty (random weights:"
+        " make_tiny points the [SEG] row of lm_head along real prompts' hidden states so that both"
+        " branches of GLUS's loop run).",
+        "",
+        "### Per frame: the reference loop against the runtime (same depth, same machine, same run)",
+        "",
+        "| loop | s per frame-expression | speed-up | peak RSS GB | extrapolated to 32 layers (s) |",
+        "|---|---|---|---|---|",
+    ]
     ref_frame = float(np.median(m["reference"]["per_frame_s"]))
     ext = d["extrapolated_32"]
-    L.append(f"| reference (PyTorch, re-runs the prompt) | {ref_frame:.2f} | 1.00x |"
-             f" {m['reference']['peak_rss_bytes'] / GB:.1f} | {ext['reference']['extrapolated_s']:.1f} |")
+    L.append(
+        f"| reference (PyTorch, re-runs the prompt) | {ref_frame:.2f} | 1.00x |"
+        f" {m['reference']['peak_rss_bytes'] / GB:.1f} | {ext['reference']['extrapolated_s']:.1f} |"
+    )
     for k, s in d["speedup_vs_reference"].items():
-        L.append(f"| {k.removeprefix('runtime-')} | {m[k]['per_frame_s']:.2f} | {s:.2f}x |"
-                 f" {m[k]['peak_rss_bytes'] / GB:.1f} | {ext[k]['extrapolated_s']:.1f} |")
-    L += ["", "Runtime figures: one `segment_video` call over both expressions (each frame SAM2- and"
-          " CLIP-encoded once for both), divided by frames x expressions; its process imports no torch"
-          f" (torch in sys.modules: {m['runtime-fp32-exact']['torch_imported']}).", "",
-          "**32 layers is an extrapolation, not a measurement.** Arithmetic, per loop:", ""]
+        L.append(
+            f"| {k.removeprefix('runtime-')} | {m[k]['per_frame_s']:.2f} | {s:.2f}x |"
+            f" {m[k]['peak_rss_bytes'] / GB:.1f} | {ext[k]['extrapolated_s']:.1f} |"
+        )
+    L += [
+        "",
+        "Runtime figures: one `segment_video` call over both expressions (each frame SAM2- and"
+        " CLIP-encoded once for both), divided by frames x expressions; its process imports no torch"
+        f" (torch in sys.modules: {m['runtime-fp32-exact']['torch_imported']}).",
+        "",
+        "**32 layers is an extrapolation, not a measurement.** Arithmetic, per loop:",
+        "",
+    ]
     for k, e in ext.items():
         L.append(f"- {k}: {e['arithmetic']}")
-    L += ["", "### Per-stage latency (ONNX Runtime CPU, median of "
-          f"{next(iter(m['stages'].values()))['repeats']} after a warm-up)", "",
-          "| stage | precision | ms | GFLOP |", "|---|---|---|---|"]
+    L += [
+        "",
+        "### Per-stage latency (ONNX Runtime CPU, median of "
+        f"{next(iter(m['stages'].values()))['repeats']} after a warm-up)",
+        "",
+        "| stage | precision | ms | GFLOP |",
+        "|---|---|---|---|",
+    ]
     fl = d["flops"]["depth"]["stages"]
     for v in m["stages"].values():
         L.append(f"| {v['stage']} | {v['precision']} | {v['median_ms']:.0f} | {fl.get(v['stage'], 0) / 1e9:.1f} |")
-    L += ["", "### Build, memory, disk", "", "| step | wall s | peak RSS GB | bytes on disk GB |", "|---|---|---|---|",
-          f"| make_tiny | {m['make_tiny']['wall_s']:.0f} | {m['make_tiny']['peak_rss_bytes'] / GB:.1f} |"
-          f" {m['checkpoint_bytes'] / GB:.2f} (+ CLIP {m['clip_bytes'] / GB:.2f}) |"]
+    L += [
+        "",
+        "### Build, memory, disk",
+        "",
+        "| step | wall s | peak RSS GB | bytes on disk GB |",
+        "|---|---|---|---|",
+        f"| make_tiny | {m['make_tiny']['wall_s']:.0f} | {m['make_tiny']['peak_rss_bytes'] / GB:.1f} |"
+        f" {m['checkpoint_bytes'] / GB:.2f} (+ CLIP {m['clip_bytes'] / GB:.2f}) |",
+    ]
     for prec in ("fp32", "int8"):
         b = m[f"build_{prec}"]
-        L.append(f"| export.build {prec} | {b['wall_s']:.0f} | {b['peak_rss_bytes'] / GB:.1f} | {b['engine_bytes'] / GB:.2f} |")
-    L += ["", "Graph sizes (GB): " + "; ".join(
-        f"{prec}: " + ", ".join(f"{g} {v / GB:.2f}" for g, v in m[f"build_{prec}"]["graph_bytes"].items())
-        for prec in ("fp32", "int8")), ""]
+        L.append(
+            f"| export.build {prec} | {b['wall_s']:.0f} | {b['peak_rss_bytes'] / GB:.1f} | {b['engine_bytes'] / GB:.2f} |"
+        )
+    L += [
+        "",
+        "Graph sizes (GB): "
+        + "; ".join(
+            f"{prec}: " + ", ".join(f"{g} {v / GB:.2f}" for g, v in m[f"build_{prec}"]["graph_bytes"].items())
+            for prec in ("fp32", "int8")
+        ),
+        "",
+    ]
     fd, ff = d["flops"]["depth"], d["flops"]["full"]
     for label, f in ((f"{n} layers", fd), ("32 layers", ff)):
         r, s = f["per_frame"]["reference"], f["reference_split"]
-        L.append(f"FLOP split of one reference-loop frame, {label}: {sum(r.values()) / 1e9:,.0f} GFLOP ="
-                 f" LLM {s['llm']:.1%} + 8 CLIP encodes {s['clip']:.1%} + SAM2 {s['sam2']:.1%}.")
+        L.append(
+            f"FLOP split of one reference-loop frame, {label}: {sum(r.values()) / 1e9:,.0f} GFLOP ="
+            f" LLM {s['llm']:.1%} + 8 CLIP encodes {s['clip']:.1%} + SAM2 {s['sam2']:.1%}."
+        )
     return "\n".join(L) + "\n"
 
 

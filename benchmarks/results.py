@@ -31,8 +31,7 @@ class Results:
 
     def put(self, section: str, model: str | None, value: dict) -> dict:
         """Record `value` under section[model] (or section), stamped with machine, model, time."""
-        stamp = {"machine": self.machine["slug"], "mode": self.mode,
-                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        stamp = {"machine": self.machine["slug"], "mode": self.mode, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if model is not None:
             stamp["model"] = model
         value = {**stamp, **value}
@@ -75,8 +74,12 @@ class Results:
                 merged[section] = {**merged[section], **value}
             else:
                 merged[section] = value
-        run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
-               "mode": self.mode, "sections": sorted(self.data), **(run_info or {})}
+        run = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
+            "mode": self.mode,
+            "sections": sorted(self.data),
+            **(run_info or {}),
+        }
         merged["runs"] = (old.get("runs") or [])[-9:] + [run]
         out = {"schema": SCHEMA, "machine": self.machine, **merged}
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="valid_u")
     p.add_argument("--format", choices=("mevis", "ytvos", "both"), default="mevis")
-    p.add_argument("--expressions-per-object", type=int, default=2, help="single-object expressions per object (at most)")
+    p.add_argument(
+        "--expressions-per-object", type=int, default=2, help="single-object expressions per object (at most)"
+    )
     return p
 
 

@@ -54,10 +54,11 @@ def test_counted_flops_match_a_flop_counter(bench_models):
     with torch.no_grad():
         got_llm = flops.counted(lambda: llm(inputs_embeds=torch.zeros(1, t, cfg.hidden_size), use_cache=False))
         got_clip = flops.counted(lambda: clip(torch.zeros(1, 3, 224, 224)))
-    last = 2.0 * cfg.vocab_size * cfg.hidden_size + 2.0 * (cfg.hidden_size ** 2 + cfg.hidden_size * cfg.out_dim)
+    last = 2.0 * cfg.vocab_size * cfg.hidden_size + 2.0 * (cfg.hidden_size**2 + cfg.hidden_size * cfg.out_dim)
     assert flops.llm_flops(cfg.raw, t, t, cfg.out_dim) - last == pytest.approx(got_llm, rel=1e-6)
-    sizes = dict(hidden_size=cc.hidden_size, intermediate_size=cc.intermediate_size,
-                 num_hidden_layers=cc.num_hidden_layers)
+    sizes = dict(
+        hidden_size=cc.hidden_size, intermediate_size=cc.intermediate_size, num_hidden_layers=cc.num_hidden_layers
+    )
     projector = 2.0 * cc.hidden_size * cfg.hidden_size * 64
     assert flops.clip_flops(sizes, cfg.hidden_size, 1) - projector == pytest.approx(got_clip, rel=1e-6)
 

@@ -29,11 +29,14 @@ VARIANTS = {
 
 def start_workers(mb, frames_path, expression, tmp) -> dict[str, Worker]:
     glus_dir, clip_dir = mb.dirs
-    kinds = {"reference": ("reference", str(glus_dir), str(clip_dir)),
-             "fp32": ("engine", str(mb.engine_dir("fp32"))),
-             "int8": ("engine", str(mb.engine_dir("int8")))}
-    workers = {k: Worker(frames_path, expression, tmp / f"{k}.npz", *kind, cwd=models.REPO)
-               for k, kind in kinds.items()}
+    kinds = {
+        "reference": ("reference", str(glus_dir), str(clip_dir)),
+        "fp32": ("engine", str(mb.engine_dir("fp32"))),
+        "int8": ("engine", str(mb.engine_dir("int8"))),
+    }
+    workers = {
+        k: Worker(frames_path, expression, tmp / f"{k}.npz", *kind, cwd=models.REPO) for k, kind in kinds.items()
+    }
     for w in workers.values():
         w.wait_ready()
     return workers
@@ -48,8 +51,9 @@ def test_end_to_end(model, bench_models, settings, results, tmp_path):
     np.save(frames_path, np.stack(frames))
     workers = start_workers(mb, frames_path, expression, tmp_path)
     try:
-        times = interleaved({name: (lambda w=workers[k], p=p: w.run(p)) for name, (k, p) in VARIANTS.items()},
-                            settings.e2e_repeats)
+        times = interleaved(
+            {name: (lambda w=workers[k], p=p: w.run(p)) for name, (k, p) in VARIANTS.items()}, settings.e2e_repeats
+        )
         finished = {k: w.finish() for k, w in workers.items()}
     finally:
         for w in workers.values():
@@ -67,13 +71,23 @@ def test_end_to_end(model, bench_models, settings, results, tmp_path):
         rss[name] = finished[k][0]
         if name != "reference":
             drifts[name] = drift.compare(ref_masks, ref_segs, masks, segs, gts)
-    results.put("end_to_end", model, {
-        "frames": n, "size": list(settings.frame_size), "repeats": settings.e2e_repeats,
-        "expression": expression, "variants": table, "drift": drifts,
-        "reference_vs_gt": drift.jf(gts, ref_masks),
-        "reference_empty_frames": int(sum(not m.any() for m in ref_masks)),
-        "flops_per_video": video_flops, "achieved_gflops": achieved, "processes": rss,
-    })
+    results.put(
+        "end_to_end",
+        model,
+        {
+            "frames": n,
+            "size": list(settings.frame_size),
+            "repeats": settings.e2e_repeats,
+            "expression": expression,
+            "variants": table,
+            "drift": drifts,
+            "reference_vs_gt": drift.jf(gts, ref_masks),
+            "reference_empty_frames": int(sum(not m.any() for m in ref_masks)),
+            "flops_per_video": video_flops,
+            "achieved_gflops": achieved,
+            "processes": rss,
+        },
+    )
     results.put("models", model, mb.describe())
 
     for name, r in rss.items():

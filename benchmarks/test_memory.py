@@ -27,8 +27,10 @@ def test_engine_size(model, bench_models, results):
     glus_dir, clip_dir = mb.dirs
     sizes = {p: models.engine_bytes(mb.engine_dir(p)) for p in ("fp32", "int8")}
     results.entry("memory", model).update(
-        engine_bytes=sizes, checkpoint_bytes=dir_bytes(glus_dir) + dir_bytes(clip_dir),
-        benchmark_process_peak_rss_bytes=peak_rss_bytes())
+        engine_bytes=sizes,
+        checkpoint_bytes=dir_bytes(glus_dir) + dir_bytes(clip_dir),
+        benchmark_process_peak_rss_bytes=peak_rss_bytes(),
+    )
     assert all(b > 0 for b in sizes.values())
 
 
@@ -51,9 +53,14 @@ def test_long_stream_rss(bench_models, settings, results):
     y = np.array([b for i, b in samples if i >= fit_from], float)
     slope = float(np.polyfit(x, y, 1)[0]) if len(x) > 1 else 0.0
     results.entry("memory", "tiny")["stream"] = {
-        "engine": "int8", "frames": n, "fit_from": fit_from, "rss_samples": samples,
-        "rss_slope_kib_per_frame": slope / 1024, "rss_growth_mib": slope * (n - fit_from) / 2**20,
-        "state_bytes": states, "state_bytes_max": max(states),
+        "engine": "int8",
+        "frames": n,
+        "fit_from": fit_from,
+        "rss_samples": samples,
+        "rss_slope_kib_per_frame": slope / 1024,
+        "rss_growth_mib": slope * (n - fit_from) / 2**20,
+        "state_bytes": states,
+        "state_bytes_max": max(states),
     }
     # The stream's own state is bounded: no larger late than it ever was early on.
     half = len(states) // 2

@@ -10,8 +10,17 @@ from . import drift, report
 from .results import Results
 from .timing import speed_table
 
-MACHINE = {"hostname": "box", "cpu": "Test CPU", "cores": 2, "isa": ["avx2"], "memory_gb": 8,
-           "python": "3.11", "torch": "x", "torch_threads": 2, "onnxruntime": "y"}
+MACHINE = {
+    "hostname": "box",
+    "cpu": "Test CPU",
+    "cores": 2,
+    "isa": ["avx2"],
+    "memory_gb": 8,
+    "python": "3.11",
+    "torch": "x",
+    "torch_threads": 2,
+    "onnxruntime": "y",
+}
 
 
 def e2e_entry(speedup: float) -> dict:
@@ -19,11 +28,18 @@ def e2e_entry(speedup: float) -> dict:
     rng = np.random.default_rng(0)
     masks = [rng.random((8, 8)) > 0.5 for _ in range(3)]
     segs = [rng.standard_normal(4) for _ in range(3)]
-    return {"frames": 3, "size": [8, 8], "repeats": 3, "variants": speed_table(times, 3, "reference"),
-            "drift": {"runtime fp32": drift.compare(masks, segs, masks, segs, masks)},
-            "achieved_gflops": {"reference": 1.0, "runtime fp32": 2.0},
-            "processes": {"reference": {"peak_rss_bytes": 2**30, "imports_torch": True},
-                          "runtime fp32": {"peak_rss_bytes": 2**29, "imports_torch": False}}}
+    return {
+        "frames": 3,
+        "size": [8, 8],
+        "repeats": 3,
+        "variants": speed_table(times, 3, "reference"),
+        "drift": {"runtime fp32": drift.compare(masks, segs, masks, segs, masks)},
+        "achieved_gflops": {"reference": 1.0, "runtime fp32": 2.0},
+        "processes": {
+            "reference": {"peak_rss_bytes": 2**30, "imports_torch": True},
+            "runtime fp32": {"peak_rss_bytes": 2**29, "imports_torch": False},
+        },
+    }
 
 
 def test_results_merge_by_model_and_tabulate(tmp_path, capsys):

@@ -36,8 +36,8 @@ class StageInputs:
         e = engine
         self.frame = frames[-1]
         self.expr = e.check_expression(EXPRESSION)
-        self.context = e.clip_tokens(frames[:rules.NUM_CONTEXT])
-        self.window = list(e.clip_tokens(frames[rules.NUM_CONTEXT:]))
+        self.context = e.clip_tokens(frames[: rules.NUM_CONTEXT])
+        self.window = list(e.clip_tokens(frames[rules.NUM_CONTEXT :]))
         self.prefix = e.prefix(self.context)
         self.past = [rules.ANSWER_SEG] * (rules.NUM_QUERY - 1)
         self.feats = e.sam_features(self.frame)
@@ -108,7 +108,12 @@ def test_stage_latency(benchmark, model, stage, precision, bench_models, setting
     s = stats.stats
     section = results.entry("stages", model)
     section.setdefault("stages", {})[f"{stage}|{precision}"] = {
-        "stage": stage, "precision": precision, "flop_key": stage, "rounds": int(s.rounds),
-        "median_ms": 1000 * s.median, "mean_ms": 1000 * s.mean, "stddev_ms": 1000 * s.stddev,
+        "stage": stage,
+        "precision": precision,
+        "flop_key": stage,
+        "rounds": int(s.rounds),
+        "median_ms": 1000 * s.median,
+        "mean_ms": 1000 * s.mean,
+        "stddev_ms": 1000 * s.stddev,
         "min_ms": 1000 * s.min,
     }

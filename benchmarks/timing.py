@@ -12,15 +12,16 @@ import time
 from typing import Callable
 
 
-def interleaved(variants: dict[str, Callable[[], float]], repeats: int, warmup: int = 1,
-                pause_s: float = 0.2) -> dict[str, list[float]]:
+def interleaved(
+    variants: dict[str, Callable[[], float]], repeats: int, warmup: int = 1, pause_s: float = 0.2
+) -> dict[str, list[float]]:
     """Call every variant (each returns the seconds it took) `warmup` + `repeats` times,
     alternating and rotating who goes first; the warm-up rounds are dropped. A short pause
     between calls lets the last one's spinning threads go idle."""
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             time.sleep(pause_s)
             t = variants[n]()
             if r >= warmup:

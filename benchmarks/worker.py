@@ -29,8 +29,9 @@ class Worker:
     def __init__(self, frames_path: Path, expression: str, out: Path, *kind: str, cwd: Path):
         self.out = out
         cmd = [sys.executable, "-m", "benchmarks.worker", str(frames_path), expression, str(out), *kind]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, cwd=cwd)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+        )
 
     def _ask(self, line: str) -> dict:
         self.proc.stdin.write(line + "\n")
@@ -51,8 +52,11 @@ class Worker:
         report = self._ask("quit")
         self.proc.wait(timeout=60)
         data = np.load(self.out)
-        outs = {k.removesuffix("_masks"): (list(data[k]), list(data[k.replace("_masks", "_segs")]))
-                for k in data.files if k.endswith("_masks")}
+        outs = {
+            k.removesuffix("_masks"): (list(data[k]), list(data[k.replace("_masks", "_segs")]))
+            for k in data.files
+            if k.endswith("_masks")
+        }
         return report, outs
 
     def kill(self) -> None:
@@ -70,6 +74,7 @@ def _segmenter(kind: list[str], expression: str):
         def run(frames, policy):
             r = reference.segment_video(ref, frames, expression)
             return r.masks, [f.seg_embedding for f in r.frames]
+
         return run
     from runtime import GlusEngine
 
@@ -78,6 +83,7 @@ def _segmenter(kind: list[str], expression: str):
     def run(frames, policy):
         r = engine.segment_video(frames, [expression], kv_policy=policy)[0]
         return r.masks, [s.seg_embedding for s in r.steps]
+
     return run
 
 
@@ -104,8 +110,7 @@ def main(argv=None) -> int:
                 arrays[f"{policy}_masks"] = np.stack(masks)
                 arrays[f"{policy}_segs"] = np.stack([np.asarray(s, np.float32) for s in segs])
             np.savez(out, **arrays)
-            print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "imports_torch": "torch" in sys.modules}),
-                  flush=True)
+            print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "imports_torch": "torch" in sys.modules}), flush=True)
             return 0
     return 1
 

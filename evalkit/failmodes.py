@@ -67,12 +67,24 @@ def twin_cases(root: str | Path, split: str) -> list[TwinCase]:
             if len(e["obj_ids"]) != 1:
                 continue
             t = objs[e["obj_ids"][0]]
-            twins = [o for o in objs.values() if o["obj_id"] != t["obj_id"]
-                     and (o["colour"], o["shape"]) == (t["colour"], t["shape"]) and o["obj_id"] in single]
+            twins = [
+                o
+                for o in objs.values()
+                if o["obj_id"] != t["obj_id"]
+                and (o["colour"], o["shape"]) == (t["colour"], t["shape"])
+                and o["obj_id"] in single
+            ]
             if twins:
-                out.append(TwinCase(split, video, exp_id, single[twins[0]["obj_id"]],
-                                    np.asarray(t["trajectory"], np.float32),
-                                    np.asarray(twins[0]["trajectory"], np.float32)))
+                out.append(
+                    TwinCase(
+                        split,
+                        video,
+                        exp_id,
+                        single[twins[0]["obj_id"]],
+                        np.asarray(t["trajectory"], np.float32),
+                        np.asarray(twins[0]["trajectory"], np.float32),
+                    )
+                )
     return out
 
 
@@ -93,8 +105,9 @@ def summarize(outcomes: list[list[str]]) -> dict:
     return out
 
 
-def pick_by_probe(x: np.ndarray, target_xy: np.ndarray, twin_xy: np.ndarray, groups: np.ndarray,
-                  alpha: float = 100.0) -> np.ndarray:
+def pick_by_probe(
+    x: np.ndarray, target_xy: np.ndarray, twin_xy: np.ndarray, groups: np.ndarray, alpha: float = 100.0
+) -> np.ndarray:
     """bool [N]: does a ridge regression from the embedding x [N, D] to the target's centre put
     its point nearer the target than the twin? Cross-fitted: each group's rows (e.g. a split)
     are predicted by a fit on all the other groups, so no row is scored by a fit that saw it."""

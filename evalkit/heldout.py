@@ -29,8 +29,11 @@ def expression_needs(root: str | Path, split: str) -> dict[tuple[str, str], str]
     """(video, exp_id) → "colour" | "shape" | "motion" (evalkit.synth.expression_need), from the
     generator's synth_meta.json."""
     meta = json.loads((Path(root) / split / "synth_meta.json").read_text())
-    return {(video, exp_id): expression_need(v["objects"], e["attributes"], e["obj_ids"])
-            for video, v in meta["videos"].items() for exp_id, e in v["expressions"].items()}
+    return {
+        (video, exp_id): expression_need(v["objects"], e["attributes"], e["obj_ids"])
+        for video, v in meta["videos"].items()
+        for exp_id, e in v["expressions"].items()
+    }
 
 
 def expression_kinds(root: str | Path, split: str) -> dict[tuple[str, str], str]:
@@ -44,8 +47,14 @@ def _frames(ds, video: str) -> list[np.ndarray]:
     return [np.asarray(Image.open(ds.image_path(video, f)).convert("RGB")) for f in ds.frames(video)]
 
 
-def score(segment: Segmenter, data: Sequence[tuple[str, str]], *, limit: int | None = None,
-          progress: bool = False, desc: str = "held-out") -> dict:
+def score(
+    segment: Segmenter,
+    data: Sequence[tuple[str, str]],
+    *,
+    limit: int | None = None,
+    progress: bool = False,
+    desc: str = "held-out",
+) -> dict:
     """J, F, J&F over every expression of the (root, split) sets, overall and per kind."""
     all_scores, kinds, needs, per_split = [], {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,13 +73,20 @@ def score(segment: Segmenter, data: Sequence[tuple[str, str]], *, limit: int | N
                     write_predictions(pred, video, e.exp_id, list(e.frames), masks)
             ds.expressions = list(exprs)
             r = evaluate(ds, pred)
-            per_split[split] = {"J": r.overall.J, "F": r.overall.F, "JF": r.overall.JF,
-                                "n": r.overall.n_expressions}
+            per_split[split] = {"J": r.overall.J, "F": r.overall.F, "JF": r.overall.JF, "n": r.overall.n_expressions}
             all_scores += [(split, s) for s in r.expressions]
     s = summarize([x for _, x in all_scores])
-    out = {"J": s.J, "F": s.F, "JF": s.JF, "n_expressions": s.n_expressions, "splits": per_split,
-           "per_expression": [(sp, x.video, x.exp_id, kinds[(sp, x.video, x.exp_id)], round(x.J, 4),
-                               round(x.F, 4)) for sp, x in all_scores]}
+    out = {
+        "J": s.J,
+        "F": s.F,
+        "JF": s.JF,
+        "n_expressions": s.n_expressions,
+        "splits": per_split,
+        "per_expression": [
+            (sp, x.video, x.exp_id, kinds[(sp, x.video, x.exp_id)], round(x.J, 4), round(x.F, 4))
+            for sp, x in all_scores
+        ],
+    }
     for kind in ("static", "motion"):
         mine = [x for sp, x in all_scores if kinds[(sp, x.video, x.exp_id)] == kind]
         if mine:
@@ -93,8 +109,7 @@ def needs_from_per_expression(result: dict, data: Sequence[tuple[str, str]]) -> 
         needs.update({(split, *k): v for k, v in expression_needs(root, split).items()})
     out = {}
     for need in ("colour", "shape", "motion"):
-        rows = [(j, f) for sp, video, exp_id, _, j, f in result["per_expression"]
-                if needs[(sp, video, exp_id)] == need]
+        rows = [(j, f) for sp, video, exp_id, _, j, f in result["per_expression"] if needs[(sp, video, exp_id)] == need]
         if rows:
             j, f = (float(np.mean(x)) for x in zip(*rows))
             out[need] = {"J": j, "F": f, "JF": (j + f) / 2, "n": len(rows)}

@@ -87,9 +87,7 @@ def _dilate(bmap: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return cv2.dilate(bmap.astype(np.uint8), kernel).astype(bool)
 
 
-def boundary_measure(
-    gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH
-) -> tuple[float, float, float]:
+def boundary_measure(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> tuple[float, float, float]:
     """(F, precision, recall) of the predicted boundary against the ground-truth boundary."""
     gt = _as_bool(gt, "ground truth")
     pred = _as_bool(pred, "prediction")

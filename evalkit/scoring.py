@@ -100,9 +100,7 @@ def summarize(scores: list[ExpressionScore]) -> Summary:
     """Mean of per-expression means."""
     if not scores:
         return Summary(float("nan"), float("nan"), 0)
-    return Summary(
-        float(np.mean([s.J for s in scores])), float(np.mean([s.F for s in scores])), len(scores)
-    )
+    return Summary(float(np.mean([s.J for s in scores])), float(np.mean([s.F for s in scores])), len(scores))
 
 
 def _overall(scores: list[ExpressionScore], overall_subsets) -> tuple[Summary, dict[str, Summary]]:

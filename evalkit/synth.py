@@ -39,7 +39,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (35, 205, 215),
 }
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
-PLURAL_SHAPES = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds", "cross": "crosses"}
+PLURAL_SHAPES = {
+    "circle": "circles",
+    "square": "squares",
+    "triangle": "triangles",
+    "diamond": "diamonds",
+    "cross": "crosses",
+}
 MOTIONS = ("left", "right", "up", "down", "stop", "still", "bounce")
 TRANSLATIONS = ("left", "right", "up", "down")
 # Half extent of each shape in units of its size parameter s (all have area ~ pi s^2).
@@ -48,13 +54,37 @@ DIRECTION_VECTORS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0
 
 # Motion phrases, (singular, plural) verb agreement.
 MOTION_PHRASES: dict[str, list[tuple[str, str]]] = {
-    "left": [("moving left", "moving left"), ("that moves to the left", "that move to the left"), ("going left", "going left")],
-    "right": [("moving right", "moving right"), ("that moves to the right", "that move to the right"), ("going right", "going right")],
+    "left": [
+        ("moving left", "moving left"),
+        ("that moves to the left", "that move to the left"),
+        ("going left", "going left"),
+    ],
+    "right": [
+        ("moving right", "moving right"),
+        ("that moves to the right", "that move to the right"),
+        ("going right", "going right"),
+    ],
     "up": [("moving up", "moving up"), ("that moves upward", "that move upward"), ("going up", "going up")],
-    "down": [("moving down", "moving down"), ("that moves downward", "that move downward"), ("going down", "going down")],
-    "stop": [("that stops", "that stop"), ("that stops moving", "that stop moving"), ("that comes to a stop", "that come to a stop")],
-    "still": [("that stays still", "that stay still"), ("that does not move", "that do not move"), ("standing still", "standing still")],
-    "bounce": [("bouncing around", "bouncing around"), ("that bounces off the edges", "that bounce off the edges"), ("that keeps bouncing", "that keep bouncing")],
+    "down": [
+        ("moving down", "moving down"),
+        ("that moves downward", "that move downward"),
+        ("going down", "going down"),
+    ],
+    "stop": [
+        ("that stops", "that stop"),
+        ("that stops moving", "that stop moving"),
+        ("that comes to a stop", "that come to a stop"),
+    ],
+    "still": [
+        ("that stays still", "that stay still"),
+        ("that does not move", "that do not move"),
+        ("standing still", "standing still"),
+    ],
+    "bounce": [
+        ("bouncing around", "bouncing around"),
+        ("that bounces off the edges", "that bounce off the edges"),
+        ("that keeps bouncing", "that keep bouncing"),
+    ],
 }
 COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 

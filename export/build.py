@@ -55,7 +55,7 @@ LLM_CHILD_FROM_BYTES = 1 << 30
 
 
 def resolve_llm_process(llm_process: str, precision: str, weight_bytes: int) -> str:
-    """"child" or "same" for build(llm_process=...): auto picks the child from LLM_CHILD_FROM_BYTES
+    """ "child" or "same" for build(llm_process=...): auto picks the child from LLM_CHILD_FROM_BYTES
     of fp32 LLM weights, except for fp16 (its parity re-runs the PyTorch LLM on CUDA, here)."""
     if llm_process != "auto":
         return llm_process
@@ -75,6 +75,8 @@ def llm_int8_candidates(int8_method: str, hidden_size: int) -> tuple[str, ...]:
     if hidden_size >= LLM_INT8_WIDE:
         return tuple(m for m in LLM_INT8_AUTO if m != "dynamic-int8")
     return LLM_INT8_AUTO
+
+
 BACKENDS = ("onnxruntime", "tensorrt")
 WORK = ".build"  # inside OUT while a build runs (Builder)
 STATE = "state.json"
@@ -206,8 +208,16 @@ class Builder:
     parts of the engine. A finished build keeps its state in the manifest ("build") and removes
     .build/, so the engine directory holds exactly the files its manifest names."""
 
-    def __init__(self, out: Path, precision: str, backend: str, force: bool, progress: bool,
-                 replaced: set[str] = frozenset(), previous: dict | None = None):
+    def __init__(
+        self,
+        out: Path,
+        precision: str,
+        backend: str,
+        force: bool,
+        progress: bool,
+        replaced: set[str] = frozenset(),
+        previous: dict | None = None,
+    ):
         self.out, self.precision, self.backend = out, precision, backend
         self.force, self.progress = force, progress
         self.work = out / WORK
@@ -302,8 +312,11 @@ def remove_stale(out: Path, manifest: dict) -> list[str]:
     named.add(manifest["tokenizer"]["file"])
     gone = []
     for f in sorted(out.iterdir()):
-        if f.is_file() and f.name not in named and (f.name in BUILD_FILES or f.suffix in BUILD_SUFFIXES
-                                                     or f.name.endswith(".onnx.data")):
+        if (
+            f.is_file()
+            and f.name not in named
+            and (f.name in BUILD_FILES or f.suffix in BUILD_SUFFIXES or f.name.endswith(".onnx.data"))
+        ):
             f.unlink()
             gone.append(f.name)
     return gone
@@ -319,8 +332,9 @@ def io_signature(path: Path) -> dict:
         for v in values:
             t = v.type.tensor_type
             shape = [d.dim_param or d.dim_value for d in t.shape.dim]
-            out.append({"name": v.name, "shape": shape,
-                        "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+            out.append(
+                {"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+            )
         return out
 
     return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
@@ -340,28 +354,55 @@ def model_constants(ref) -> dict:
     crop = proc.crop_size
     crop_hw = [crop.get("height"), crop.get("width")] if hasattr(crop, "get") else [crop.height, crop.width]
     return {
-        "clip": {"image_size": m.clip_image_size, "resize_shortest_edge": int(size),
-                 "crop": crop_hw, "mean": list(map(float, proc.image_mean)),
-                 "std": list(map(float, proc.image_std)), "resample": int(proc.resample)},
-        "sam": {"image_size": m.sam_image_size, "mean": list(rules_imagenet()[0]),
-                "std": list(rules_imagenet()[1]), "feat_sizes": [list(s) for s in m.feat_sizes],
-                "hidden_dim": int(m.sam.hidden_dim), "mem_dim": int(m.sam.mem_dim)},
-        "llm": {"layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
-                "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
-                "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
-                "vocab": cfg.vocab_size, "max_positions": cfg.max_position_embeddings,
-                "rope_theta": float(rope_params(cfg)["rope_theta"]),
-                "rope_type": rope_params(cfg).get("rope_type", "default"),
-                "out_dim": ref.config.out_dim},
-        "tokens": {"bos": tok.bos_id, "eos": tok.eos_id, "seg": tok.seg_id,
-                   "im_start": tok.im_start_id, "im_end": tok.im_end_id,
-                   "image_placeholder": rules.IMAGE_TOKEN_INDEX},
-        "prompt": {"system": rules.SYSTEM, "answer_prefix": rules.ANSWER_PREFIX,
-                   "answer_seg": rules.ANSWER_SEG, "answer_no_seg": rules.ANSWER_NO_SEG,
-                   "context_sentence": rules.CONTEXT_SENTENCE,
-                   "question_template": rules.QUESTION_TEMPLATE, "image_text": rules.IMAGE_TEXT},
-        "num_context": rules.NUM_CONTEXT, "num_query": rules.NUM_QUERY,
-        "mem_stride": rules.MEM_STRIDE, "num_maskmem": rules.NUM_MASKMEM,
+        "clip": {
+            "image_size": m.clip_image_size,
+            "resize_shortest_edge": int(size),
+            "crop": crop_hw,
+            "mean": list(map(float, proc.image_mean)),
+            "std": list(map(float, proc.image_std)),
+            "resample": int(proc.resample),
+        },
+        "sam": {
+            "image_size": m.sam_image_size,
+            "mean": list(rules_imagenet()[0]),
+            "std": list(rules_imagenet()[1]),
+            "feat_sizes": [list(s) for s in m.feat_sizes],
+            "hidden_dim": int(m.sam.hidden_dim),
+            "mem_dim": int(m.sam.mem_dim),
+        },
+        "llm": {
+            "layers": cfg.num_hidden_layers,
+            "hidden": cfg.hidden_size,
+            "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+            "vocab": cfg.vocab_size,
+            "max_positions": cfg.max_position_embeddings,
+            "rope_theta": float(rope_params(cfg)["rope_theta"]),
+            "rope_type": rope_params(cfg).get("rope_type", "default"),
+            "out_dim": ref.config.out_dim,
+        },
+        "tokens": {
+            "bos": tok.bos_id,
+            "eos": tok.eos_id,
+            "seg": tok.seg_id,
+            "im_start": tok.im_start_id,
+            "im_end": tok.im_end_id,
+            "image_placeholder": rules.IMAGE_TOKEN_INDEX,
+        },
+        "prompt": {
+            "system": rules.SYSTEM,
+            "answer_prefix": rules.ANSWER_PREFIX,
+            "answer_seg": rules.ANSWER_SEG,
+            "answer_no_seg": rules.ANSWER_NO_SEG,
+            "context_sentence": rules.CONTEXT_SENTENCE,
+            "question_template": rules.QUESTION_TEMPLATE,
+            "image_text": rules.IMAGE_TEXT,
+        },
+        "num_context": rules.NUM_CONTEXT,
+        "num_query": rules.NUM_QUERY,
+        "mem_stride": rules.MEM_STRIDE,
+        "num_maskmem": rules.NUM_MASKMEM,
         "tokens_per_image": rules.TOKENS_PER_IMAGE,
     }
 
@@ -389,8 +430,10 @@ def check_backend(precision: str, backend: str) -> str | None:
 
         has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
         if backend == "tensorrt" and not tensorrt_available():
-            return ("no GPU with ONNX Runtime's TensorRT provider here (pip install '.[gpu]' on a"
-                    " machine with an NVIDIA GPU)")
+            return (
+                "no GPU with ONNX Runtime's TensorRT provider here (pip install '.[gpu]' on a"
+                " machine with an NVIDIA GPU)"
+            )
         if precision == "fp16" and not has_cuda:
             return "fp16 engines need a GPU (ONNX Runtime CUDA or TensorRT); use fp32 or int8 on the CPU"
     return None
@@ -405,11 +448,21 @@ def build(checkpoint=None, clip=None, *, verbose: bool = False, **kw) -> dict:
         return _build(checkpoint, clip, **kw)
 
 
-def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str = "onnxruntime",
-           out: str | Path, force: bool = False, progress: bool = True,
-           int8_method: str = "auto", accuracy_level: int = 4,
-           int8_graphs: tuple[str, ...] = INT8_GRAPHS, llm_process: str = "auto",
-           keep_build_files: bool = False) -> dict:
+def _build(
+    checkpoint=None,
+    clip=None,
+    *,
+    precision: str = "fp32",
+    backend: str = "onnxruntime",
+    out: str | Path,
+    force: bool = False,
+    progress: bool = True,
+    int8_method: str = "auto",
+    accuracy_level: int = 4,
+    int8_graphs: tuple[str, ...] = INT8_GRAPHS,
+    llm_process: str = "auto",
+    keep_build_files: bool = False,
+) -> dict:
     """int8_graphs: which graphs an int8 build quantizes; "llm" (int8_method) and "sam_image"
     (SAM2's image encoder, dynamic-int8) are supported. llm_process: where llm.onnx is exported,
     "child" (a process of its own), "same" or "auto" (see resolve_llm_process).
@@ -425,8 +478,10 @@ def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str 
     if llm_process not in LLM_PROCESSES:
         raise BuildError(f"unknown llm_process {llm_process!r}: choose from {', '.join(LLM_PROCESSES)}")
     if llm_process == "child" and precision == "fp16":
-        raise BuildError("an fp16 build checks the PyTorch LLM on CUDA in this process: llm_process='child'"
-                         " is for fp32 and int8 builds")
+        raise BuildError(
+            "an fp16 build checks the PyTorch LLM on CUDA in this process: llm_process='child'"
+            " is for fp32 and int8 builds"
+        )
     if backend not in BACKENDS:
         raise BuildError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
     why = check_backend(precision, backend)
@@ -504,8 +559,13 @@ def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str 
         # with the LLM's PyTorch weights once llm.onnx is checked.
         release = (lambda: release_llm_weights(ref.model)) if spec.name == "llm" and precision != "fp16" else None
         where = b.dir_for(spec.name)
-        final_cached = precision == "int8" and spec.name in replaced and int8_result_cached(
-            b, recipe, spec.name, llm_int8_candidates(int8_method, ref.model.cfg.hidden_size), accuracy_level)
+        final_cached = (
+            precision == "int8"
+            and spec.name in replaced
+            and int8_result_cached(
+                b, recipe, spec.name, llm_int8_candidates(int8_method, ref.model.cfg.hidden_size), accuracy_level
+            )
+        )
         if b.cached(spec.name, key) or (final_cached and b.known(spec.name, key)):
             entry = b.state[spec.name]  # (final_cached: the int8 graph made from it is unchanged)
             reused = True
@@ -529,14 +589,23 @@ def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str 
         b.timings[spec.name] = time.perf_counter() - t
         parity[spec.name] = entry["parity"]
         if spec.name not in replaced:
-            graphs[spec.name] = {"file": file, "sha256": entry["sha256"], "precision": "fp32",
-                                 "quantization": None, "external_data": external_files(out / file),
-                                 **io_signature(out / file)}
-        b.log(f"[{spec.name}] {'reused' if reused else 'exported'} in {b.timings[spec.name]:.1f}s,"
-              f" max rel error {entry['parity']['max_rel_error']:.2e}")
+            graphs[spec.name] = {
+                "file": file,
+                "sha256": entry["sha256"],
+                "precision": "fp32",
+                "quantization": None,
+                "external_data": external_files(out / file),
+                **io_signature(out / file),
+            }
+        b.log(
+            f"[{spec.name}] {'reused' if reused else 'exported'} in {b.timings[spec.name]:.1f}s,"
+            f" max rel error {entry['parity']['max_rel_error']:.2e}"
+        )
         if entry["parity"]["max_rel_error"] > 1e-4:
-            raise BuildError(f"{spec.name}: ONNX output differs from PyTorch by "
-                             f"{entry['parity']['max_rel_error']:.2e} (> 1e-4); engine not written")
+            raise BuildError(
+                f"{spec.name}: ONNX output differs from PyTorch by "
+                f"{entry['parity']['max_rel_error']:.2e} (> 1e-4); engine not written"
+            )
 
     if precision == "fp16":  # GPU only (check_backend): parity measured on CUDA
         from .fp16 import convert_fp16
@@ -547,14 +616,23 @@ def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str 
             file = f"{spec.name}.fp16.onnx"
             if not b.cached(f"{spec.name}_fp16", key):
                 report = convert_fp16(b.path_of(spec.name), out / file)
-                check = graph_parity(spec, out / file, seed=int.from_bytes(os.urandom(4), "little"),
-                                     providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                check = graph_parity(
+                    spec,
+                    out / file,
+                    seed=int.from_bytes(os.urandom(4), "little"),
+                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+                )
                 b.record(f"{spec.name}_fp16", key, file, parity=check, report=report)
             entry = b.state[f"{spec.name}_fp16"]
             parity[f"{spec.name}_fp16"] = entry["parity"]
-            graphs[spec.name] = {"file": file, "sha256": entry["sha256"], "precision": "fp16",
-                                 "quantization": entry["report"], "external_data": external_files(out / file),
-                                 **io_signature(out / file)}
+            graphs[spec.name] = {
+                "file": file,
+                "sha256": entry["sha256"],
+                "precision": "fp16",
+                "quantization": entry["report"],
+                "external_data": external_files(out / file),
+                **io_signature(out / file),
+            }
             b.timings[f"{spec.name}_fp16"] = time.perf_counter() - t
             b.log(f"[fp16] {spec.name}: max rel error on CUDA {entry['parity']['max_rel_error']:.2e}")
             if entry["parity"]["max_rel_error"] > 5e-2:
@@ -576,18 +654,24 @@ def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str 
                 report = quantize_graph(fp32_path, out / file, method="dynamic-int8")
             finally:
                 logging.disable(logging.NOTSET)
-            cos = int8_output_cosines(spec, fp32_path, out / file,
-                                      seed=int.from_bytes(os.urandom(4), "little"))
+            cos = int8_output_cosines(spec, fp32_path, out / file, seed=int.from_bytes(os.urandom(4), "little"))
             b.record("sam_image_int8", key, file, report=report, cosines=cos)
         entry = b.state["sam_image_int8"]
         b.timings["quantize_sam_image"] = time.perf_counter() - t
         cmin = min(entry["cosines"].values())
         parity["sam_image_int8"] = {"feature_cosine_min": cmin, "cosines": entry["cosines"]}
-        graphs["sam_image"] = {"file": file, "sha256": entry["sha256"], "precision": "int8",
-                               "quantization": entry["report"], "external_data": external_files(out / file),
-                               **io_signature(out / file)}
-        b.log(f"[quantize] sam_image dynamic-int8 in {b.timings['quantize_sam_image']:.1f}s,"
-              f" feature cosine to fp32 >= {cmin:.5f}")
+        graphs["sam_image"] = {
+            "file": file,
+            "sha256": entry["sha256"],
+            "precision": "int8",
+            "quantization": entry["report"],
+            "external_data": external_files(out / file),
+            **io_signature(out / file),
+        }
+        b.log(
+            f"[quantize] sam_image dynamic-int8 in {b.timings['quantize_sam_image']:.1f}s,"
+            f" feature cosine to fp32 >= {cmin:.5f}"
+        )
         if cmin < SAM_INT8_COSINE_MIN:
             raise BuildError(f"int8 SAM2 image encoder feature cosine {cmin:.5f} < {SAM_INT8_COSINE_MIN}")
 
@@ -609,8 +693,12 @@ def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str 
             if not (refused or b.cached(name, key)):
                 logging.disable(logging.INFO)  # onnxruntime.quantization logs every node at INFO
                 try:
-                    report = quantize_graph(fp32_path, out / file, method=method,
-                                            **({"accuracy_level": accuracy_level} if method == "nbits8" else {}))
+                    report = quantize_graph(
+                        fp32_path,
+                        out / file,
+                        method=method,
+                        **({"accuracy_level": accuracy_level} if method == "nbits8" else {}),
+                    )
                 finally:
                     logging.disable(logging.NOTSET)
                 cos = llm_seg_cosines(ref, fp32_path, out / file)
@@ -621,18 +709,30 @@ def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str 
             if tried[method] >= LLM_INT8_COSINE_MIN:
                 break
         b.timings["quantize"] = time.perf_counter() - t
-        parity["llm_int8"] = {"seg_cosine_min": min(entry["seg_cosines"]), "seg_cosines": entry["seg_cosines"],
-                              "method": method, "tried": tried,
-                              "not_tried": [m for m in LLM_INT8_AUTO if int8_method == "auto" and m not in methods]}
-        graphs["llm"] = {"file": file, "sha256": entry["sha256"], "precision": "int8",
-                         "quantization": entry["report"], "external_data": external_files(out / file),
-                         **io_signature(out / file)}
-        b.log(f"[quantize] llm {method} in {b.timings['quantize']:.1f}s,"
-              f" [SEG] cosine to fp32 >= {parity['llm_int8']['seg_cosine_min']:.5f}")
+        parity["llm_int8"] = {
+            "seg_cosine_min": min(entry["seg_cosines"]),
+            "seg_cosines": entry["seg_cosines"],
+            "method": method,
+            "tried": tried,
+            "not_tried": [m for m in LLM_INT8_AUTO if int8_method == "auto" and m not in methods],
+        }
+        graphs["llm"] = {
+            "file": file,
+            "sha256": entry["sha256"],
+            "precision": "int8",
+            "quantization": entry["report"],
+            "external_data": external_files(out / file),
+            **io_signature(out / file),
+        }
+        b.log(
+            f"[quantize] llm {method} in {b.timings['quantize']:.1f}s,"
+            f" [SEG] cosine to fp32 >= {parity['llm_int8']['seg_cosine_min']:.5f}"
+        )
         if parity["llm_int8"]["seg_cosine_min"] < LLM_INT8_COSINE_MIN:
             raise BuildError(
                 f"int8 LLM [SEG] cosine {parity['llm_int8']['seg_cosine_min']:.4f} < {LLM_INT8_COSINE_MIN}"
-                f" ({', '.join(f'{k} {v:.4f}' for k, v in tried.items())})")
+                f" ({', '.join(f'{k} {v:.4f}' for k, v in tried.items())})"
+            )
 
     t = time.perf_counter()
     arrays = {"embed_tokens": embedding_table(ref.model), **sam_constants(ref.model)}
@@ -640,8 +740,12 @@ def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str 
     for name, arr in arrays.items():
         file = f"{name}.npy"
         np.save(out / file, np.ascontiguousarray(arr, dtype=np.float32))
-        array_entries[name] = {"file": file, "sha256": sha256_file(out / file),
-                               "shape": list(arr.shape), "dtype": "float32"}
+        array_entries[name] = {
+            "file": file,
+            "sha256": sha256_file(out / file),
+            "shape": list(arr.shape),
+            "dtype": "float32",
+        }
     from reference.tokenizer import save_fast_tokenizer
 
     tok_path = save_fast_tokenizer(ref.tokenizer, out)
@@ -661,9 +765,12 @@ def _build(checkpoint=None, clip=None, *, precision: str = "fp32", backend: str 
         "schema": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "precision": precision,
-        "source": {"checkpoint": str(checkpoint.resolve()), "clip": str(Path(ref.clip_dir).resolve()),
-                   "content_sha256": source_key,
-                   "fuser_gamma_loaded": ref.report.get("fuser_gamma_loaded", False)},
+        "source": {
+            "checkpoint": str(checkpoint.resolve()),
+            "clip": str(Path(ref.clip_dir).resolve()),
+            "content_sha256": source_key,
+            "fuser_gamma_loaded": ref.report.get("fuser_gamma_loaded", False),
+        },
         "graphs": graphs,
         "arrays": array_entries,
         "tokenizer": {"file": tok_path.name, "sha256": sha256_file(tok_path)},
@@ -709,26 +816,50 @@ def main(argv=None) -> int:
     p.add_argument("--clip", help="CLIP ViT directory (default: config.json's vision_tower)")
     p.add_argument("--precision", default="fp32", help="fp32, fp16 (GPU) or int8")
     p.add_argument("--backend", default="onnxruntime", help="onnxruntime or tensorrt")
-    p.add_argument("--out", help="engine directory to write (default, for the default model: the"
-                   " directory runtime.segment uses, ~/.cache/glus-edge/engine-default-PRECISION)")
+    p.add_argument(
+        "--out",
+        help="engine directory to write (default, for the default model: the"
+        " directory runtime.segment uses, ~/.cache/glus-edge/engine-default-PRECISION)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild every graph, ignoring the cache")
-    p.add_argument("--int8-method", default="auto", choices=["auto", "dynamic-int8", "nbits8"],
-                   help="LLM int8: ONNX Runtime dynamic int8 (MatMulInteger, best on x86 CPUs),"
-                        " 8-bit weight-only MatMulNBits, or auto (default): the first of these two"
-                        " whose [SEG] cosine to fp32 is >= 0.99 (from hidden size 4096, as LLaMA-7B:"
-                        " nbits8 only)")
-    p.add_argument("--int8-graphs", default=",".join(INT8_GRAPHS),
-                   help=f"comma-separated graphs an int8 build quantizes (default {','.join(INT8_GRAPHS)})")
-    p.add_argument("--llm-process", default="auto", choices=LLM_PROCESSES,
-                   help="where llm.onnx is exported: child (a process of its own, whose memory goes back"
-                        " when it exits: the way to export a 7B), same, or auto (default: child from"
-                        " 1 GiB of fp32 LLM weights)")
-    p.add_argument("--verbose", action="store_true",
-                   help="also show third-party messages the build filters (torch.onnx, ONNX Runtime)")
-    p.add_argument("--keep-build-files", action="store_true",
-                   help="keep OUT/.build/ (the fp32 graphs an int8/fp16 engine replaces) for later rebuilds")
-    p.add_argument("--accuracy-level", type=int, default=4,
-                   help="MatMulNBits accuracy_level (4 = int8 compute, the fast one on CPUs)")
+    p.add_argument(
+        "--int8-method",
+        default="auto",
+        choices=["auto", "dynamic-int8", "nbits8"],
+        help="LLM int8: ONNX Runtime dynamic int8 (MatMulInteger, best on x86 CPUs),"
+        " 8-bit weight-only MatMulNBits, or auto (default): the first of these two"
+        " whose [SEG] cosine to fp32 is >= 0.99 (from hidden size 4096, as LLaMA-7B:"
+        " nbits8 only)",
+    )
+    p.add_argument(
+        "--int8-graphs",
+        default=",".join(INT8_GRAPHS),
+        help=f"comma-separated graphs an int8 build quantizes (default {','.join(INT8_GRAPHS)})",
+    )
+    p.add_argument(
+        "--llm-process",
+        default="auto",
+        choices=LLM_PROCESSES,
+        help="where llm.onnx is exported: child (a process of its own, whose memory goes back"
+        " when it exits: the way to export a 7B), same, or auto (default: child from"
+        " 1 GiB of fp32 LLM weights)",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show third-party messages the build filters (torch.onnx, ONNX Runtime)",
+    )
+    p.add_argument(
+        "--keep-build-files",
+        action="store_true",
+        help="keep OUT/.build/ (the fp32 graphs an int8/fp16 engine replaces) for later rebuilds",
+    )
+    p.add_argument(
+        "--accuracy-level",
+        type=int,
+        default=4,
+        help="MatMulNBits accuracy_level (4 = int8 compute, the fast one on CPUs)",
+    )
     a = p.parse_args(argv)
     if a.clip and not a.checkpoint:
         p.error("--clip needs --checkpoint")
@@ -739,10 +870,20 @@ def main(argv=None) -> int:
 
         a.out = str(default_engine_dir(a.precision))
     try:
-        build(a.checkpoint, a.clip, precision=a.precision, backend=a.backend, out=a.out, force=a.force,
-              int8_method=a.int8_method, accuracy_level=a.accuracy_level,
-              int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g), llm_process=a.llm_process,
-              keep_build_files=a.keep_build_files, verbose=a.verbose)
+        build(
+            a.checkpoint,
+            a.clip,
+            precision=a.precision,
+            backend=a.backend,
+            out=a.out,
+            force=a.force,
+            int8_method=a.int8_method,
+            accuracy_level=a.accuracy_level,
+            int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g),
+            llm_process=a.llm_process,
+            keep_build_files=a.keep_build_files,
+            verbose=a.verbose,
+        )
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,4 +30,5 @@ def default_checkpoint() -> tuple[Path, Path]:
         f"the default model is not beside the installed package (looked for {SHIPPED}): an install"
         " without the source tree carries no model. Install from a checkout with `pip install -e .`"
         " (the default model lies in its models/glus-tiny), or name a checkpoint: --checkpoint DIR"
-        " --clip DIR")
+        " --clip DIR"
+    )

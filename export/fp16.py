@@ -10,10 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 FP32_OPS = (
-    "LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization",
-    "Pow", "ReduceMean", "Sqrt", "Reciprocal",  # RMSNorm as the exporter decomposes it
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "RMSNormalization",
+    "Pow",
+    "ReduceMean",
+    "Sqrt",
+    "Reciprocal",  # RMSNorm as the exporter decomposes it
     "Softmax",
-    "Cos", "Sin", "Range",  # rotary / sine position encodings
+    "Cos",
+    "Sin",
+    "Range",  # rotary / sine position encodings
     "Resize",  # mask upsampling: bilinear weights in fp32
 )
 
@@ -23,8 +30,9 @@ def convert_fp16(src: str | Path, dst: str | Path) -> dict:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(src))
-    half = convert_float_to_float16(model, keep_io_types=True,
-                                    op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS))
+    half = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS)
+    )
     _toposort(half.graph)  # the converter appends its input casts at the end of the node list
     del half.graph.value_info[:]  # stale types from before the conversion; ORT re-infers them
     onnx.save(half, str(dst))

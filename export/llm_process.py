@@ -27,23 +27,41 @@ class LlmProcessError(RuntimeError):
     """The child process that exports the LLM failed; the message ends with its stderr."""
 
 
-def export_llm_in_child(checkpoint: Path, clip: Path, onnx_path: Path, seed: int,
-                        timeout_s: float | None = None) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+def export_llm_in_child(
+    checkpoint: Path, clip: Path, onnx_path: Path, seed: int, timeout_s: float | None = None
+) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
     """Export llm.onnx in a fresh Python process; returns (parity inputs, PyTorch's outputs on
     them) for the caller's ONNX Runtime check."""
     check = Path(onnx_path).with_suffix(".check.npz")
-    cmd = [sys.executable, "-m", "export.llm_process", str(checkpoint), str(clip), str(onnx_path),
-           str(check), str(seed)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "export.llm_process",
+        str(checkpoint),
+        str(clip),
+        str(onnx_path),
+        str(check),
+        str(seed),
+    ]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False,
-                           cwd=Path(__file__).resolve().parent.parent)
+        r = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         if r.returncode != 0:
             tail = "\n".join(r.stderr.strip().splitlines()[-ERROR_TAIL_LINES:])
-            how = (f"killed by signal {-r.returncode}" + (" (out of memory?)" if r.returncode == -9 else "")
-                   if r.returncode < 0 else f"exit {r.returncode}")
+            how = (
+                f"killed by signal {-r.returncode}" + (" (out of memory?)" if r.returncode == -9 else "")
+                if r.returncode < 0
+                else f"exit {r.returncode}"
+            )
             raise LlmProcessError(f"exporting the LLM in a child process failed ({how}):\n{tail}")
         with np.load(check) as z:
-            inputs = {k[len("in:"):]: z[k] for k in z.files if k.startswith("in:")}
+            inputs = {k[len("in:") :]: z[k] for k in z.files if k.startswith("in:")}
             n_out = sum(1 for k in z.files if k.startswith("out:"))
             want = [z[f"out:{i}"] for i in range(n_out)]
     finally:

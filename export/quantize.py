@@ -80,8 +80,9 @@ def _quantize_dynamic(src: Path, dst: Path, nodes: list[str], external: bool, pe
     )
 
 
-def _quantize_nbits(src: Path, dst: Path, external: bool, bits: int, block_size: int,
-                    accuracy_level: int, symmetric: bool) -> None:
+def _quantize_nbits(
+    src: Path, dst: Path, external: bool, bits: int, block_size: int, accuracy_level: int, symmetric: bool
+) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     # A str path makes the quantizer onnx.load it, external data included.
@@ -164,8 +165,9 @@ def quantize_graph(
         "external_data": external,
     }
     if method in ("nbits8", "nbits4"):
-        report.update(bits=METHOD_BITS[method], block_size=block_size, accuracy_level=accuracy_level,
-                      symmetric=symmetric)
+        report.update(
+            bits=METHOD_BITS[method], block_size=block_size, accuracy_level=accuracy_level, symmetric=symmetric
+        )
     else:
         report.update(bits=8, weight_type="QInt8", per_channel=per_channel, accuracy_level=None)
     return report

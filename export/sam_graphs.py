@@ -27,7 +27,6 @@ from kernels.rope_attention import patch_memory_attention
 from .onnx_utils import GraphSpec
 
 
-
 def _require_float32(model) -> None:
     """The graphs, their constants and the runtime are float32; a bf16/fp16 model would export
     mixed-precision graphs that no longer match the constants."""

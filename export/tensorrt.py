@@ -23,11 +23,13 @@ def _shape(dims, pick: int, ranges) -> list[int]:
 
 def profile_options(signature: dict, ranges=DIM_RANGES) -> dict:
     def fmt(pick):
-        return ",".join(f"{i['name']}:" + "x".join(map(str, _shape(i["shape"], pick, ranges)))
-                        for i in signature["inputs"] if any(isinstance(d, str) for d in i["shape"]))
+        return ",".join(
+            f"{i['name']}:" + "x".join(map(str, _shape(i["shape"], pick, ranges)))
+            for i in signature["inputs"]
+            if any(isinstance(d, str) for d in i["shape"])
+        )
 
-    opts = {"trt_profile_min_shapes": fmt(0), "trt_profile_opt_shapes": fmt(1),
-            "trt_profile_max_shapes": fmt(2)}
+    opts = {"trt_profile_min_shapes": fmt(0), "trt_profile_opt_shapes": fmt(1), "trt_profile_max_shapes": fmt(2)}
     return {k: v for k, v in opts.items() if v}
 
 
@@ -42,8 +44,11 @@ def build_engines(out: Path, graphs: dict, precision: str, device: str = "cuda:0
         for i in g["inputs"]:  # one run at the optimal shapes builds and caches the engine
             shape = _shape(i["shape"], 1, DIM_RANGES)
             dtype = np.dtype(i["dtype"])
-            feeds.append(np.zeros(shape, dtype) if dtype.kind == "i" else
-                         np.random.default_rng(0).standard_normal(shape).astype(dtype))
+            feeds.append(
+                np.zeros(shape, dtype)
+                if dtype.kind == "i"
+                else np.random.default_rng(0).standard_normal(shape).astype(dtype)
+            )
         if name == "llm":  # positions are consecutive integers
             feeds[1] = np.arange(feeds[1].shape[1], dtype=np.int64)[None]
         session.run(*feeds)

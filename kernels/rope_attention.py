@@ -42,9 +42,7 @@ __all__ = [
 ]
 
 
-def axial_rope_tables(
-    head_dim: int, end_x: int, end_y: int, theta: float = 10000.0
-) -> Tuple[Tensor, Tensor]:
+def axial_rope_tables(head_dim: int, end_x: int, end_y: int, theta: float = 10000.0) -> Tuple[Tensor, Tensor]:
     """cos/sin of sam2's axial angles, each [end_x * end_y, head_dim // 2] float32.
 
     Token t sits at column t % end_x, row t // end_x (row-major grid). The first
@@ -222,9 +220,7 @@ class RealRoPEAttention(nn.Module):
         return self.out_proj(out)
 
 
-def slot_mask_to_key_bias(
-    valid: Tensor, tokens_per_slot: int, dtype: torch.dtype = torch.float32
-) -> Tensor:
+def slot_mask_to_key_bias(valid: Tensor, tokens_per_slot: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """Per-slot validity [S] or [B, S] (bool, or float/int with nonzero = valid) ->
     additive key bias [1 or B, 1, 1, S * tokens_per_slot].
 

@@ -42,14 +42,14 @@ PREFIXES = (  # checkpoint prefix → attribute of reference.model.GlusModel
 def to_module_key(key: str) -> str | None:
     for src, dst in PREFIXES:
         if key.startswith(src):
-            return dst + key[len(src):]
+            return dst + key[len(src) :]
     return None
 
 
 def to_checkpoint_key(key: str) -> str | None:
     for src, dst in PREFIXES:
         if key.startswith(dst):
-            return src + key[len(dst):]
+            return src + key[len(dst) :]
     return None
 
 
@@ -164,9 +164,7 @@ def weight_files(directory: Path) -> list[Path]:
     for name in SINGLE_FILES:
         if (directory / name).is_file():
             return [directory / name]
-    raise CheckpointError(
-        f"no weights in {directory}: expected one of {', '.join(SINGLE_FILES + INDEX_FILES)}"
-    )
+    raise CheckpointError(f"no weights in {directory}: expected one of {', '.join(SINGLE_FILES + INDEX_FILES)}")
 
 
 def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -212,9 +210,7 @@ def load_glus_weights(model, state, load_fuser_gamma: bool = False) -> dict:
             wrong_shape.append(f"{key}: file {tuple(shape)} vs model {tuple(expected[target].shape)}")
             continue
         mapped[target] = key
-    never_loaded = {
-        k for k in expected if FUSER_GAMMA.match(to_checkpoint_key(k) or "") and not load_fuser_gamma
-    }
+    never_loaded = {k for k in expected if FUSER_GAMMA.match(to_checkpoint_key(k) or "") and not load_fuser_gamma}
     missing = [to_checkpoint_key(k) or k for k in expected if k not in mapped and k not in never_loaded]
     problems = []
     if missing:
@@ -268,7 +264,9 @@ def glus_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def save_glus_weights(
-    state: dict[str, torch.Tensor], directory: str | Path, fmt: str = "safetensors",
+    state: dict[str, torch.Tensor],
+    directory: str | Path,
+    fmt: str = "safetensors",
     shards: int = 1,
 ) -> list[Path]:
     """Write weights as transformers does: one file, or `shards` files plus an index."""
@@ -296,7 +294,7 @@ def save_glus_weights(
     chunk = -(-len(keys) // shards)
     for i in range(shards):
         name = f"{base}-{i + 1:05d}-of-{shards:05d}.{ext}"
-        part = {k: state[k] for k in keys[i * chunk:(i + 1) * chunk]}
+        part = {k: state[k] for k in keys[i * chunk : (i + 1) * chunk]}
         write(part, directory / name)
         weight_map.update({k: name for k in part})
         paths.append(directory / name)

@@ -96,11 +96,16 @@ def read_config(directory: str | Path) -> GlusConfig:
     if missing:
         raise CheckpointError(f"{path} lacks required keys: {', '.join(missing)}")
     if raw["model_type"] != "llava":
-        raise CheckpointError(
-            f"{path}: model_type is {raw['model_type']!r}; a GLUS checkpoint has model_type 'llava'"
-        )
-    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
-                "vocab_size", "mm_hidden_size", "out_dim"):
+        raise CheckpointError(f"{path}: model_type is {raw['model_type']!r}; a GLUS checkpoint has model_type 'llava'")
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "vocab_size",
+        "mm_hidden_size",
+        "out_dim",
+    ):
         if not isinstance(raw[key], int) or raw[key] <= 0:
             raise CheckpointError(f"{path}: {key} must be a positive integer, got {raw[key]!r}")
     if raw["hidden_size"] % raw["num_attention_heads"]:

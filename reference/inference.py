@@ -68,8 +68,7 @@ def run_pass(
     param = next(model.parameters())
     dtype, device = param.dtype, param.device
     # GLUS preprocesses every image of the pass once (on the CPU, then moved to the model) ...
-    clip_in = {i: clip_pixels(ref.clip_processor, frames[i]).to(device, dtype)
-               for i in set(context) | set(order)}
+    clip_in = {i: clip_pixels(ref.clip_processor, frames[i]).to(device, dtype) for i in set(context) | set(order)}
     answers: list[str] = []  # answer written to history for each pass position
     bank: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     results = []
@@ -89,8 +88,21 @@ def run_pass(
             # GLUS: no mask for this frame, nothing stored in the bank, and the history records
             # the answer as "[SEG] ." so that later prompts keep one [SEG] per past round.
             answers.append(rules.ANSWER_NO_SEG)
-            results.append(FrameResult(order[t], i, np.zeros((h, w), bool), llm.next_token, False,
-                                       llm.seg_embedding.float().cpu().numpy(), None, None, None, [], pass_name))
+            results.append(
+                FrameResult(
+                    order[t],
+                    i,
+                    np.zeros((h, w), bool),
+                    llm.next_token,
+                    False,
+                    llm.seg_embedding.float().cpu().numpy(),
+                    None,
+                    None,
+                    None,
+                    [],
+                    pass_name,
+                )
+            )
             continue
         answers.append(rules.ANSWER_SEG)
         feats = model.encode_image(sam_pixels(frame, model.sam_image_size).to(device, dtype)[None])
@@ -100,11 +112,21 @@ def run_pass(
         mask = (upsample_logits(dec.low_res_logits, (h, w))[0, 0] > 0).cpu().numpy()
         if use_memory:
             bank[t] = model.encode_memory(feats, conditioned, dec.low_res_logits)
-        results.append(FrameResult(
-            order[t], i, mask, llm.next_token, True, llm.seg_embedding.float().cpu().numpy(),
-            dec.low_res_logits[0].float().cpu().numpy(), float(dec.iou[0, 0]), float(dec.object_score[0, 0]),
-            keys, pass_name,
-        ))
+        results.append(
+            FrameResult(
+                order[t],
+                i,
+                mask,
+                llm.next_token,
+                True,
+                llm.seg_embedding.float().cpu().numpy(),
+                dec.low_res_logits[0].float().cpu().numpy(),
+                float(dec.iou[0, 0]),
+                float(dec.object_score[0, 0]),
+                keys,
+                pass_name,
+            )
+        )
     return results
 
 
@@ -132,11 +154,20 @@ def segment_video(
     k = 0 if key_frame is None else int(key_frame)
     if not 0 <= k < n:
         raise ValueError(f"key frame {key_frame} is outside the video (0..{n - 1})")
-    passes = {"forward": run_pass(ref, frames, context, list(range(k, n)), expr,
-                                  use_memory=use_memory, progress=progress)}
+    passes = {
+        "forward": run_pass(ref, frames, context, list(range(k, n)), expr, use_memory=use_memory, progress=progress)
+    }
     if k > 0:
-        passes["backward"] = run_pass(ref, frames, context, list(range(k, -1, -1)), expr,
-                                      use_memory=use_memory, pass_name="backward", progress=progress)
+        passes["backward"] = run_pass(
+            ref,
+            frames,
+            context,
+            list(range(k, -1, -1)),
+            expr,
+            use_memory=use_memory,
+            pass_name="backward",
+            progress=progress,
+        )
     by_frame = {r.frame: r for r in passes["forward"]}
     by_frame.update({r.frame: r for r in passes.get("backward", [])})
     ordered = [by_frame[i] for i in range(n)]

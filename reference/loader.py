@@ -60,9 +60,7 @@ def _load_clip(clip_dir: Path, dtype: torch.dtype):
         )
     except OSError as e:
         raise CheckpointError(f"cannot load CLIP from {clip_dir}: {e}") from None
-    bad = [k for k in info.get("missing_keys", [])] + [
-        str(k) for k in info.get("mismatched_keys", [])
-    ]
+    bad = [k for k in info.get("missing_keys", [])] + [str(k) for k in info.get("mismatched_keys", [])]
     if bad:
         raise CheckpointError(f"CLIP weights in {clip_dir} do not match its config: {bad[:8]}")
     return clip.eval()

@@ -28,30 +28,65 @@ import torch
 # name → (LLaMA, CLIP vision, SAM2) sizes
 SHAPES = {
     "tiny": {
-        "llama": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048),
-        "clip": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                     num_attention_heads=4, projection_dim=32),
-        "sam2": dict(image_size=256, embed_dim=32, stages=[1, 2, 2, 1], global_att_blocks=[4],
-                     num_heads=1, mem_layers=2, mem_ffn=512),
+        "llama": dict(
+            hidden_size=128,
+            intermediate_size=344,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+        ),
+        "clip": dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, projection_dim=32
+        ),
+        "sam2": dict(
+            image_size=256,
+            embed_dim=32,
+            stages=[1, 2, 2, 1],
+            global_att_blocks=[4],
+            num_heads=1,
+            mem_layers=2,
+            mem_ffn=512,
+        ),
         "dtype": torch.float32,
     },
     # Benchmarks: per-frame FLOPs of the reference loop split like GLUS-7B's (~70% LLM, 10% the
     # 8 CLIP encodes, 20% SAM2; see benchmarks/flops.py), small enough for a 2-core CPU.
     "medium": {
-        "llama": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=4,
-                      num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=2048),
-        "clip": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=5,
-                     num_attention_heads=4, projection_dim=64),
-        "sam2": dict(image_size=256, embed_dim=80, stages=[1, 2, 4, 1], global_att_blocks=[5],
-                     num_heads=2, mem_layers=2, mem_ffn=1024),
+        "llama": dict(
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=4,
+            num_attention_heads=12,
+            num_key_value_heads=12,
+            max_position_embeddings=2048,
+        ),
+        "clip": dict(
+            hidden_size=128, intermediate_size=512, num_hidden_layers=5, num_attention_heads=4, projection_dim=64
+        ),
+        "sam2": dict(
+            image_size=256,
+            embed_dim=80,
+            stages=[1, 2, 4, 1],
+            global_att_blocks=[5],
+            num_heads=2,
+            mem_layers=2,
+            mem_ffn=1024,
+        ),
         "dtype": torch.float32,
     },
     "glus-7b": {
-        "llama": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048),
-        "clip": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                     num_attention_heads=16, projection_dim=768),
+        "llama": dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=2048,
+        ),
+        "clip": dict(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, projection_dim=768
+        ),
         "sam2": None,  # the package's own sam2_hiera_l.yaml, as GLUS
         "dtype": torch.bfloat16,
     },
@@ -86,16 +121,27 @@ def write_clip(out: Path, sizes: dict, seed: int, dtype) -> Path:
 
     torch.manual_seed(seed + 1)
     vision = dict(image_size=224, patch_size=14, **{k: v for k, v in sizes.items() if k != "projection_dim"})
-    text = dict(hidden_size=sizes["hidden_size"], intermediate_size=sizes["intermediate_size"],
-                num_hidden_layers=2, num_attention_heads=sizes["num_attention_heads"])
+    text = dict(
+        hidden_size=sizes["hidden_size"],
+        intermediate_size=sizes["intermediate_size"],
+        num_hidden_layers=2,
+        num_attention_heads=sizes["num_attention_heads"],
+    )
     cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=sizes["projection_dim"])
     CLIPModel(cfg).to(dtype).save_pretrained(str(out))
     CLIPImageProcessorPil().save_pretrained(str(out))  # the openai/clip-vit defaults
     return out
 
 
-def glus_config(tokenizer, spec: dict, vision_tower: str, dtype: str, *,
-                vocab_size: int | None = None, sam2_config: str | None = "sam2_config.yaml") -> dict:
+def glus_config(
+    tokenizer,
+    spec: dict,
+    vision_tower: str,
+    dtype: str,
+    *,
+    vocab_size: int | None = None,
+    sam2_config: str | None = "sam2_config.yaml",
+) -> dict:
     """GLUS's config.json: a flat LLaMA config plus the LLaVA/GLUS keys, as released."""
     config = {
         "architectures": ["GLUSForCausalLM"],
@@ -179,8 +225,15 @@ def shape_spec(shape: str, llm_layers: int | None = None) -> dict:
 
 
 @torch.no_grad()
-def make_tiny(out: str | Path, *, seed: int = 0, shape: str = "tiny", fmt: str = "safetensors",
-              shards: int = 1, llm_layers: int | None = None) -> tuple[Path, Path]:
+def make_tiny(
+    out: str | Path,
+    *,
+    seed: int = 0,
+    shape: str = "tiny",
+    fmt: str = "safetensors",
+    shards: int = 1,
+    llm_layers: int | None = None,
+) -> tuple[Path, Path]:
     """llm_layers: the LLM's depth (default: the shape's own); every width is kept."""
     from transformers import CLIPVisionConfig
 
@@ -201,8 +254,14 @@ def make_tiny(out: str | Path, *, seed: int = 0, shape: str = "tiny", fmt: str =
     tokenizer = load_tokenizer(glus_dir)
     write_clip(clip_dir, spec["clip"], seed, spec["dtype"])
     vocab = tokenizer.vocab_size if shape == "tiny" else LLAMA_7B_VOCAB
-    config = glus_config(tokenizer, spec, str(clip_dir.resolve()),
-                         str(spec["dtype"]).removeprefix("torch."), vocab_size=vocab, sam2_config=None)
+    config = glus_config(
+        tokenizer,
+        spec,
+        str(clip_dir.resolve()),
+        str(spec["dtype"]).removeprefix("torch."),
+        vocab_size=vocab,
+        sam2_config=None,
+    )
     if spec["sam2"] is not None:
         write_sam2_yaml(glus_dir / "sam2_config.yaml", spec["sam2"])
         config["sam2_config"] = "sam2_config.yaml"
@@ -235,18 +294,23 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     p.add_argument("--format", choices=["safetensors", "bin"], default="safetensors")
-    p.add_argument("--shards", type=int, default=None,
-                   help="weight files (default 1; glus-7b: 2 per 7B, as released)")
-    p.add_argument("--llm-layers", type=int, default=None, metavar="N",
-                   help="LLM depth, keeping every width (glus-7b: 32; 2..4 fit a 24 GiB machine)")
+    p.add_argument("--shards", type=int, default=None, help="weight files (default 1; glus-7b: 2 per 7B, as released)")
+    p.add_argument(
+        "--llm-layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="LLM depth, keeping every width (glus-7b: 32; 2..4 fit a 24 GiB machine)",
+    )
     a = p.parse_args(argv)
     if a.llm_layers is not None and a.llm_layers < 1:
         p.error(f"--llm-layers must be >= 1, got {a.llm_layers}")
     if a.shards is not None and a.shards < 1:
         p.error(f"--shards must be >= 1, got {a.shards}")
     shards = a.shards if a.shards is not None else (2 if a.shape == "glus-7b" else 1)
-    glus_dir, clip_dir = make_tiny(a.out, seed=a.seed, shape=a.shape, fmt=a.format, shards=shards,
-                                   llm_layers=a.llm_layers)
+    glus_dir, clip_dir = make_tiny(
+        a.out, seed=a.seed, shape=a.shape, fmt=a.format, shards=shards, llm_layers=a.llm_layers
+    )
     print(f"GLUS checkpoint: {glus_dir}\nCLIP:            {clip_dir}")
 
 

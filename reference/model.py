@@ -65,9 +65,7 @@ class GlusModel(nn.Module):
         )
         self.sam = build_sam2_model(cfg.sam2_config_path())
         if clip_config.hidden_size != cfg.mm_hidden_size:
-            raise ValueError(
-                f"CLIP hidden size {clip_config.hidden_size} != mm_hidden_size {cfg.mm_hidden_size}"
-            )
+            raise ValueError(f"CLIP hidden size {clip_config.hidden_size} != mm_hidden_size {cfg.mm_hidden_size}")
         if self.sam.hidden_dim != cfg.out_dim:
             raise ValueError(f"SAM2 prompt dim {self.sam.hidden_dim} != out_dim {cfg.out_dim}")
         self.eval()
@@ -155,16 +153,17 @@ class GlusModel(nn.Module):
         memory = torch.cat([m.flatten(2).permute(2, 0, 1) for m, _ in memories], 0)
         memory_pos = torch.cat([p.flatten(2).permute(2, 0, 1) for _, p in memories], 0)
         return self.sam.memory_attention(
-            curr=[curr], curr_pos=[curr_pos], memory=memory, memory_pos=memory_pos,
+            curr=[curr],
+            curr_pos=[curr_pos],
+            memory=memory,
+            memory_pos=memory_pos,
             num_obj_ptr_tokens=0,
         )
 
     def _to_map(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return tokens.permute(1, 2, 0).reshape(tokens.shape[1], tokens.shape[2], *size)
 
-    def decode(
-        self, feats: ImageFeatures, conditioned: torch.Tensor, seg_embedding: torch.Tensor
-    ) -> DecoderOutput:
+    def decode(self, feats: ImageFeatures, conditioned: torch.Tensor, seg_embedding: torch.Tensor) -> DecoderOutput:
         """SAM2 mask decoder prompted by the [SEG] embedding (one sparse token, no-mask dense)."""
         seg = seg_embedding.reshape(-1, 1, self.sam.hidden_dim)
         b = seg.shape[0]

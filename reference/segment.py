@@ -23,8 +23,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output directory for <frame>.png masks")
     p.add_argument("--key-frame", type=int, default=None)
     p.add_argument("--no-memory", action="store_true", help="GLUS's no-memory-bank ablation")
-    p.add_argument("--load-fuser-gamma", action="store_true",
-                   help="load the memory encoder's layer scale (GLUS's own loader drops it)")
+    p.add_argument(
+        "--load-fuser-gamma",
+        action="store_true",
+        help="load the memory encoder's layer scale (GLUS's own loader drops it)",
+    )
     a = p.parse_args(argv)
 
     from PIL import Image
@@ -39,8 +42,9 @@ def main(argv=None) -> int:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        result = reference.segment_video(ref, frames, a.expression, key_frame=a.key_frame,
-                                         use_memory=not a.no_memory, progress=True)
+        result = reference.segment_video(
+            ref, frames, a.expression, key_frame=a.key_frame, use_memory=not a.no_memory, progress=True
+        )
         dt = time.perf_counter() - t0
     except (CheckpointError, VideoSourceError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -48,8 +52,10 @@ def main(argv=None) -> int:
     for name, mask in zip(names, result.masks):
         Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}.png")
     n_seg = sum(r.is_seg for r in result.frames)
-    print(f"{len(frames)} masks written to {out} ({n_seg} frames answered [SEG]); "
-          f"{dt / len(frames) * 1000:.0f} ms per frame")
+    print(
+        f"{len(frames)} masks written to {out} ({n_seg} frames answered [SEG]); "
+        f"{dt / len(frames) * 1000:.0f} ms per frame"
+    )
     return 0
 
 

@@ -43,28 +43,26 @@ class GlusTokenizer(rules.PromptEncoder):
         self.im_start_id = _token_id(vocab, rules.IM_START)
         self.im_end_id = _token_id(vocab, rules.IM_END)
         expected = {t: base_vocab_size + k for k, t in enumerate(ADDED_TOKENS)}
-        got = {rules.SEG_TOKEN: self.seg_id, rules.IM_START: self.im_start_id,
-               rules.IM_END: self.im_end_id}
+        got = {rules.SEG_TOKEN: self.seg_id, rules.IM_START: self.im_start_id, rules.IM_END: self.im_end_id}
         if got != expected:
             raise ValueError(f"added token ids {got} are not the GLUS layout {expected}")
         self.vocab_size = len(hf)  # incl. added tokens
         if self.vocab_size != base_vocab_size + len(ADDED_TOKENS):
-            raise ValueError(
-                f"vocab size {self.vocab_size} != base {base_vocab_size} + {len(ADDED_TOKENS)}"
-            )
+            raise ValueError(f"vocab size {self.vocab_size} != base {base_vocab_size} + {len(ADDED_TOKENS)}")
         self._token_ids = {
-            rules.SEG_TOKEN: self.seg_id, rules.IM_START: self.im_start_id,
-            rules.IM_END: self.im_end_id, rules.BOS_TOKEN: self.bos_id,
-            rules.EOS_TOKEN: self.eos_id, rules.UNK_TOKEN: self.unk_id,
+            rules.SEG_TOKEN: self.seg_id,
+            rules.IM_START: self.im_start_id,
+            rules.IM_END: self.im_end_id,
+            rules.BOS_TOKEN: self.bos_id,
+            rules.EOS_TOKEN: self.eos_id,
+            rules.UNK_TOKEN: self.unk_id,
         }
 
     def _encode_piece(self, text: str) -> list[int]:
         return list(self.hf.encode(rules.metaspace_input(text), add_special_tokens=False))
 
-
     def decode(self, ids) -> str:
-        return self.hf.decode([i for i in ids if i != rules.IMAGE_TOKEN_INDEX],
-                              skip_special_tokens=False)
+        return self.hf.decode([i for i in ids if i != rules.IMAGE_TOKEN_INDEX], skip_special_tokens=False)
 
 
 def _token_id(vocab: dict, token: str) -> int:
@@ -99,14 +97,16 @@ def load_tokenizer(path) -> GlusTokenizer:
     # prepend scheme, lost byte fallback, ...): plain pieces must get sentencepiece's ids.
     for probe in _PROBES:
         if tok._encode_piece(probe) != sp.encode(probe):
-            raise ValueError(
-                f"transformers' tokenizer from {path} disagrees with sentencepiece on {probe!r}"
-            )
+            raise ValueError(f"transformers' tokenizer from {path} disagrees with sentencepiece on {probe!r}")
     return tok
 
 
 _PROBES = (
-    "USER:", "Sure, the segmentation result is ", " x", "a  b\n\tc", "caf\u00e9 2025 \U0001f642",
+    "USER:",
+    "Sure, the segmentation result is ",
+    " x",
+    "a  b\n\tc",
+    "caf\u00e9 2025 \U0001f642",
 )
 
 
@@ -125,9 +125,20 @@ def save_fast_tokenizer(tok: GlusTokenizer, out_dir) -> Path:
 _COLOURS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple", "grey", "pink"]
 _SHAPES = ["circle", "square", "triangle", "star", "box", "ball", "car", "dog", "cat", "person"]
 _MOTIONS = [
-    "moving left", "moving right", "moving up", "moving down", "that stops", "that bounces",
-    "that enters the frame", "that leaves the frame", "turning around", "standing still",
-    "jumping over the line", "walking slowly", "running fast", "following the other one",
+    "moving left",
+    "moving right",
+    "moving up",
+    "moving down",
+    "that stops",
+    "that bounces",
+    "that enters the frame",
+    "that leaves the frame",
+    "turning around",
+    "standing still",
+    "jumping over the line",
+    "walking slowly",
+    "running fast",
+    "following the other one",
 ]
 _SIZES = ["big", "small", "large", "tiny", "tall", "short"]
 _GENERAL = [
@@ -144,15 +155,27 @@ _GENERAL = [
     "The first one, the second one, and the third one are all different colours.",
 ]
 _UNICODE = [
-    "café", "naïve", "Zürich", "façade", "crème brûlée", "señor", "über", "Ångström",
-    "東京の猫", "赤い車", "Привет мир", "γάτα", "Straße", "smörgåsbord", "jalapeño",
+    "café",
+    "naïve",
+    "Zürich",
+    "façade",
+    "crème brûlée",
+    "señor",
+    "über",
+    "Ångström",
+    "東京の猫",
+    "赤い車",
+    "Привет мир",
+    "γάτα",
+    "Straße",
+    "smörgåsbord",
+    "jalapeño",
 ]
 
 
 def _tiny_corpus() -> list[str]:
     lines = [rules.SYSTEM, rules.CONTEXT_SENTENCE, rules.ANSWER_SEG, rules.ANSWER_NO_SEG]
-    lines += [f"USER: Can you segment the {c} {s} in this frame? ASSISTANT: Sure."
-              for c in _COLOURS for s in _SHAPES]
+    lines += [f"USER: Can you segment the {c} {s} in this frame? ASSISTANT: Sure." for c in _COLOURS for s in _SHAPES]
     for i, c in enumerate(_COLOURS):
         for j, s in enumerate(_SHAPES):
             m = _MOTIONS[(i + j) % len(_MOTIONS)]
@@ -160,7 +183,7 @@ def _tiny_corpus() -> list[str]:
             lines.append(f"the {z} {c} {s} {m}")
             lines.append(f"The {c} {s} {m}.")
     lines += _GENERAL * 3
-    lines += [" ".join(_UNICODE[k:k + 4]) for k in range(len(_UNICODE))]
+    lines += [" ".join(_UNICODE[k : k + 4]) for k in range(len(_UNICODE))]
     return lines
 
 
@@ -192,7 +215,10 @@ def train_tiny_tokenizer(out_dir, vocab_size: int = 1000) -> Path:
         split_by_unicode_script=True,
         split_by_whitespace=True,
         max_sentencepiece_length=16,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
         unk_surface=" \u2047 ",
         num_threads=1,
         shuffle_input_sentence=False,
@@ -206,8 +232,14 @@ def train_tiny_tokenizer(out_dir, vocab_size: int = 1000) -> Path:
 
 
 def _added_token_dict(content: str) -> dict:
-    return {"__type": "AddedToken", "content": content, "lstrip": False,
-            "normalized": True, "rstrip": False, "single_word": False}
+    return {
+        "__type": "AddedToken",
+        "content": content,
+        "lstrip": False,
+        "normalized": True,
+        "rstrip": False,
+        "single_word": False,
+    }
 
 
 def write_glus_layout(out_dir, base_vocab_size: int) -> None:
@@ -235,7 +267,9 @@ def write_glus_layout(out_dir, base_vocab_size: int) -> None:
         "unk_token": rules.UNK_TOKEN,
     }
     added = {t: base_vocab_size + k for k, t in enumerate(ADDED_TOKENS)}
-    for name, obj in (("tokenizer_config.json", config), ("special_tokens_map.json", special),
-                      ("added_tokens.json", added)):
-        (out_dir / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n",
-                                    encoding="utf-8")
+    for name, obj in (
+        ("tokenizer_config.json", config),
+        ("special_tokens_map.json", special),
+        ("added_tokens.json", added),
+    ):
+        (out_dir / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -53,8 +53,15 @@ class OrtGraph:
     ways on every LLM call (for GLUS-7B that is ~0.2 GB per frame and expression).
     """
 
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None,
-                 tensorrt: dict | None = None, spin: bool = False, io_binding: bool | None = None):
+    def __init__(
+        self,
+        path: Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        tensorrt: dict | None = None,
+        spin: bool = False,
+        io_binding: bool | None = None,
+    ):
         import onnxruntime as ort
 
         kind, index = parse_device(device)
@@ -64,8 +71,11 @@ class OrtGraph:
         if tensorrt is not None:
             # TensorRT builds (and caches in the engine directory) an engine per graph; nodes
             # it cannot take fall back to CUDA, then CPU.
-            providers = [("TensorrtExecutionProvider", {"device_id": index, **tensorrt}),
-                         ("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+            providers = [
+                ("TensorrtExecutionProvider", {"device_id": index, **tensorrt}),
+                ("CUDAExecutionProvider", {"device_id": index}),
+                "CPUExecutionProvider",
+            ]
         elif kind == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendError(
@@ -113,18 +123,30 @@ class OrtGraph:
 
 def tensorrt_options(engine_dir: Path, fp16: bool) -> dict:
     cache = engine_dir / "trt_cache"
-    return {"trt_fp16_enable": fp16, "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": str(cache)}
+    return {
+        "trt_fp16_enable": fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+    }
 
 
-def open_graph(path: Path, backend: str, device: str, threads: int | None, fp16: bool = False,
-               spin: bool = False, io_binding: bool | None = None):
+def open_graph(
+    path: Path,
+    backend: str,
+    device: str,
+    threads: int | None,
+    fp16: bool = False,
+    spin: bool = False,
+    io_binding: bool | None = None,
+):
     if backend == "onnxruntime":
         return OrtGraph(path, device, threads, spin=spin, io_binding=io_binding)
     if backend == "tensorrt":
-        return OrtGraph(path, device, threads, tensorrt=tensorrt_options(path.parent, fp16), spin=spin,
-                        io_binding=io_binding)
+        return OrtGraph(
+            path, device, threads, tensorrt=tensorrt_options(path.parent, fp16), spin=spin, io_binding=io_binding
+        )
     raise BackendError(f"unknown backend {backend!r}: use 'auto', 'onnxruntime' or 'tensorrt'")
 
 
@@ -138,8 +160,10 @@ def resolve_backend(backend: str, device: str, has_trt_engines: bool) -> str:
         if kind != "cuda":
             raise BackendError("the TensorRT backend needs device='cuda:N'")
         if not tensorrt_available():
-            raise BackendError("ONNX Runtime's TensorRT provider is not available here"
-                               " (pip install '.[gpu]' on a machine with an NVIDIA GPU)")
+            raise BackendError(
+                "ONNX Runtime's TensorRT provider is not available here"
+                " (pip install '.[gpu]' on a machine with an NVIDIA GPU)"
+            )
         return "tensorrt"
     if backend != "onnxruntime":
         raise BackendError(f"unknown backend {backend!r}: use 'auto', 'onnxruntime' or 'tensorrt'")

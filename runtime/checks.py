@@ -33,7 +33,8 @@ def check_expression(expression, tokenizer, max_positions: int) -> str:
     n = len(ids) + ids.count(rules.IMAGE_TOKEN_INDEX) * (rules.TOKENS_PER_IMAGE - 1)
     if n > max_positions:
         raise InputError(
-            f"expression too long: its full prompt takes {n} positions, the engine's LLM has {max_positions}")
+            f"expression too long: its full prompt takes {n} positions, the engine's LLM has {max_positions}"
+        )
     return expr
 
 
@@ -51,7 +52,9 @@ def check_key_frames(key_frames, n_expressions: int, n_frames: int):
     "auto" or a list of ints, one per expression."""
     if isinstance(key_frames, str):
         if key_frames != "auto":
-            raise InputError(f"key_frames must be None, 'auto', a frame index or one per expression, got {key_frames!r}")
+            raise InputError(
+                f"key_frames must be None, 'auto', a frame index or one per expression, got {key_frames!r}"
+            )
         return "auto"
     if key_frames is None or isinstance(key_frames, (int, np.integer)):
         key_frames = [key_frames] * n_expressions

@@ -44,9 +44,16 @@ class GlusEngine:
         self._stages = stages
 
     @classmethod
-    def load(cls, engine_dir: str | Path, backend: str = "auto", device: str = "cpu",
-             threads: int | None = None, verify: bool = True, spin: bool = False,
-             io_binding: bool | None = None) -> "GlusEngine":
+    def load(
+        cls,
+        engine_dir: str | Path,
+        backend: str = "auto",
+        device: str = "cpu",
+        threads: int | None = None,
+        verify: bool = True,
+        spin: bool = False,
+        io_binding: bool | None = None,
+    ) -> "GlusEngine":
         """Open an engine directory built by `python -m export.build`.
 
         io_binding (default: on for CUDA, off for the CPU) keeps the LLM's prefix KV cache on
@@ -87,9 +94,18 @@ class GlusEngine:
         return self._stages.check_expression(expression)
 
     # ---- offline ---------------------------------------------------------------------------
-    def segment_video(self, frames, expressions, key_frames=None, *, force_seg: bool = False,
-                      use_memory: bool = True, kv_policy: str = "exact", details: bool = False,
-                      progress=None) -> list[ExpressionResult]:
+    def segment_video(
+        self,
+        frames,
+        expressions,
+        key_frames=None,
+        *,
+        force_seg: bool = False,
+        use_memory: bool = True,
+        kv_policy: str = "exact",
+        details: bool = False,
+        progress=None,
+    ) -> list[ExpressionResult]:
         """Masks for every frame and every expression, as the reference loop computes them.
 
         frames: RGB uint8 H x W x 3 arrays. expressions: a str or a list of str.
@@ -120,8 +136,7 @@ class GlusEngine:
         context = rules.context_frame_indices(n)
         context_tokens = st.clip_tokens([frames[i] for i in context])
         prefix = st.prefix(context_tokens)
-        opts = dict(prefix=prefix, force_seg=force_seg, use_memory=use_memory, kv_policy=kv_policy,
-                    progress=progress)
+        opts = dict(prefix=prefix, force_seg=force_seg, use_memory=use_memory, kv_policy=kv_policy, progress=progress)
         enc = FrameEncodings(st, frames, dict(zip(context, context_tokens)))
         auto = ks == "auto"
         if auto:
@@ -140,25 +155,53 @@ class GlusEngine:
             members = [j for j, kj in enumerate(ks) if kj == k]
             group = [exprs[j] for j in members]
             fwd = self._run_pass(enc, list(range(k, n)), group, pass_name="forward", details=details, **opts)
-            bwd = (self._run_pass(enc, list(range(k, -1, -1)), group, pass_name="backward", details=details,
-                                  **opts) if k > 0 else [dict() for _ in group])
+            bwd = (
+                self._run_pass(enc, list(range(k, -1, -1)), group, pass_name="backward", details=details, **opts)
+                if k > 0
+                else [dict() for _ in group]
+            )
             for j, f, b in zip(members, fwd, bwd):
                 merged[j].update(f)
                 merged[j].update(b)  # frames 0..k from the backward pass
-        return [ExpressionResult(expressions[j], [merged[j][i][0] for i in range(n)],
-                                 [merged[j][i][1] for i in range(n)], ks[j])
-                for j in range(len(exprs))]
+        return [
+            ExpressionResult(
+                expressions[j], [merged[j][i][0] for i in range(n)], [merged[j][i][1] for i in range(n)], ks[j]
+            )
+            for j in range(len(exprs))
+        ]
 
-    def _run_pass(self, enc: FrameEncodings, order: list[int], exprs: list[str], *, prefix, pass_name: str,
-                  force_seg: bool, use_memory: bool, details: bool, kv_policy: str, progress):
+    def _run_pass(
+        self,
+        enc: FrameEncodings,
+        order: list[int],
+        exprs: list[str],
+        *,
+        prefix,
+        pass_name: str,
+        force_seg: bool,
+        use_memory: bool,
+        details: bool,
+        kv_policy: str,
+        progress,
+    ):
         st = self._stages
         tracks = [Track(e, st.new_bank(use_memory), pass_name) for e in exprs]
         window: deque = deque(maxlen=rules.NUM_QUERY)  # CLIP tokens of the window's frames
         results = [dict() for _ in exprs]
         for idx in order:
             window.append(enc.clip(idx))
-            steps = frame_step(st, tracks, idx, enc.frames[idx], lambda idx=idx: enc.sam(idx), prefix,
-                               list(window), force_seg, details, kv_policy)
+            steps = frame_step(
+                st,
+                tracks,
+                idx,
+                enc.frames[idx],
+                lambda idx=idx: enc.sam(idx),
+                prefix,
+                list(window),
+                force_seg,
+                details,
+                kv_policy,
+            )
             enc.done(idx)
             for j, (mask, info) in enumerate(steps):
                 results[j][idx] = (mask, info)
@@ -167,12 +210,28 @@ class GlusEngine:
         return results
 
     # ---- streaming -------------------------------------------------------------------------
-    def stream(self, expressions=(), *, context_frames=None, refresh_every: int = 16,
-               pool_size: int = 16, force_seg: bool = False, use_memory: bool = True,
-               kv_policy: str = "exact") -> Stream:
+    def stream(
+        self,
+        expressions=(),
+        *,
+        context_frames=None,
+        refresh_every: int = 16,
+        pool_size: int = 16,
+        force_seg: bool = False,
+        use_memory: bool = True,
+        kv_policy: str = "exact",
+    ) -> Stream:
         """A Stream (runtime/stream.py): push a camera's frames one by one, get each frame's masks."""
-        return Stream(self._stages, expressions, context_frames=context_frames, refresh_every=refresh_every,
-                      pool_size=pool_size, force_seg=force_seg, use_memory=use_memory, kv_policy=kv_policy)
+        return Stream(
+            self._stages,
+            expressions,
+            context_frames=context_frames,
+            refresh_every=refresh_every,
+            pool_size=pool_size,
+            force_seg=force_seg,
+            use_memory=use_memory,
+            kv_policy=kv_policy,
+        )
 
 
 __all__ = ["GlusEngine", "ExpressionResult", "StepInfo", "BackendError", "EngineDirError", "InputError"]

@@ -13,8 +13,13 @@ from . import rules
 
 
 class MemoryBank:
-    def __init__(self, shape: tuple[int, ...], num_slots: int = rules.NUM_MASKMEM,
-                 mem_stride: int = rules.MEM_STRIDE, dtype=np.float32):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        num_slots: int = rules.NUM_MASKMEM,
+        mem_stride: int = rules.MEM_STRIDE,
+        dtype=np.float32,
+    ):
         self.slots = np.zeros((num_slots, *shape), dtype)
         self.keys = np.full(num_slots, -1, np.int64)  # frame position held by each slot, -1 = free
         self.mem_stride = mem_stride

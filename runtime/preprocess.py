@@ -136,14 +136,14 @@ def _centre_crop(img: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
     top = (h - crop_h) // 2
     left = (w - crop_w) // 2
     if top >= 0 and left >= 0:
-        return img[top:top + crop_h, left:left + crop_w]
+        return img[top : top + crop_h, left : left + crop_w]
     out = np.zeros((crop_h, crop_w) + img.shape[2:], dtype=img.dtype)
     # source window (inside the image) and destination offset (inside the canvas)
     src_top, dst_top = max(top, 0), max(-top, 0)
     src_left, dst_left = max(left, 0), max(-left, 0)
     n_h = min(h - src_top, crop_h - dst_top)
     n_w = min(w - src_left, crop_w - dst_left)
-    out[dst_top:dst_top + n_h, dst_left:dst_left + n_w] = img[src_top:src_top + n_h, src_left:src_left + n_w]
+    out[dst_top : dst_top + n_h, dst_left : dst_left + n_w] = img[src_top : src_top + n_h, src_left : src_left + n_w]
     return out
 
 

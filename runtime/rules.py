@@ -147,9 +147,7 @@ def _check_memory_args(t: int, mem_stride: int, num_maskmem: int) -> None:
         raise ValueError(f"num_maskmem must be an int >= 1, got {num_maskmem!r}")
 
 
-def memory_frame_indices(
-    t: int, mem_stride: int = MEM_STRIDE, num_maskmem: int = NUM_MASKMEM
-) -> list[int]:
+def memory_frame_indices(t: int, mem_stride: int = MEM_STRIDE, num_maskmem: int = NUM_MASKMEM) -> list[int]:
     """Memory-bank keys query frame ``t`` (0-based) reads, in GLUS's order t_rel = M .. 1.
 
     t_rel 1 is the previous frame t-1; t_rel >= 2 is ((t-2)//r)*r - (t_rel-2)*r, i.e. the
@@ -170,9 +168,7 @@ def memory_frame_indices(
     return out
 
 
-def reachable_memory_frames(
-    next_t: int, mem_stride: int = MEM_STRIDE, num_maskmem: int = NUM_MASKMEM
-) -> list[int]:
+def reachable_memory_frames(next_t: int, mem_stride: int = MEM_STRIDE, num_maskmem: int = NUM_MASKMEM) -> list[int]:
     """Stored keys (< next_t) that frame ``next_t`` or any later frame can still read, sorted.
 
     Use it to evict: after storing frame t, keep only reachable_memory_frames(t + 1).
@@ -218,9 +214,7 @@ def prompt_text(expression: str, past_answers: Sequence[str]) -> str:
         raise ValueError("past_answers must be a sequence of answers, not one str")
     past = list(past_answers)
     if len(past) > NUM_QUERY - 1:
-        raise ValueError(
-            f"past_answers holds {len(past)} answers, at most NUM_QUERY - 1 = {NUM_QUERY - 1}"
-        )
+        raise ValueError(f"past_answers holds {len(past)} answers, at most NUM_QUERY - 1 = {NUM_QUERY - 1}")
     for a in past:
         if a not in (ANSWER_SEG, ANSWER_NO_SEG):
             raise ValueError(f"past answer must be ANSWER_SEG or ANSWER_NO_SEG, got {a!r}")
@@ -241,10 +235,7 @@ def prefix_text() -> str:
     """The prompt text every step and expression shares: BOS-less system text, "USER: ", the
     NUM_CONTEXT context images and the CONTEXT sentence, up to and including its final "."
     (the newline after it is dropped by the tokenizer, being next to <im_start>)."""
-    return (
-        SYSTEM + SEP + USER_ROLE + ": "
-        + _with_image_tags(IMAGE_PLACEHOLDER * NUM_CONTEXT) + "\n" + CONTEXT_SENTENCE
-    )
+    return SYSTEM + SEP + USER_ROLE + ": " + _with_image_tags(IMAGE_PLACEHOLDER * NUM_CONTEXT) + "\n" + CONTEXT_SENTENCE
 
 
 def split_prefix(prompt: str) -> tuple[str, str]:
@@ -262,7 +253,7 @@ def split_prefix(prompt: str) -> tuple[str, str]:
     prefix = prefix_text()
     if not isinstance(prompt, str) or not prompt.startswith(prefix + "\n" + IM_START):
         raise ValueError("prompt does not start with the GLUS system/context prefix")
-    return prefix, prompt[len(prefix):]
+    return prefix, prompt[len(prefix) :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +280,7 @@ def split_added_tokens(
     start = 0
     for m in pattern.finditer(text):
         if m.start() > start:
-            parts.append([text[start:m.start()], False])
+            parts.append([text[start : m.start()], False])
         parts.append([m.group(), True])
         start = m.end()
     if start < len(text):
@@ -318,9 +309,7 @@ def metaspace_input(piece: str) -> str:
     return piece
 
 
-def tokenize_with_images(
-    text: str, encode: Callable[[str], list[int]], bos_id: int | None
-) -> list[int]:
+def tokenize_with_images(text: str, encode: Callable[[str], list[int]], bos_id: int | None) -> list[int]:
     """LLaVA's tokenizer_image_token: BOS, then each "<image>"-separated chunk encoded on its
     own (``encode`` returns ids without BOS, sentencepiece dummy prefix applied per piece),
     chunks joined by IMAGE_TOKEN_INDEX. ``bos_id=None`` leaves BOS out (for the part of a
@@ -335,9 +324,7 @@ def tokenize_with_images(
     return ids
 
 
-def expand_image_positions(
-    ids: Sequence[int], tokens_per_image: int = TOKENS_PER_IMAGE
-) -> list[tuple[int, int]]:
+def expand_image_positions(ids: Sequence[int], tokens_per_image: int = TOKENS_PER_IMAGE) -> list[tuple[int, int]]:
     """Where each image's embeddings go once every IMAGE_TOKEN_INDEX in ``ids`` is expanded
     to ``tokens_per_image`` embeddings: [(start, end)] half-open, in image order."""
     out = []

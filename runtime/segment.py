@@ -64,16 +64,28 @@ def warn(message: str) -> None:
 
 # ---- arguments -----------------------------------------------------------------------------
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 2)[2])
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
     p.add_argument("source", help="video file, frame folder, image, camera index or stream URL")
-    p.add_argument("-e", "--expression", action="append", required=True,
-                   help="a sentence naming what to segment (repeat for several)")
+    p.add_argument(
+        "-e",
+        "--expression",
+        action="append",
+        required=True,
+        help="a sentence naming what to segment (repeat for several)",
+    )
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.add_argument("--engine", help="engine directory (default: the default engine of --precision)")
-    p.add_argument("--precision", default="int8", choices=("fp32", "fp16", "int8"),
-                   help="which default engine to use when --engine is not given (default int8)")
+    p.add_argument(
+        "--precision",
+        default="int8",
+        choices=("fp32", "fp16", "int8"),
+        help="which default engine to use when --engine is not given (default int8)",
+    )
     p.add_argument("--kf", choices=("auto",), help="self-refined key frames (offline only)")
     p.add_argument("--stream", action="store_true", help="causal frame-by-frame mode")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
@@ -81,8 +93,7 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, help="CPU threads per graph (default: ONNX Runtime's)")
     p.add_argument("--name", help="the video's name in the outputs (default: from SOURCE)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--timeout", type=float, default=10.0,
-                   help="seconds to wait for a camera or URL (default 10)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a camera or URL (default 10)")
     a = p.parse_args(argv)
     if a.threads is not None and a.threads < 1:
         raise CliError(f"--threads must be >= 1, got {a.threads}", EXIT_USAGE)
@@ -112,8 +123,7 @@ def engine_dir(args) -> Path:
     d = Path(args.engine) if args.engine else default_engine_dir(args.precision)
     build = f"`python -m export.build --precision {args.precision} --out {d}`"
     if not args.engine and not (d / MANIFEST).is_file():
-        raise CliError(f"no {args.precision} engine at {d}: build it with {build} (or pass --engine DIR)",
-                       EXIT_ENGINE)
+        raise CliError(f"no {args.precision} engine at {d}: build it with {build} (or pass --engine DIR)", EXIT_ENGINE)
     if not d.exists():
         raise CliError(f"engine directory not found: {d} (build one with {build})", EXIT_ENGINE)
     return d
@@ -180,7 +190,8 @@ class Outputs:
             self.dir.mkdir(parents=True, exist_ok=True)
             table = {str(i): e for i, e in enumerate(expressions)}
             (self.dir / "expressions.json").write_text(
-                json.dumps(table, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+                json.dumps(table, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
         except OSError as e:
             raise output_error(f"cannot write to the output directory {out}", e) from None
         self.writer = VideoWriter(self.overlay_path, fps)
@@ -216,8 +227,13 @@ class Outputs:
             self.writer.close()
             picked = self.sampler.picked()
             if picked:
-                sheet = contact_sheet([t for _, t in picked], captions=[n for n, _ in picked],
-                                      labels=self.labels, colours_=self.colours, tile_width=THUMB_WIDTH)
+                sheet = contact_sheet(
+                    [t for _, t in picked],
+                    captions=[n for n, _ in picked],
+                    labels=self.labels,
+                    colours_=self.colours,
+                    tile_width=THUMB_WIDTH,
+                )
                 if not cv2.imwrite(str(self.contact_path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
                     raise OSError(f"could not write {self.contact_path}")
         except OSError as e:
@@ -238,8 +254,10 @@ def name_ranges(names: list[str], limit: int = 8) -> str:
 
 def report_source_problems(source) -> None:
     if source.failed:
-        warn(f"{len(source.failed)} frame(s) of {source.name} could not be decoded and have no "
-             f"masks: {name_ranges(source.failed)}")
+        warn(
+            f"{len(source.failed)} frame(s) of {source.name} could not be decoded and have no "
+            f"masks: {name_ranges(source.failed)}"
+        )
     for note in source.notes:
         warn(note)
 
@@ -249,8 +267,7 @@ def _bar(total, desc):
     from tqdm import tqdm
 
     # disable=None: a bar on a terminal, nothing in a log file
-    return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, dynamic_ncols=True, leave=False,
-                disable=None)
+    return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, dynamic_ncols=True, leave=False, disable=None)
 
 
 def run_offline(engine, source, outputs: Outputs, args) -> None:
@@ -267,8 +284,7 @@ def run_offline(engine, source, outputs: Outputs, args) -> None:
         raise CliError(f"no frame of {args.source} could be decoded", EXIT_SOURCE)
     total = None if args.kf else len(frames)  # kf=auto: a scoring pass, then passes from each key frame
     with _bar(total, "segmenting") as bar:
-        results = engine.segment_video(frames, outputs.expressions, key_frames=args.kf,
-                                       progress=lambda: bar.update(1))
+        results = engine.segment_video(frames, outputs.expressions, key_frames=args.kf, progress=lambda: bar.update(1))
     outputs.expect(len(frames))
     with _bar(len(frames), "writing") as bar:
         for i, (name, frame) in enumerate(zip(names, frames)):
@@ -322,8 +338,10 @@ def run(args) -> int:
             (run_stream if mode == "stream" else run_offline)(engine, source, outputs, args)
         except KeyboardInterrupt:
             outputs.close()
-            print(f"{PROG}: interrupted: {outputs.frames} frame(s) written to {outputs.dir}, overlay "
-                  f"video finalised", file=sys.stderr)
+            print(
+                f"{PROG}: interrupted: {outputs.frames} frame(s) written to {outputs.dir}, overlay video finalised",
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
         except BaseException:
             try:  # what was written stays usable; the first error is the one reported
@@ -350,13 +368,18 @@ def prepare_engine(path: Path, args):
 
 def summary(source, outputs: Outputs, mode: str, seconds: float) -> int:
     n, k = outputs.frames, len(outputs.expressions)
-    print(f"{n} frame{'s' * (n != 1)} x {k} expression{'s' * (k != 1)} ({mode}, "
-          f"{n / max(seconds, 1e-9):.1f} frames/s) -> {outputs.dir}")
+    print(
+        f"{n} frame{'s' * (n != 1)} x {k} expression{'s' * (k != 1)} ({mode}, "
+        f"{n / max(seconds, 1e-9):.1f} frames/s) -> {outputs.dir}"
+    )
     print(f"overlay: {outputs.overlay_path}\ncontact sheet: {outputs.contact_path}")
     missing = len(source.failed) + len(outputs.skipped)
     if missing or (source.notes and not source.live):  # a file that ended in a read error
-        print(f"{PROG}: the source was not read in full: {missing or 'some'} frame(s) have no masks "
-              f"(see the warnings above)", file=sys.stderr)
+        print(
+            f"{PROG}: the source was not read in full: {missing or 'some'} frame(s) have no masks "
+            f"(see the warnings above)",
+            file=sys.stderr,
+        )
         return EXIT_PARTIAL
     return EXIT_OK
 

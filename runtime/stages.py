@@ -41,8 +41,9 @@ class Prefix:
 
 
 class Stages:
-    def __init__(self, manifest: Manifest, graphs: dict, arrays: dict, tokenizer: RuntimeTokenizer,
-                 backend: str, device: str):
+    def __init__(
+        self, manifest: Manifest, graphs: dict, arrays: dict, tokenizer: RuntimeTokenizer, backend: str, device: str
+    ):
         self.manifest = manifest
         self.graphs = graphs
         self.arrays = arrays
@@ -60,22 +61,33 @@ class Stages:
         self.no_mem_embed = arrays["no_mem_embed"].reshape(1, -1, 1, 1)
 
     @classmethod
-    def load(cls, engine_dir: str | Path, backend: str = "auto", device: str = "cpu",
-             threads: int | None = None, verify: bool = True, spin: bool = False,
-             io_binding: bool | None = None) -> "Stages":
+    def load(
+        cls,
+        engine_dir: str | Path,
+        backend: str = "auto",
+        device: str = "cpu",
+        threads: int | None = None,
+        verify: bool = True,
+        spin: bool = False,
+        io_binding: bool | None = None,
+    ) -> "Stages":
         """Open an engine directory (GlusEngine.load documents the options)."""
         manifest = read_manifest(engine_dir, verify_hashes=verify)
         unknown = manifest.unknown_files()
         if unknown:  # not used, but someone put them there: maybe a graph they meant to be used
-            warnings.warn(f"engine directory {engine_dir} holds files its manifest does not name, not used:"
-                          f" {', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}", UnknownFilesWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"engine directory {engine_dir} holds files its manifest does not name, not used:"
+                f" {', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}",
+                UnknownFilesWarning,
+                stacklevel=3,
+            )
         trt = manifest.data.get("tensorrt") or {}
         backend = resolve_backend(backend, device, bool(trt.get("built")))
         fp16 = manifest.precision == "fp16"
-        graphs = {name: open_graph(manifest.graph_path(name), backend, device, threads, fp16, spin,
-                                   io_binding)
-                  for name in manifest.graphs}
+        graphs = {
+            name: open_graph(manifest.graph_path(name), backend, device, threads, fp16, spin, io_binding)
+            for name in manifest.graphs
+        }
         arrays = {}
         for name, entry in manifest.arrays.items():
             arr = np.load(manifest.path(entry), allow_pickle=False)
@@ -85,8 +97,13 @@ class Stages:
         t = manifest.constants["tokens"]
         try:
             tok = RuntimeTokenizer.from_file(
-                manifest.path(manifest.data["tokenizer"]), bos_id=t["bos"], eos_id=t["eos"],
-                seg_id=t["seg"], im_start_id=t["im_start"], im_end_id=t["im_end"])
+                manifest.path(manifest.data["tokenizer"]),
+                bos_id=t["bos"],
+                eos_id=t["eos"],
+                seg_id=t["seg"],
+                im_start_id=t["im_start"],
+                im_end_id=t["im_end"],
+            )
         except ValueError as e:
             raise EngineDirError(f"tokenizer does not match the manifest: {e}") from None
         return cls(manifest, graphs, arrays, tok, backend, device)
@@ -104,9 +121,19 @@ class Stages:
         cc = self.c["clip"]
         out = []
         for s in range(0, len(frames), CLIP_BATCH):
-            px = np.stack([preprocess.clip_preprocess(
-                f, size=cc["resize_shortest_edge"], crop=cc["crop"][0], mean=cc["mean"],
-                std=cc["std"], resample=cc["resample"]) for f in frames[s:s + CLIP_BATCH]])
+            px = np.stack(
+                [
+                    preprocess.clip_preprocess(
+                        f,
+                        size=cc["resize_shortest_edge"],
+                        crop=cc["crop"][0],
+                        mean=cc["mean"],
+                        std=cc["std"],
+                        resample=cc["resample"],
+                    )
+                    for f in frames[s : s + CLIP_BATCH]
+                ]
+            )
             out.append(self.graphs["vision"].run(px.astype(np.float32))[0])
         return np.concatenate(out, 0)
 
@@ -159,8 +186,9 @@ class Stages:
             raise RuntimeError("prompt does not start with the cached prefix tokens")
         return ids[n:]
 
-    def llm_step(self, prefix: Prefix, expression: str, past: list[str],
-                 window_tokens: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    def llm_step(
+        self, prefix: Prefix, expression: str, past: list[str], window_tokens: list[np.ndarray]
+    ) -> tuple[np.ndarray, int]:
         """[SEG] embedding and next token of one query step, on top of the cached prefix."""
         emb = self.embed(self.window_ids(prefix, expression, past), window_tokens)
         seg, logits, _ = self.llm(emb, prefix.length, prefix.kv)
@@ -199,18 +227,28 @@ class Stages:
     def new_bank(self, use_memory: bool) -> MemoryBank | None:
         if not use_memory:
             return None
-        return MemoryBank((int(self.c["sam"]["mem_dim"]), *self.feat_hw),
-                          num_slots=rules.NUM_MASKMEM, mem_stride=int(self.c["mem_stride"]))
+        return MemoryBank(
+            (int(self.c["sam"]["mem_dim"]), *self.feat_hw),
+            num_slots=rules.NUM_MASKMEM,
+            mem_stride=int(self.c["mem_stride"]),
+        )
 
 
 def check_rules(c: dict) -> None:
     """The engine was built for this runtime's GLUS rules (prompt pieces, window sizes)."""
-    want = {"num_context": rules.NUM_CONTEXT, "num_query": rules.NUM_QUERY,
-            "num_maskmem": rules.NUM_MASKMEM, "tokens_per_image": rules.TOKENS_PER_IMAGE}
+    want = {
+        "num_context": rules.NUM_CONTEXT,
+        "num_query": rules.NUM_QUERY,
+        "num_maskmem": rules.NUM_MASKMEM,
+        "tokens_per_image": rules.TOKENS_PER_IMAGE,
+    }
     p = c["prompt"]
-    want_prompt = {"system": rules.SYSTEM, "answer_prefix": rules.ANSWER_PREFIX,
-                   "context_sentence": rules.CONTEXT_SENTENCE,
-                   "question_template": rules.QUESTION_TEMPLATE}
+    want_prompt = {
+        "system": rules.SYSTEM,
+        "answer_prefix": rules.ANSWER_PREFIX,
+        "context_sentence": rules.CONTEXT_SENTENCE,
+        "question_template": rules.QUESTION_TEMPLATE,
+    }
     bad = [k for k, v in want.items() if c.get(k) != v]
     bad += [f"prompt.{k}" for k, v in want_prompt.items() if p.get(k) != v]
     if bad:

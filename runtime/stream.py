@@ -33,9 +33,18 @@ class Stream:
     """Made by GlusEngine.stream; holds the camera's context pool, window, shared prefix and one
     Track (memory bank, past answers) per expression."""
 
-    def __init__(self, stages: Stages, expressions=(), *, context_frames=None, refresh_every: int = 16,
-                 pool_size: int = 16, force_seg: bool = False, use_memory: bool = True,
-                 kv_policy: str = "exact"):
+    def __init__(
+        self,
+        stages: Stages,
+        expressions=(),
+        *,
+        context_frames=None,
+        refresh_every: int = 16,
+        pool_size: int = 16,
+        force_seg: bool = False,
+        use_memory: bool = True,
+        kv_policy: str = "exact",
+    ):
         stages.check_kv_policy(kv_policy)
         if refresh_every < 1:
             raise InputError(f"refresh_every must be >= 1, got {refresh_every}")
@@ -133,8 +142,18 @@ class Stream:
         masks, self.last_steps = {}, {}
         for n, names in by_len.items():
             window = list(self.window)[-n:]
-            steps = frame_step(stages, [self.tracks[k] for k in names], index, frame, feats_fn,
-                               self.prefix, window, self.force_seg, details=False, kv_policy=self.kv_policy)
+            steps = frame_step(
+                stages,
+                [self.tracks[k] for k in names],
+                index,
+                frame,
+                feats_fn,
+                self.prefix,
+                window,
+                self.force_seg,
+                details=False,
+                kv_policy=self.kv_policy,
+            )
             for name, (mask, info) in zip(names, steps):
                 masks[name] = mask
                 self.last_steps[name] = info

@@ -19,15 +19,28 @@ from . import rules
 class RuntimeTokenizer(rules.PromptEncoder):
     """Same ``encode_chunk`` / ``encode_prompt`` API as reference.tokenizer.GlusTokenizer."""
 
-    def __init__(self, tokenizer: Tokenizer, *, bos_id: int, eos_id: int, unk_id: int,
-                 seg_id: int, im_start_id: int, im_end_id: int):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        bos_id: int,
+        eos_id: int,
+        unk_id: int,
+        seg_id: int,
+        im_start_id: int,
+        im_end_id: int,
+    ):
         self.tokenizer = tokenizer
         self.bos_id, self.eos_id, self.unk_id = bos_id, eos_id, unk_id
         self.seg_id, self.im_start_id, self.im_end_id = seg_id, im_start_id, im_end_id
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self._token_ids = {
-            rules.BOS_TOKEN: bos_id, rules.EOS_TOKEN: eos_id, rules.UNK_TOKEN: unk_id,
-            rules.SEG_TOKEN: seg_id, rules.IM_START: im_start_id, rules.IM_END: im_end_id,
+            rules.BOS_TOKEN: bos_id,
+            rules.EOS_TOKEN: eos_id,
+            rules.UNK_TOKEN: unk_id,
+            rules.SEG_TOKEN: seg_id,
+            rules.IM_START: im_start_id,
+            rules.IM_END: im_end_id,
         }
         for text, want in self._token_ids.items():
             got = tokenizer.token_to_id(text)
@@ -35,10 +48,17 @@ class RuntimeTokenizer(rules.PromptEncoder):
                 raise ValueError(f"token {text!r} has id {got} in the tokenizer, expected {want}")
 
     @classmethod
-    def from_file(cls, path, *, bos_id: int | None = None, eos_id: int | None = None,
-                  unk_id: int | None = None, seg_id: int | None = None,
-                  im_start_id: int | None = None, im_end_id: int | None = None
-                  ) -> "RuntimeTokenizer":
+    def from_file(
+        cls,
+        path,
+        *,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        unk_id: int | None = None,
+        seg_id: int | None = None,
+        im_start_id: int | None = None,
+        im_end_id: int | None = None,
+    ) -> "RuntimeTokenizer":
         """Load ``tokenizer.json``. Ids left as None are looked up by token text; given ids
         are checked against the file (ValueError on a mismatch)."""
         path = Path(path)
@@ -58,8 +78,10 @@ class RuntimeTokenizer(rules.PromptEncoder):
 
         return cls(
             tk,
-            bos_id=pick(bos_id, rules.BOS_TOKEN), eos_id=pick(eos_id, rules.EOS_TOKEN),
-            unk_id=pick(unk_id, rules.UNK_TOKEN), seg_id=pick(seg_id, rules.SEG_TOKEN),
+            bos_id=pick(bos_id, rules.BOS_TOKEN),
+            eos_id=pick(eos_id, rules.EOS_TOKEN),
+            unk_id=pick(unk_id, rules.UNK_TOKEN),
+            seg_id=pick(seg_id, rules.SEG_TOKEN),
             im_start_id=pick(im_start_id, rules.IM_START),
             im_end_id=pick(im_end_id, rules.IM_END),
         )
@@ -67,7 +89,5 @@ class RuntimeTokenizer(rules.PromptEncoder):
     def _encode_piece(self, text: str) -> list[int]:
         return self.tokenizer.encode(rules.metaspace_input(text), add_special_tokens=False).ids
 
-
     def decode(self, ids) -> str:
-        return self.tokenizer.decode([i for i in ids if i != rules.IMAGE_TOKEN_INDEX],
-                                     skip_special_tokens=False)
+        return self.tokenizer.decode([i for i in ids if i != rules.IMAGE_TOKEN_INDEX], skip_special_tokens=False)

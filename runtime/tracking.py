@@ -68,7 +68,7 @@ class Track:
     def past_answers(self, i: int) -> list[str]:
         """Answers of the earlier rounds in step i's window (rules.window_positions)."""
         n = len(rules.window_positions(i)) - 1
-        return list(self.answers)[len(self.answers) - n:] if n else []
+        return list(self.answers)[len(self.answers) - n :] if n else []
 
     def record(self, answer: str) -> None:
         self.answers.append(answer)
@@ -78,8 +78,9 @@ class Track:
         return (self.bank.nbytes if self.bank is not None else 0) + (self.kv.nbytes if self.kv is not None else 0)
 
 
-def incremental_llm_step(stages: Stages, tr: Track, prefix: Prefix, past: list[str],
-                         window_tokens: list[np.ndarray]) -> tuple[np.ndarray, int]:
+def incremental_llm_step(
+    stages: Stages, tr: Track, prefix: Prefix, past: list[str], window_tokens: list[np.ndarray]
+) -> tuple[np.ndarray, int]:
     """Approximate window (kv_policy="incremental"): keep the cached rounds when the window
     slides instead of re-running them; only the newest round's tokens are computed.
 
@@ -92,8 +93,9 @@ def incremental_llm_step(stages: Stages, tr: Track, prefix: Prefix, past: list[s
 
     rest = stages.window_ids(prefix, tr.expression, past)
     if tr.kv is None or tr.kv_prefix is not prefix:  # first step, or a new context
-        seg, logits, kv = stages.llm(stages.embed(rest, window_tokens), prefix.length, prefix.kv,
-                                     keep_present="host")  # edited on the host below
+        seg, logits, kv = stages.llm(
+            stages.embed(rest, window_tokens), prefix.length, prefix.kv, keep_present="host"
+        )  # edited on the host below
         tr.kv, tr.kv_prefix = kv, prefix
         tr.round_starts = [prefix.length + p for p in stages.im_start_positions(rest)]
         return seg[0], int(np.argmax(logits[0]))
@@ -108,16 +110,24 @@ def incremental_llm_step(stages: Stages, tr: Track, prefix: Prefix, past: list[s
         kv = np.concatenate([kv[..., :p0, :], later], axis=-2)
         tr.round_starts = [s - (p1 - p0) for s in tr.round_starts[1:]]
     start = kv.shape[-2]
-    seg, logits, present = stages.llm(stages.embed(tail, window_tokens[-1:]), start, kv,
-                                      keep_present="host")
+    seg, logits, present = stages.llm(stages.embed(tail, window_tokens[-1:]), start, kv, keep_present="host")
     tr.round_starts.append(start + stages.im_start_positions(tail)[0])
     tr.kv = present
     return seg[0], int(np.argmax(logits[0]))
 
 
-def frame_step(stages: Stages, tracks: list[Track], frame_index: int, frame: np.ndarray, feats_fn,
-               prefix: Prefix, window_tokens: list[np.ndarray], force_seg: bool, details: bool,
-               kv_policy: str = "exact") -> list[tuple[np.ndarray, StepInfo]]:
+def frame_step(
+    stages: Stages,
+    tracks: list[Track],
+    frame_index: int,
+    frame: np.ndarray,
+    feats_fn,
+    prefix: Prefix,
+    window_tokens: list[np.ndarray],
+    force_seg: bool,
+    details: bool,
+    kv_policy: str = "exact",
+) -> list[tuple[np.ndarray, StepInfo]]:
     """Advance every track by one query frame: (mask, StepInfo) per track. feats_fn() gives the
     frame's SAM2 features; it is called only if some track answers [SEG] (or force_seg)."""
     h, w = frame.shape[:2]

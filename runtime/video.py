@@ -46,8 +46,9 @@ def _natural_key(path: Path):
 
 
 def frame_files(folder: Path) -> list[Path]:
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                   key=_natural_key)
+    files = sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=_natural_key
+    )
     if not files:
         raise VideoSourceError(f"no image frames ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     stems = [f.stem for f in files]
@@ -250,8 +251,9 @@ def _open_camera(index: int, timeout: float) -> CameraSource:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our message is enough
     try:
         ms = int(timeout * 1000)
-        cap = cv2.VideoCapture(index, cv2.CAP_ANY,
-                               [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        cap = cv2.VideoCapture(
+            index, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        )
         if not cap.isOpened():
             raise VideoSourceError(f"camera {index} is not available (no such device, or it is busy)")
         ok, bgr = cap.read()
@@ -298,8 +300,11 @@ def iter_frames(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
         if n == 0:
             raise VideoSourceError(f"{source} holds no decodable frames")
         if src.failed or src.notes:
-            warnings.warn(f"{source}: {len(src.failed)} frame(s) could not be decoded "
-                          f"{src.failed[:10]} {' '.join(src.notes)}".rstrip(), stacklevel=2)
+            warnings.warn(
+                f"{source}: {len(src.failed)} frame(s) could not be decoded "
+                f"{src.failed[:10]} {' '.join(src.notes)}".rstrip(),
+                stacklevel=2,
+            )
 
 
 def read_frames(source: str | Path) -> tuple[list[str], list[np.ndarray]]:

@@ -11,8 +11,18 @@ import colorsys
 import numpy as np
 
 # Distinct, readable colours (RGB) for the first expressions; more are spread around the hue circle.
-PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180),
-           (70, 240, 240), (245, 130, 48), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (255, 225, 25),
+    (145, 30, 180),
+    (70, 240, 240),
+    (245, 130, 48),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+]
 GOLDEN = 0.618033988749895
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 
@@ -82,8 +92,9 @@ def legend(image: np.ndarray, labels, colours_, *, alpha: float = 0.6, font=None
     return image
 
 
-def overlay(frame: np.ndarray, masks, colours_, labels=None, *, alpha: float = 0.45,
-            draw_outline: bool = True) -> np.ndarray:
+def overlay(
+    frame: np.ndarray, masks, colours_, labels=None, *, alpha: float = 0.45, draw_outline: bool = True
+) -> np.ndarray:
     """A copy of `frame` with each mask blended in its colour, outlined, and a legend of `labels`.
 
     The outline is the mask's colour inside a thin white halo, so a mask stays visible on an
@@ -156,8 +167,7 @@ def thumbnail(frame: np.ndarray, masks, colours_, width: int = 320) -> np.ndarra
     th = max(1, round(h * width / w))
     interp = cv2.INTER_AREA if width < w else cv2.INTER_LINEAR
     small = cv2.resize(np.asarray(frame), (width, th), interpolation=interp)
-    small_masks = [cv2.resize(np.asarray(m, np.uint8), (width, th), interpolation=cv2.INTER_NEAREST)
-                   for m in masks]
+    small_masks = [cv2.resize(np.asarray(m, np.uint8), (width, th), interpolation=cv2.INTER_NEAREST) for m in masks]
     return overlay(small, small_masks, colours_)
 
 
@@ -172,12 +182,21 @@ def _letterbox(image: np.ndarray, h: int, w: int, background) -> np.ndarray:
     tile = np.empty((h, w, 3), np.uint8)
     tile[:] = background
     y, x = (h - nh) // 2, (w - nw) // 2
-    tile[y:y + nh, x:x + nw] = small
+    tile[y : y + nh, x : x + nw] = small
     return tile
 
 
-def contact_sheet(frames, captions=None, *, labels=None, colours_=None, columns: int = 3,
-                  tile_width: int = 320, gap: int = 4, background=(24, 24, 24)) -> np.ndarray:
+def contact_sheet(
+    frames,
+    captions=None,
+    *,
+    labels=None,
+    colours_=None,
+    columns: int = 3,
+    tile_width: int = 320,
+    gap: int = 4,
+    background=(24, 24, 24),
+) -> np.ndarray:
     """The frames side by side in a grid (tiles of the first frame's aspect), each captioned,
     under a legend band of `labels` in `colours_` when given."""
     import cv2
@@ -200,10 +219,10 @@ def contact_sheet(frames, captions=None, *, labels=None, colours_=None, columns:
         if captions is not None:
             text = _fit(str(captions[k]), tw - 8, scale, thick)
             (cw, ch), base = cv2.getTextSize(text, FONT, scale, thick)
-            strip = tile[max(0, th - ch - base - 6):]
+            strip = tile[max(0, th - ch - base - 6) :]
             strip[:] = (strip.astype(np.float32) * 0.4).astype(np.uint8)
             cv2.putText(tile, text, (4, th - base - 3), FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
-        sheet[y:y + th, x:x + tw] = tile
+        sheet[y : y + th, x : x + tw] = tile
     if labels:
         sheet = np.concatenate([_legend_band(labels, colours_, sheet.shape[1], background), sheet], 0)
     return sheet

@@ -14,7 +14,7 @@ def moving_square_video(n: int = 6, h: int = 48, w: int = 64, seed: int = 0) -> 
     for t in range(n):
         f = bg.copy()
         x = 4 + 5 * t
-        f[10:30, x:x + 20] = (220, 30, 30)
+        f[10:30, x : x + 20] = (220, 30, 30)
         frames.append(f)
     return frames
 

@@ -111,8 +111,10 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = compute(build_engines(Path(tmp)))
     DIGESTS.parent.mkdir(exist_ok=True)
-    DIGESTS.write_text(json.dumps({"seed": MASK_SEED, "videos": VIDEOS, "frames": FRAMES,
-                                   "size": list(SIZE), "cases": data}, indent=1) + "\n")
+    DIGESTS.write_text(
+        json.dumps({"seed": MASK_SEED, "videos": VIDEOS, "frames": FRAMES, "size": list(SIZE), "cases": data}, indent=1)
+        + "\n"
+    )
     short = ", ".join(f"{k} {v['sha256'][:12]}" for k, v in data.items())
     print(f"wrote {DIGESTS}: {short}")
     return 0

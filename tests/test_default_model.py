@@ -24,16 +24,27 @@ def test_a_non_editable_install_refuses_to_build_a_default_engine(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(REPO)], capture_output=True,
-                       text=True, check=False)
+    r = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", str(REPO)], capture_output=True, text=True, check=False
+    )
     if r.returncode:
         pytest.skip(f"pip could not build the project here (no build backend reachable): {r.stderr[-300:]}")
-    where = subprocess.run([str(py), "-c", "import export; print(export.__file__)"], cwd=tmp_path,
-                           capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [str(py), "-c", "import export; print(export.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert str(venv) in where  # the installed copy, not the source tree
     out = tmp_path / "engine"
-    r = subprocess.run([str(py), "-m", "export.build", "--precision", "fp32", "--out", str(out)], cwd=tmp_path,
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [str(py), "-m", "export.build", "--precision", "fp32", "--out", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 2, r.stderr
     assert "the default model is not beside the installed package" in r.stderr
     assert "--checkpoint DIR --clip DIR" in r.stderr and "pip install -e ." in r.stderr

@@ -25,8 +25,17 @@ from training.stages import pretrain_encoder
 from training.steps import AttributePrompt, forward_sam_attr
 
 
-@pytest.mark.parametrize("step, want", [((0, 0), "still"), ((0.2, -0.3), "still"), ((-3, 1), "left"),
-                                         ((2, 1), "right"), ((1, -4), "up"), ((0.5, 2), "down")])
+@pytest.mark.parametrize(
+    "step, want",
+    [
+        ((0, 0), "still"),
+        ((0.2, -0.3), "still"),
+        ((-3, 1), "left"),
+        ((2, 1), "right"),
+        ((1, -4), "up"),
+        ((0.5, 2), "down"),
+    ],
+)
 def test_velocity_class_is_the_dominant_direction_with_image_y_down(step, want):
     traj = np.array([[50.0, 50.0], [50.0 + step[0], 50.0 + step[1]], [60.0, 40.0]])
     assert VELOCITIES[velocity_class(traj, 1)] == want
@@ -40,16 +49,26 @@ def test_dense_labels_of_one_square(x, y, side, grid):
     background, mixed cells are ignored, and nothing else appears."""
     h = w = 64
     mask = np.zeros((2, h, w), bool)
-    mask[:, y:y + side, x:x + side] = True
-    meta = [{"obj_id": 1, "colour": "blue", "shape": "square", "motion": "still",
-             "trajectory": [[x + side / 2, y + side / 2]] * 2}]
+    mask[:, y : y + side, x : x + side] = True
+    meta = [
+        {
+            "obj_id": 1,
+            "colour": "blue",
+            "shape": "square",
+            "motion": "still",
+            "trajectory": [[x + side / 2, y + side / 2]] * 2,
+        }
+    ]
     video = TrainVideo("v", [np.zeros((h, w, 3), np.uint8)] * 2, {1: mask}, [], (1, 2), [], meta)
     lab = dense_labels(video, [0, 1], grid)
     assert lab.shape == (3, 2, grid, grid)
     cell = h // grid
     cover = mask[0].reshape(grid, cell, grid, cell).mean(axis=(1, 3))
-    want = {0: list(synth.COLOURS).index("blue") + 1,
-            1: list(synth.SHAPES).index("square") + 1, 2: VELOCITIES.index("still") + 1}
+    want = {
+        0: list(synth.COLOURS).index("blue") + 1,
+        1: list(synth.SHAPES).index("square") + 1,
+        2: VELOCITIES.index("still") + 1,
+    }
     for k, v in want.items():
         assert np.all(lab[k][:, cover >= 0.5] == v)
         assert np.all(lab[k][:, cover < 0.2] == 0)
@@ -70,8 +89,9 @@ def test_stage1_with_dense_supervision_trains_every_head(tmp_path):
     torch.manual_seed(0)
     torch.set_num_threads(1)
     ref = init_checkpoint(tmp_path, "test", 0)
-    cfg = replace(TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8,
-                                sam_exprs=3, threads=1), dense_weight=1.0)
+    cfg = replace(
+        TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, sam_exprs=3, threads=1), dense_weight=1.0
+    )
     prompt = AttributePrompt(ref.model.sam.hidden_dim)
     head = DenseAttributeHead(ref.model.sam.hidden_dim)
     video = make_train_video(7, 0, 8, (64, 64))
@@ -90,8 +110,9 @@ def test_stage0_trains_only_the_image_encoder(tmp_path):
     torch.set_num_threads(1)
     ref = init_checkpoint(tmp_path, "test", 0)
     model = ref.model
-    cfg = replace(TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, threads=1),
-                  encoder_steps=3, warmup=1)
+    cfg = replace(
+        TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, threads=1), encoder_steps=3, warmup=1
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     head = DenseAttributeHead(model.sam.hidden_dim)
     hist = pretrain_encoder(model, head, cfg, progress=False)

@@ -38,8 +38,9 @@ def test_int8_engine_is_smaller_than_the_fp32_one(tiny_engine_dir, tiny_int8_eng
     assert size[tiny_int8_engine_dir] < size[tiny_engine_dir]
 
 
-def test_rebuild_over_another_precision_leaves_nothing_stale_and_reuses(tiny_dirs, tiny_engine_dir, tmp_path,
-                                                                         monkeypatch):
+def test_rebuild_over_another_precision_leaves_nothing_stale_and_reuses(
+    tiny_dirs, tiny_engine_dir, tmp_path, monkeypatch
+):
     out = tmp_path / "e"
     shutil.copytree(tiny_engine_dir, out)  # an fp32 engine where the int8 one is built
     (out / ".build_state.json").write_text("{}")  # an old build's state file

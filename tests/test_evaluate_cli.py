@@ -55,7 +55,9 @@ def raw_gt(root):
 def shift(mask, dy, dx):
     out = np.zeros_like(mask)
     h, w = mask.shape
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = mask[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = mask[
+        max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
     return out
 
 
@@ -83,7 +85,9 @@ def test_ground_truth_against_itself_scores_one(synth, tmp_path):
     gt = raw_gt(synth)
     write_preds(tmp_path / "pred", gt)
     out_csv = tmp_path / "scores.csv"
-    r = run_cli("--format", "mevis", "--root", synth, "--split", "valid_u", "--pred", tmp_path / "pred", "--csv", out_csv)
+    r = run_cli(
+        "--format", "mevis", "--root", synth, "--split", "valid_u", "--pred", tmp_path / "pred", "--csv", out_csv
+    )
     assert r.returncode == 0, r.stderr
     overall = next(line for line in r.stdout.splitlines() if line.startswith("overall"))
     assert overall.split()[-3:] == ["1.0000", "1.0000", "1.0000"]
@@ -119,8 +123,19 @@ def test_shifted_predictions_score_as_computed_independently(synth, tmp_path):
     out_csv = tmp_path / "s.csv"
     out_json = tmp_path / "s.json"
     rc = evaluate_main(
-        ["--format", "mevis", "--root", str(synth), "--pred", str(tmp_path / "pred"), "--csv", str(out_csv),
-         "--json", str(out_json), "--no-progress"]
+        [
+            "--format",
+            "mevis",
+            "--root",
+            str(synth),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--csv",
+            str(out_csv),
+            "--json",
+            str(out_json),
+            "--no-progress",
+        ]
     )
     assert rc == 0
     for row in read_csv(out_csv):
@@ -155,7 +170,10 @@ def test_mean_of_expression_means_not_frame_pooled(tmp_path):
     # mean of expression means = 0.5; pooling the 4 frames would give 0.75
     a = VideoAnnotation("a", ["00000"], (20, 20), {1: [square(4, 4, 8)]})
     b = VideoAnnotation("b", ["00000", "00001", "00002"], (20, 20), {1: [square(2 + i, 3, 6) for i in range(3)]})
-    exps = [Expression("a", "0", "the square", (1,), ("00000",)), Expression("b", "0", "the square", (1,), tuple(b.frames))]
+    exps = [
+        Expression("a", "0", "the square", (1,), ("00000",)),
+        Expression("b", "0", "the square", (1,), tuple(b.frames)),
+    ]
     write_mevis(tmp_path / "data", "valid_u", [a, b], exps)
     write_prediction(tmp_path / "pred", "a", "0", "00000", np.zeros((20, 20), bool))
     for i, fr in enumerate(b.frames):
@@ -207,9 +225,16 @@ def assert_user_error(r, *fragments):
 
 def test_bad_paths(synth, tmp_path):
     (tmp_path / "pred").mkdir()
-    assert_user_error(run_cli("--format", "mevis", "--root", tmp_path / "nope", "--pred", tmp_path / "pred"), "dataset root not found")
-    assert_user_error(run_cli("--format", "mevis", "--root", synth, "--pred", tmp_path / "nope"), "prediction folder not found")
-    assert_user_error(run_cli("--format", "mevis", "--root", synth, "--split", "test", "--pred", tmp_path / "pred"), "meta_expressions.json")
+    assert_user_error(
+        run_cli("--format", "mevis", "--root", tmp_path / "nope", "--pred", tmp_path / "pred"), "dataset root not found"
+    )
+    assert_user_error(
+        run_cli("--format", "mevis", "--root", synth, "--pred", tmp_path / "nope"), "prediction folder not found"
+    )
+    assert_user_error(
+        run_cli("--format", "mevis", "--root", synth, "--split", "test", "--pred", tmp_path / "pred"),
+        "meta_expressions.json",
+    )
 
 
 def test_malformed_json(synth, tmp_path):
@@ -217,7 +242,11 @@ def test_malformed_json(synth, tmp_path):
     (bad / "valid_u").mkdir(parents=True)
     (bad / "valid_u" / "meta_expressions.json").write_text('{"videos": [1, 2')
     (tmp_path / "pred").mkdir()
-    assert_user_error(run_cli("--format", "mevis", "--root", bad, "--pred", tmp_path / "pred"), "malformed JSON", "meta_expressions.json")
+    assert_user_error(
+        run_cli("--format", "mevis", "--root", bad, "--pred", tmp_path / "pred"),
+        "malformed JSON",
+        "meta_expressions.json",
+    )
 
 
 def test_missing_frame_is_an_error_unless_asked(synth, tmp_path):
@@ -226,10 +255,14 @@ def test_missing_frame_is_an_error_unless_asked(synth, tmp_path):
     (vid, exp_id), (names, _) = next(iter(gt.items()))
     (tmp_path / "pred" / vid / exp_id / f"{names[2]}.png").unlink()
     assert_user_error(
-        run_cli("--format", "mevis", "--root", synth, "--pred", tmp_path / "pred"), "missing prediction", f"{names[2]}.png"
+        run_cli("--format", "mevis", "--root", synth, "--pred", tmp_path / "pred"),
+        "missing prediction",
+        f"{names[2]}.png",
     )
     out_csv = tmp_path / "m.csv"
-    r = run_cli("--format", "mevis", "--root", synth, "--pred", tmp_path / "pred", "--missing", "empty", "--csv", out_csv)
+    r = run_cli(
+        "--format", "mevis", "--root", synth, "--pred", tmp_path / "pred", "--missing", "empty", "--csv", out_csv
+    )
     assert r.returncode == 0, r.stderr
     assert f"1 of {6 * len(gt)} prediction frames were missing" in r.stderr
     row = next(row for row in read_csv(out_csv) if (row["video"], row["exp_id"]) == (vid, exp_id))
@@ -242,7 +275,9 @@ def test_wrongly_sized_prediction_is_an_error(synth, tmp_path):
     gt = raw_gt(synth)
     write_preds(tmp_path / "pred", gt)
     (vid, exp_id), (names, _) = next(iter(gt.items()))
-    Image.fromarray(np.zeros((SIZE[0] + 1, SIZE[1]), np.uint8)).save(tmp_path / "pred" / vid / exp_id / f"{names[0]}.png")
+    Image.fromarray(np.zeros((SIZE[0] + 1, SIZE[1]), np.uint8)).save(
+        tmp_path / "pred" / vid / exp_id / f"{names[0]}.png"
+    )
     assert_user_error(
         run_cli("--format", "mevis", "--root", synth, "--pred", tmp_path / "pred"), "73x96", "ground truth is 72x96"
     )
@@ -255,7 +290,9 @@ def test_split_without_ground_truth(synth, tmp_path):
     shutil.copytree(synth / "valid_u", data / "valid", ignore=shutil.ignore_patterns("JPEGImages", "Annotations"))
     (data / "valid" / "mask_dict.json").unlink()
     (tmp_path / "pred").mkdir()
-    assert_user_error(run_cli("--format", "mevis", "--root", data, "--split", "valid", "--pred", tmp_path / "pred"), "no ground truth")
+    assert_user_error(
+        run_cli("--format", "mevis", "--root", data, "--split", "valid", "--pred", tmp_path / "pred"), "no ground truth"
+    )
 
 
 def test_unknown_format_is_rejected_by_argparse(tmp_path):

@@ -181,9 +181,11 @@ def test_llm_exported_in_a_child_process_is_the_same_graph(tiny_dirs, tiny_engin
     rng = np.random.default_rng(0)
     L, _, _, kvh, _, hd = (d if isinstance(d, int) else 0 for d in a.get_inputs()[2].shape)
     hidden = a.get_inputs()[0].shape[-1]
-    feeds = {"inputs_embeds": rng.standard_normal((1, 4, hidden), np.float32) * 0.1,
-             "position_ids": np.arange(3, 7, dtype=np.int64)[None],
-             "past_kv": rng.standard_normal((L, 2, 1, kvh, 3, hd), np.float32)}
+    feeds = {
+        "inputs_embeds": rng.standard_normal((1, 4, hidden), np.float32) * 0.1,
+        "position_ids": np.arange(3, 7, dtype=np.int64)[None],
+        "past_kv": rng.standard_normal((L, 2, 1, kvh, 3, hd), np.float32),
+    }
     for x, y in zip(a.run(None, feeds), b.run(None, feeds)):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
     assert not list(out.glob("*.check.npz"))  # the child's parity file is gone

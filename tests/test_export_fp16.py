@@ -13,8 +13,10 @@ def test_fp16_keeps_fragile_ops_in_fp32(tiny_engine_dir, tmp_path, graph):
     model = onnx.load(str(dst))
     onnx.checker.check_model(model)
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    }
     fp32, fp16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
     blocked = [n for n in model.graph.node if n.op_type in FP32_OPS]
     assert blocked and report["fp32_ops"]

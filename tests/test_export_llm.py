@@ -158,7 +158,7 @@ def test_single_token_step_on_cache(tiny_ref, sessions, rng):
         want = m.seg_embedding(ids, images)
     n = embeds.shape[1]
     _, _, kv = run_ort(sessions["llm"], llm_feeds(embeds[:, : n - 1], 0, empty_past(m)))
-    seg, logits, present = run_ort(sessions["llm"], llm_feeds(embeds[:, n - 1:], n - 1, kv))
+    seg, logits, present = run_ort(sessions["llm"], llm_feeds(embeds[:, n - 1 :], n - 1, kv))
     assert present.shape[4] == n
     assert rel_error(seg[0], want.seg_embedding.numpy()) <= 1e-4
     assert rel_error(logits[0], want.logits.numpy()) <= 1e-4
@@ -231,8 +231,10 @@ def test_int8_seg_embedding_close_to_fp32(tiny_ref, sessions, rng, method):
         fp32_s, q_s = fp32_s + t1 - t0, q_s + t2 - t1
         cosines.append(cosine(seg_q, seg))
         assert int(np.argmax(logits_q)) == int(np.argmax(logits)), f"step {step}: top token changed"
-    print(f"{method}: [SEG] cosines to fp32 {[round(c, 6) for c in cosines]}; "
-          f"speed fp32/int8 {fp32_s / q_s:.2f}x (tiny model, 5 prefills)")
+    print(
+        f"{method}: [SEG] cosines to fp32 {[round(c, 6) for c in cosines]}; "
+        f"speed fp32/int8 {fp32_s / q_s:.2f}x (tiny model, 5 prefills)"
+    )
     assert min(cosines) >= 0.99
 
 
@@ -250,8 +252,14 @@ def test_quantize_external_data_graph(tiny_ref, graphs, sessions, tmp_path, rng,
     written with external data too."""
     src = tmp_path / "ext" / "llm.onnx"
     src.parent.mkdir()
-    onnx.save_model(onnx.load(str(graphs["paths"]["llm"])), str(src), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="llm.onnx.data", size_threshold=0)
+    onnx.save_model(
+        onnx.load(str(graphs["paths"]["llm"])),
+        str(src),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="llm.onnx.data",
+        size_threshold=0,
+    )
     dst = tmp_path / "q" / "llm.int8.onnx"
     report = quantize_graph(src, dst, method)
     assert report["external_data"] and (dst.parent / (dst.name + ".data")).is_file()

@@ -137,9 +137,7 @@ def test_constants_are_the_models_position_encodings(model, frames):
     for features, pos in frames.memories[:2]:
         assert pos.shape[0] == 1
         np.testing.assert_allclose(consts["memory_pos"], pos.numpy(), rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(
-        consts["image_pe"], model.sam.sam_prompt_encoder.get_dense_pe().detach().numpy()
-    )
+    np.testing.assert_array_equal(consts["image_pe"], model.sam.sam_prompt_encoder.get_dense_pe().detach().numpy())
     assert consts["no_mem_embed"].shape == (1, model.sam.hidden_dim)
     assert all(v.dtype == np.float32 for v in consts.values())
 
@@ -217,7 +215,8 @@ def test_mask_decoder_stability_fallback(model, graphs, frames, seed):
     dec = model.sam.sam_mask_decoder
     assert dec.dynamic_multimask_via_stability, "GLUS runs SAM2 with the stability fallback on"
     assert (dec.dynamic_multimask_stability_delta, dec.dynamic_multimask_stability_thresh) == (
-        STABILITY_DELTA, STABILITY_THRESH,
+        STABILITY_DELTA,
+        STABILITY_THRESH,
     )
     f = frames.feats[3]
     scales = torch.tensor([1.0, 1000.0, 1.0, 1000.0])
@@ -238,9 +237,7 @@ def test_mask_decoder_stability_fallback(model, graphs, frames, seed):
             sparse_prompt_embeddings=seg[:, None],
             dense_prompt_embeddings=pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w),
             repeat_image=False,
-            high_res_features=[
-                torch.from_numpy(to_map(t, s)) for t, s in zip(fb.tokens[:2], fb.sizes[:2])
-            ],
+            high_res_features=[torch.from_numpy(to_map(t, s)) for t, s in zip(fb.tokens[:2], fb.sizes[:2])],
         )
     all_masks, all_iou = all_masks.numpy(), all_iou.numpy()
     stable = stability(all_masks[:, 0]) >= STABILITY_THRESH

@@ -48,7 +48,9 @@ def test_union_of_both_is_right_or_merge_and_each_alone_is_itself(th, tw, oh, ow
 def test_summarize_counts_shares_and_leaves_absent_frames_out():
     s = summarize([["right", "merge", "absent"], ["right", "swap", "right"]])
     assert s["frames"] == 5
-    assert s["right"] == pytest.approx(3 / 5) and s["merge"] == pytest.approx(1 / 5) and s["swap"] == pytest.approx(1 / 5)
+    assert (
+        s["right"] == pytest.approx(3 / 5) and s["merge"] == pytest.approx(1 / 5) and s["swap"] == pytest.approx(1 / 5)
+    )
     assert s["other"] == 0 and s["miss"] == 0
     assert s["by_frame"]["right"] == [1.0, 0.0, 1.0]  # frame 2: only the second case counts
     assert s["by_frame"]["merge"] == [0.0, 0.5, 0.0]

@@ -52,8 +52,7 @@ def test_stage3_from_the_recipe_equals_stage3_from_the_saved_files(tmp_path):
     train(replace(base, finetune_steps=3), tmp_path / "chained", progress=False)
     train(base, tmp_path / "stage2", progress=False)
     assert not same_weights(tmp_path / "chained", tmp_path / "stage2")  # stage 3 changed them
-    _, hist, _ = finetune(replace(base, finetune_steps=3), tmp_path / "stage2", tmp_path / "resumed",
-                          progress=False)
+    _, hist, _ = finetune(replace(base, finetune_steps=3), tmp_path / "stage2", tmp_path / "resumed", progress=False)
     assert len(hist) == 3 and all(np.isfinite(h["loss"]) for h in hist)
     assert {"ce", "bce", "dice", "start"} <= set(hist[0])
     assert same_weights(tmp_path / "chained", tmp_path / "resumed")
@@ -64,15 +63,17 @@ def test_stage3_from_the_recipe_equals_stage3_from_the_saved_files(tmp_path):
 def test_stage3_refuses_a_checkpoint_of_another_shape(tmp_path):
     train(replace(TEST_CFG, steps=1, mask_warmup=1), tmp_path / "a", progress=False)
     with pytest.raises(CheckpointError, match="layers"):
-        finetune(replace(TEST_CFG, shape="small4", finetune_steps=1), tmp_path / "a", tmp_path / "b",
-                 progress=False)
+        finetune(replace(TEST_CFG, shape="small4", finetune_steps=1), tmp_path / "a", tmp_path / "b", progress=False)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--finetune-early", "1.5"], "probability"),
-    (["--finetune-lr-scale", "0"], "lr-scale"),
-    (["--finetune-from", "nowhere"], "needs --finetune-steps"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--finetune-early", "1.5"], "probability"),
+        (["--finetune-lr-scale", "0"], "lr-scale"),
+        (["--finetune-from", "nowhere"], "needs --finetune-steps"),
+    ],
+)
 def test_cli_refuses_bad_stage3_flags(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--out", str(tmp_path / "o")] + argv)

@@ -23,10 +23,12 @@ def _providers() -> list[str]:
     return ort.get_available_providers()
 
 
-needs_cuda = pytest.mark.skipif("CUDAExecutionProvider" not in _providers(),
-                                reason="no CUDA provider in ONNX Runtime (CPU machine)")
-needs_trt = pytest.mark.skipif("TensorrtExecutionProvider" not in _providers(),
-                               reason="no TensorRT provider in ONNX Runtime")
+needs_cuda = pytest.mark.skipif(
+    "CUDAExecutionProvider" not in _providers(), reason="no CUDA provider in ONNX Runtime (CPU machine)"
+)
+needs_trt = pytest.mark.skipif(
+    "TensorrtExecutionProvider" not in _providers(), reason="no TensorRT provider in ONNX Runtime"
+)
 
 
 def _agree(a, b, iou_min: float, frac: float = 0.99, cos_min: float = 0.999) -> None:
@@ -34,8 +36,11 @@ def _agree(a, b, iou_min: float, frac: float = 0.99, cos_min: float = 0.999) -> 
         ious = [mask_iou(x, y) for x, y in zip(ra.masks, rb.masks)]
         assert np.mean(np.array(ious) >= iou_min) >= frac, ious
         for sa, sb in zip(ra.steps, rb.steps):
-            cos = sa.seg_embedding @ sb.seg_embedding / (
-                np.linalg.norm(sa.seg_embedding) * np.linalg.norm(sb.seg_embedding))
+            cos = (
+                sa.seg_embedding
+                @ sb.seg_embedding
+                / (np.linalg.norm(sa.seg_embedding) * np.linalg.norm(sb.seg_embedding))
+            )
             assert cos >= cos_min
 
 
@@ -53,8 +58,11 @@ def test_cuda_engine_matches_cpu_and_keeps_the_prefix_on_the_gpu(tiny_engine_dir
     prefix = stages.prefix(stages.clip_tokens(frames[:4]))
     assert isinstance(prefix.kv, ort.OrtValue) and prefix.kv.device_name().lower() == "cuda"
     for policy in ("exact", "incremental"):
-        _agree(tiny_engine.segment_video(frames, EXPRS, kv_policy=policy),
-               gpu.segment_video(frames, EXPRS, kv_policy=policy), iou_min=0.999)
+        _agree(
+            tiny_engine.segment_video(frames, EXPRS, kv_policy=policy),
+            gpu.segment_video(frames, EXPRS, kv_policy=policy),
+            iou_min=0.999,
+        )
     stream = gpu.stream(EXPRS)
     for f in frames:
         masks = stream.push(f)
@@ -70,8 +78,9 @@ def test_fp16_engine_on_cuda_stays_close_to_fp32(tiny_dirs, tiny_engine, tmp_pat
     build(*tiny_dirs, precision="fp16", out=out, progress=False)
     frames = moving_square_video(9)
     gpu = GlusEngine.load(out, device="cuda:0")
-    _agree(tiny_engine.segment_video(frames, EXPRS), gpu.segment_video(frames, EXPRS),
-           iou_min=0.95, frac=0.9, cos_min=0.99)
+    _agree(
+        tiny_engine.segment_video(frames, EXPRS), gpu.segment_video(frames, EXPRS), iou_min=0.95, frac=0.9, cos_min=0.99
+    )
 
 
 @needs_trt
@@ -84,5 +93,10 @@ def test_tensorrt_engine_builds_and_matches_cpu(tiny_dirs, tiny_engine, tmp_path
     frames = moving_square_video(9)
     trt = GlusEngine.load(out, backend="tensorrt", device="cuda:0")
     assert trt.backend == "tensorrt" and (out / "trt_cache").is_dir()
-    _agree(tiny_engine.segment_video(frames, EXPRS), trt.segment_video(frames, EXPRS),
-           iou_min=0.99, frac=0.95, cos_min=0.999)
+    _agree(
+        tiny_engine.segment_video(frames, EXPRS),
+        trt.segment_video(frames, EXPRS),
+        iou_min=0.99,
+        frac=0.95,
+        cos_min=0.999,
+    )

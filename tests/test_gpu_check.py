@@ -23,9 +23,13 @@ NO_CUDA = not gpu_check.cuda_status()["torch_cuda"]
 
 @pytest.mark.skipif(not NO_CUDA, reason="a CUDA GPU is present: the check would run")
 def test_script_skips_cleanly_without_cuda(tmp_path):
-    r = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh")], capture_output=True,
-                       text=True, env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent)},
-                       timeout=120)
+    r = subprocess.run(
+        ["bash", str(ROOT / "benchmarks/gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent)},
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "skipped" in r.stdout
     assert list(tmp_path.iterdir()) == []  # nothing written
@@ -47,8 +51,24 @@ def test_bad_arguments_are_refused(tmp_path):
 
 def test_cpu_smoke_run_measures_every_phase(tmp_path):
     out = tmp_path / "results"
-    rc = gpu_check.main(["--device", "cpu", "--shape", "tiny", "--engine-shape", "tiny", "--frames", "4",
-                         "--engine-frames", "3", "--out", str(out), "--work", str(tmp_path / "work")])
+    rc = gpu_check.main(
+        [
+            "--device",
+            "cpu",
+            "--shape",
+            "tiny",
+            "--engine-shape",
+            "tiny",
+            "--frames",
+            "4",
+            "--engine-frames",
+            "3",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ]
+    )
     assert rc == 0
     (path,) = out.glob("gpu-check-*.json")
     doc = json.loads(path.read_text())
@@ -56,8 +76,12 @@ def test_cpu_smoke_run_measures_every_phase(tmp_path):
     assert "error" not in ref, ref.get("traceback")
     assert ref["frames"] == 4 and ref["per_frame_s"] > 0 and ref["device"] == "cpu"
     assert ref["seg_frames"] == 4 and ref["masks_nonempty"] > 0  # the [SEG] branch (SAM2) ran
-    assert set(ref["components_s"]) >= {"clip_8_images", "llm_prefill", "sam_image_encoder",
-                                        "memory_attention_decoder_encoder"}
+    assert set(ref["components_s"]) >= {
+        "clip_8_images",
+        "llm_prefill",
+        "sam_image_encoder",
+        "memory_attention_decoder_encoder",
+    }
     run = doc["phases"]["runtime"]
     assert "error" not in run, run.get("traceback")
     fp32 = run["engines"]["fp32"]

@@ -62,7 +62,7 @@ def test_grounding_loss_skips_missing_targets_and_counts_picks():
     target = torch.tensor([[0.1, 0.2], [float("nan"), 0.0], [0.0, 0.0]])
     other = torch.tensor([[0.9, 0.9], [0.0, 0.0], [1.0, 1.0]])
     loss, parts = G.grounding_loss(xy, target, other)
-    expected = ((0.0 ** 2 + 0.1 ** 2) + (0.9 ** 2 + 0.9 ** 2)) / 4  # rows 0 and 2, both coordinates
+    expected = ((0.0**2 + 0.1**2) + (0.9**2 + 0.9**2)) / 4  # rows 0 and 2, both coordinates
     assert loss.item() == pytest.approx(expected)
     assert parts["g_pick"] == pytest.approx(0.5)  # row 0 nearer its target, row 2 nearer the other
     nothing, parts = G.grounding_loss(xy, torch.full((3, 2), float("nan")))
@@ -87,7 +87,7 @@ def test_question_prompt_ends_where_stage_2_reads_seg(tiny_ref):
     ids = G.question_ids(tok, "the red circle", 2)
     full = tok.encode_prompt(rules.prompt_text("the red circle", []))
     marker = tok.encode_chunk(rules.ASSISTANT_ROLE + ":")
-    tail = len(ids) - max(k for k in range(len(ids)) if ids[k:k + len(marker)] == marker)
+    tail = len(ids) - max(k for k in range(len(ids)) if ids[k : k + len(marker)] == marker)
     assert ids[-tail:] == full[-tail:]
     targets = PromptCache(tok).answer_targets(ids)
     expanded = len(ids) + 2 * (rules.TOKENS_PER_IMAGE - 1)
@@ -123,9 +123,20 @@ def tiny_ref(tmp_path_factory):
 
 
 def test_stages_0b_1b_and_the_rehearsal_run_inside_train_and_repeat_exactly(tmp_path):
-    cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=3,
-                  ground_steps=3, ground_single_steps=1, ground_frames=3, ground_batch=4, ground_weight=1.0,
-                  ground_mix=1.0, ground_mix_batch=4)
+    cfg = replace(
+        TEST_CFG,
+        steps=2,
+        mask_warmup=1,
+        weights_dtype="float32",
+        clip_steps=3,
+        ground_steps=3,
+        ground_single_steps=1,
+        ground_frames=3,
+        ground_batch=4,
+        ground_weight=1.0,
+        ground_mix=1.0,
+        ground_mix_batch=4,
+    )
     for name in ("a", "b"):
         train(cfg, tmp_path / name, progress=False)
     assert same_weights(tmp_path / "a", tmp_path / "b")
@@ -138,8 +149,19 @@ def test_stages_0b_1b_and_the_rehearsal_run_inside_train_and_repeat_exactly(tmp_
 
 def test_stage2_from_a_stage1_snapshot_repeats_the_full_run(tmp_path):
     """--keep-stage1 then --from-stage1: stage 2 alone gives the full run's weights and losses."""
-    cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=2, locate=True,
-                  ground_steps=2, ground_single_steps=1, ground_frames=2, ground_batch=4, ground_weight=1.0)
+    cfg = replace(
+        TEST_CFG,
+        steps=2,
+        mask_warmup=1,
+        weights_dtype="float32",
+        clip_steps=2,
+        locate=True,
+        ground_steps=2,
+        ground_single_steps=1,
+        ground_frames=2,
+        ground_batch=4,
+        ground_weight=1.0,
+    )
     train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
     train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
     assert same_weights(tmp_path / "full", tmp_path / "resumed")
@@ -155,8 +177,13 @@ def test_stage2_from_a_stage1_snapshot_repeats_the_full_run(tmp_path):
 def test_snapshot_digest_sees_one_changed_weight_and_not_the_file_framing(tmp_path):
     """The digest is over tensors: re-saving the same state (new file bytes) keeps it, one
     changed value anywhere in it changes it."""
-    state = {"model": {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(2)},
-             "prompt": None, "ground_head": {"fc.weight": torch.zeros(2, 2)}, "motion_head": None, "pointer": None}
+    state = {
+        "model": {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(2)},
+        "prompt": None,
+        "ground_head": {"fc.weight": torch.zeros(2, 2)},
+        "motion_head": None,
+        "pointer": None,
+    }
     torch.save(state, tmp_path / "one.pt")
     torch.save({k: state[k] for k in reversed(list(state))}, tmp_path / "two.pt")  # other pickle order
     assert snapshot_digest(tmp_path / "one.pt") == snapshot_digest(tmp_path / "two.pt")
@@ -182,12 +209,25 @@ def test_attribute_loss_is_the_colour_plus_shape_cross_entropy():
 def test_stage2_llm_scale_zero_leaves_the_grounded_llm_as_stage_1b_left_it(tmp_path):
     """stage2_llm_scale scales the LLM body / projector / CLIP rate only: at 0 they keep the
     snapshot's weights while the [SEG] head (text_hidden_fcs) still learns."""
-    cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=1,
-                  ground_steps=1, ground_single_steps=1, ground_batch=4, ground_weight=1.0)
+    cfg = replace(
+        TEST_CFG,
+        steps=2,
+        mask_warmup=1,
+        weights_dtype="float32",
+        clip_steps=1,
+        ground_steps=1,
+        ground_single_steps=1,
+        ground_batch=4,
+        ground_weight=1.0,
+    )
     train(replace(cfg, keep_stage1=True, steps=0), tmp_path / "pre", progress=False)
     snap = torch.load(tmp_path / "pre" / "stage1.pt", weights_only=False)["model"]
-    ref, _ = train(replace(cfg, stage2_llm_scale=0.0, freeze_sam_steps=2), tmp_path / "s2", progress=False,
-                     from_stage1=tmp_path / "pre" / "stage1.pt")
+    ref, _ = train(
+        replace(cfg, stage2_llm_scale=0.0, freeze_sam_steps=2),
+        tmp_path / "s2",
+        progress=False,
+        from_stage1=tmp_path / "pre" / "stage1.pt",
+    )
     now = ref.model.state_dict()
     body = [k for k in snap if k.startswith(("llm.", "mm_projector", "clip."))]
     assert body and all(torch.equal(now[k].float(), snap[k].float()) for k in body)
@@ -207,7 +247,7 @@ def test_fine_cover_is_the_union_of_objects_over_each_strips_sub_columns(index, 
     for k in range(64):
         r, c = divmod(k, 4)
         for j in range(G.FINE_COLS):
-            want = union[8 * r:8 * r + 8, 32 * c + 4 * j:32 * c + 4 * j + 4].mean()
+            want = union[8 * r : 8 * r + 8, 32 * c + 4 * j : 32 * c + 4 * j + 4].mean()
             assert fine[k, j] == pytest.approx(want, abs=1e-6)
     assert np.allclose(fine.mean(-1), _strip_cover(union), atol=1e-6)
 

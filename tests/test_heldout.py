@@ -27,9 +27,11 @@ def _gt_segmenter(data):
     calls = []
 
     def segment(frames, texts):
-        video = next(v for v in ds.videos() if (v, texts[0]) in by_text and
-                     len(ds.frames(v)) == len(frames) and
-                     all((v, t) in by_text for t in texts))
+        video = next(
+            v
+            for v in ds.videos()
+            if (v, texts[0]) in by_text and len(ds.frames(v)) == len(frames) and all((v, t) in by_text for t in texts)
+        )
         calls.append(video)
         return [by_text[(video, t)] for t in texts]
 

@@ -22,10 +22,24 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("kernels", "evalkit", "runtime", "reference", "export", "training", "benchmarks")
-RUNTIME_CORE = {"runtime.rules", "runtime.errors", "runtime.checks", "runtime.manifest",
-                "runtime.paths", "runtime.preprocess", "runtime.tokenizer"}
-FLOOR_OF_PACKAGE = {"kernels": 0, "evalkit": 0, "runtime": 2, "reference": 3, "export": 4, "training": 4,
-                    "benchmarks": 5}
+RUNTIME_CORE = {
+    "runtime.rules",
+    "runtime.errors",
+    "runtime.checks",
+    "runtime.manifest",
+    "runtime.paths",
+    "runtime.preprocess",
+    "runtime.tokenizer",
+}
+FLOOR_OF_PACKAGE = {
+    "kernels": 0,
+    "evalkit": 0,
+    "runtime": 2,
+    "reference": 3,
+    "export": 4,
+    "training": 4,
+    "benchmarks": 5,
+}
 
 
 def floor(module: str) -> int:
@@ -83,8 +97,12 @@ def graph() -> dict[str, list[tuple[str, int]]]:
 
 
 def test_no_import_points_up():
-    bad = [f"{a} (floor {floor(a)}) imports {b} (floor {floor(b)}) at line {line}"
-           for a, edges in graph().items() for b, line in edges if floor(b) > floor(a)]
+    bad = [
+        f"{a} (floor {floor(a)}) imports {b} (floor {floor(b)}) at line {line}"
+        for a, edges in graph().items()
+        for b, line in edges
+        if floor(b) > floor(a)
+    ]
     assert not bad, "imports that point up:\n" + "\n".join(bad)
 
 
@@ -97,7 +115,7 @@ def test_no_import_cycle():
         stack.append(a)
         for b in g.get(a, []):
             if state.get(b) == "open":
-                cycles.append(" -> ".join(stack[stack.index(b):] + [b]))
+                cycles.append(" -> ".join(stack[stack.index(b) :] + [b]))
             elif b not in state:
                 visit(b)
         stack.pop()
@@ -112,13 +130,15 @@ def test_no_import_cycle():
 def test_the_parser_sees_what_it_should():
     """The checker itself: relative imports, `from pkg import module`, imports in functions."""
     g = graph()
-    assert ("runtime.rules", ) == tuple(sorted({b for b, _ in g["runtime.tracking"] if b == "runtime.rules"}))
+    assert ("runtime.rules",) == tuple(sorted({b for b, _ in g["runtime.tracking"] if b == "runtime.rules"}))
     assert any(b == "reference.loader" for b, _ in g["reference"])  # in reference.__getattr__
 
 
 @pytest.mark.parametrize("module", ["runtime", "runtime.engine", "runtime.stream", "runtime.segment"])
 def test_runtime_pulls_no_torch(module):
-    code = (f"import sys, {module}; bad = [m for m in ('torch', 'onnx', 'transformers', 'reference', 'export')"
-            " if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    code = (
+        f"import sys, {module}; bad = [m for m in ('torch', 'onnx', 'transformers', 'reference', 'export')"
+        " if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr

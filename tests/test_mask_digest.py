@@ -26,5 +26,5 @@ def test_masks_unchanged(case, computed):
     moved = [i for i, (a, b) in enumerate(zip(got["areas"], want["areas"])) if a != b]
     assert len(got["areas"]) == len(want["areas"]), "a different number of masks"
     assert got["sha256"] == want["sha256"], (
-        f"{case}: masks changed ({len(moved)} of {len(want['areas'])} masks have another area,"
-        f" first at {moved[:5]})")
+        f"{case}: masks changed ({len(moved)} of {len(want['areas'])} masks have another area, first at {moved[:5]})"
+    )

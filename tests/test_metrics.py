@@ -213,9 +213,7 @@ def test_sequence_scores_lengths():
 
 # --- properties -------------------------------------------------------------------------------
 masks = st.integers(1, 14).flatmap(
-    lambda h: st.integers(1, 14).flatmap(
-        lambda w: st.tuples(arrays(np.bool_, (h, w)), arrays(np.bool_, (h, w)))
-    )
+    lambda h: st.integers(1, 14).flatmap(lambda w: st.tuples(arrays(np.bool_, (h, w)), arrays(np.bool_, (h, w))))
 )
 
 

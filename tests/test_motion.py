@@ -62,7 +62,7 @@ def test_image_offsets_point_at_each_frames_tokens_in_the_embedded_prompt(tiny_r
     offsets = M.image_offsets(ids)
     assert len(offsets) == n
     for k, s in enumerate(offsets):
-        assert torch.equal(emb[s:s + rules.TOKENS_PER_IMAGE], images[k])
+        assert torch.equal(emb[s : s + rules.TOKENS_PER_IMAGE], images[k])
     assert emb.shape[0] == len(ids) + n * (rules.TOKENS_PER_IMAGE - 1)
 
 
@@ -89,20 +89,29 @@ def test_pick_counts_a_point_only_when_nearer_the_target_than_every_other_object
     assert M.nearest_pick(np.array([0.21, 0.2]), target, others) == 1.0
     assert M.nearest_pick(np.array([0.29, 0.29]), target, others) == 0.0  # nearer the second object
     assert np.isnan(M.nearest_pick(np.array([0.2, 0.2]), np.array([np.nan, np.nan]), others))
-    parts = M.pick_parts(np.array([[0.21, 0.2], [0.29, 0.29]]), np.stack([target, target]),
-                         np.array([[0.8, 0.8], [0.3, 0.3]]), [others, others], ["colour", "motion"])
+    parts = M.pick_parts(
+        np.array([[0.21, 0.2], [0.29, 0.29]]),
+        np.stack([target, target]),
+        np.array([[0.8, 0.8], [0.3, 0.3]]),
+        [others, others],
+        ["colour", "motion"],
+    )
     assert parts == {"p_colour": 1.0, "p_motion": 0.0, "p_pair_motion": 0.0}
 
 
 def test_motion_draws_weight_motion_expressions_and_keep_visible_single_targets():
-    video = next(v for v in (make_train_video(9, i, 8, (64, 64)) for i in range(50))
-                 if any(v.needs(i) == "motion" for i in range(len(v.expressions)))
-                 and any(v.needs(i) != "motion" for i in range(len(v.expressions))))
+    video = next(
+        v
+        for v in (make_train_video(9, i, 8, (64, 64)) for i in range(50))
+        if any(v.needs(i) == "motion" for i in range(len(v.expressions)))
+        and any(v.needs(i) != "motion" for i in range(len(v.expressions)))
+    )
     share = {}
     for w in (1.0, 10.0):
         draws = M.motion_draws(np.random.default_rng(0), video, 400, w)
-        assert draws and all(len(video.expressions[i][1]) == 1 and video.objects[video.expressions[i][1][0]][t].any()
-                             for i, t in draws)
+        assert draws and all(
+            len(video.expressions[i][1]) == 1 and video.objects[video.expressions[i][1][0]][t].any() for i, t in draws
+        )
         share[w] = np.mean([video.needs(i) == "motion" for i, _ in draws])
     assert share[10.0] > share[1.0]
 
@@ -126,8 +135,17 @@ def test_stage_1c_learns_the_token_motion_of_a_fixed_batch(tiny_ref):
 
 
 def test_stage_1c_and_the_stage2_token_loss_run_inside_train_and_repeat_exactly(tmp_path):
-    cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=2,
-                  motion_steps=3, motion_videos=2, motion_batch=4, motion_stage2_weight=1.0)
+    cfg = replace(
+        TEST_CFG,
+        steps=2,
+        mask_warmup=1,
+        weights_dtype="float32",
+        clip_steps=2,
+        motion_steps=3,
+        motion_videos=2,
+        motion_batch=4,
+        motion_stage2_weight=1.0,
+    )
     for name in ("a", "b"):
         train(cfg, tmp_path / name, progress=False)
     assert same_weights(tmp_path / "a", tmp_path / "b")
@@ -138,8 +156,17 @@ def test_stage_1c_and_the_stage2_token_loss_run_inside_train_and_repeat_exactly(
 
 def test_stage2_from_a_snapshot_keeps_the_motion_head(tmp_path):
     """--keep-stage1 saves the token head; --from-stage1 restarts stage 2 with it, bit for bit."""
-    cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=1,
-                  motion_steps=2, motion_videos=2, motion_batch=4, motion_stage2_weight=1.0)
+    cfg = replace(
+        TEST_CFG,
+        steps=2,
+        mask_warmup=1,
+        weights_dtype="float32",
+        clip_steps=1,
+        motion_steps=2,
+        motion_videos=2,
+        motion_batch=4,
+        motion_stage2_weight=1.0,
+    )
     train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
     train(cfg, tmp_path / "resumed", progress=False, from_stage1=tmp_path / "full" / "stage1.pt")
     assert same_weights(tmp_path / "full", tmp_path / "resumed")
@@ -173,8 +200,11 @@ def test_context_images_are_read_below_or_at_the_query_images_layer(layers, expe
 def test_motion_context_asks_context_frames_2_to_4_at_the_lower_layer(tmp_path, monkeypatch):
     """With motion_context, the head also gets context frames 2-4 (not the first), their labels,
     read from the hidden state after layer 1 of a 4-layer LLM; query frames after layer 2."""
-    monkeypatch.setitem(TRAIN_SHAPES, "test4", {**TRAIN_SHAPES["test"], "llama": dict(
-        TRAIN_SHAPES["test"]["llama"], num_hidden_layers=4)})
+    monkeypatch.setitem(
+        TRAIN_SHAPES,
+        "test4",
+        {**TRAIN_SHAPES["test"], "llama": dict(TRAIN_SHAPES["test"]["llama"], num_hidden_layers=4)},
+    )
     seed_everything(0)
     ref = init_checkpoint(tmp_path, "test4", 0)
     ctx = [0, 2, 4, 6]
@@ -186,10 +216,19 @@ def test_motion_context_asks_context_frames_2_to_4_at_the_lower_layer(tmp_path, 
     ref.model.llm.model.register_forward_hook(lambda m, i, out: hidden.append(out.hidden_states))
     head = M.MotionTokenHead(ref.model.llm.config.hidden_size)
     real_loss = head.loss
-    head.loss = lambda tokens, labels, is_query=None: seen.update(t=tokens, y=labels, q=is_query) or real_loss(tokens, labels, is_query)
+    head.loss = lambda tokens, labels, is_query=None: (
+        seen.update(t=tokens, y=labels, q=is_query) or real_loss(tokens, labels, is_query)
+    )
     cfg = replace(TEST_CFG, frames_min=8, frames_max=8, motion_videos=1, motion_batch=3, motion_context=True)
-    _, parts = M.motion_step_loss(ref, cfg, M.GroundingHead(ref.model.llm.config.hidden_size), head,
-                                  np.random.default_rng(0), PromptCache(ref.tokenizer), video_index=0)
+    _, parts = M.motion_step_loss(
+        ref,
+        cfg,
+        M.GroundingHead(ref.model.llm.config.hidden_size),
+        head,
+        np.random.default_rng(0),
+        PromptCache(ref.tokenizer),
+        video_index=0,
+    )
     assert "t_acc_ctx" in parts or not (seen["y"][~seen["q"]] > 0).any()
     q = seen["q"]
     prefix_hs, cont_hs = hidden  # one prefill of the video's shared prefix, then the continuations
@@ -201,8 +240,11 @@ def test_motion_context_asks_context_frames_2_to_4_at_the_lower_layer(tmp_path, 
         assert torch.equal(seen["y"][k], want[j % 3])
 
     def found_at(hs, row, layer):
-        return any(torch.equal(row, hs[layer][b, s:s + 64]) for b in range(len(hs[layer]))
-                   for s in range(hs[layer].shape[1] - 63))
+        return any(
+            torch.equal(row, hs[layer][b, s : s + 64])
+            for b in range(len(hs[layer]))
+            for s in range(hs[layer].shape[1] - 63)
+        )
 
     assert found_at(prefix_hs, seen["t"][ctx_rows[0]], 1) and not found_at(prefix_hs, seen["t"][ctx_rows[0]], 2)
     first_query = torch.nonzero(q).flatten()[0]
@@ -236,8 +278,18 @@ def test_pointer_masks_are_the_target_and_look_alike_strips(index, frame):
 
 
 def test_pointer_runs_in_stage_1c_and_stage_2_and_its_head_survives_the_snapshot(tmp_path):
-    cfg = replace(TEST_CFG, steps=2, mask_warmup=1, weights_dtype="float32", clip_steps=1,
-                  motion_steps=2, motion_videos=2, motion_batch=4, pointer_weight=1.0, pointer_stage2_weight=1.0)
+    cfg = replace(
+        TEST_CFG,
+        steps=2,
+        mask_warmup=1,
+        weights_dtype="float32",
+        clip_steps=1,
+        motion_steps=2,
+        motion_videos=2,
+        motion_batch=4,
+        pointer_weight=1.0,
+        pointer_stage2_weight=1.0,
+    )
     train(replace(cfg, keep_stage1=True), tmp_path / "full", progress=False)
     log = json.loads((tmp_path / "full" / "train_log.json").read_text())
     assert all("ptr" in h for h in log["motion_history"]) and all("ptr" in h for h in log["history"])
@@ -247,8 +299,16 @@ def test_pointer_runs_in_stage_1c_and_stage_2_and_its_head_survives_the_snapshot
 
 
 def test_pointer_is_off_by_default(tmp_path):
-    cfg = replace(TEST_CFG, steps=1, mask_warmup=1, weights_dtype="float32", motion_steps=1, motion_videos=2,
-                  motion_batch=4, keep_stage1=True)
+    cfg = replace(
+        TEST_CFG,
+        steps=1,
+        mask_warmup=1,
+        weights_dtype="float32",
+        motion_steps=1,
+        motion_videos=2,
+        motion_batch=4,
+        keep_stage1=True,
+    )
     train(cfg, tmp_path / "a", progress=False)
     assert torch.load(tmp_path / "a" / "stage1.pt", weights_only=False)["pointer"] is None
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())
@@ -267,19 +327,31 @@ def test_pointer_below_reads_the_input_of_the_last_layer(tiny_ref, monkeypatch):
             return super().forward(seg, tokens)
 
     real = model.llm.model.forward
+
     def spy_llm(*a, **kw):
         out = real(*a, **{**kw, "output_hidden_states": True})
         seen["hs"] = [h.detach() for h in out.hidden_states]
         return out
+
     monkeypatch.setattr(model.llm.model, "forward", spy_llm)
     for below, layer in ((False, -1), (True, -2)):
         cfg = replace(TEST_CFG, motion_videos=1, motion_batch=2, pointer_weight=1.0, pointer_below=below)
-        out = M.motion_step_loss(tiny_ref, cfg, M.GroundingHead(D), M.MotionTokenHead(D), np.random.default_rng(3),
-                                 PromptCache(tiny_ref.tokenizer), video_index=0, pointer=Spy(D))
+        out = M.motion_step_loss(
+            tiny_ref,
+            cfg,
+            M.GroundingHead(D),
+            M.MotionTokenHead(D),
+            np.random.default_rng(3),
+            PromptCache(tiny_ref.tokenizer),
+            video_index=0,
+            pointer=Spy(D),
+        )
         assert out is not None
         hs = seen["hs"][layer]
         assert any(torch.allclose(seen["seg"][0], hs[0, i]) for i in range(hs.shape[1]))
-        assert not any(torch.allclose(seen["seg"][0], seen["hs"][-1 if below else -2][0, i]) for i in range(hs.shape[1]))
+        assert not any(
+            torch.allclose(seen["seg"][0], seen["hs"][-1 if below else -2][0, i]) for i in range(hs.shape[1])
+        )
 
 
 def test_motion_ground_weight_scales_the_centre_term_of_stage_1c(tiny_ref):
@@ -291,8 +363,9 @@ def test_motion_ground_weight_scales_the_centre_term_of_stage_1c(tiny_ref):
     out = {}
     for w in (1.0, 5.0):
         cfg = replace(TEST_CFG, motion_videos=1, motion_batch=2, motion_ground_weight=w)
-        out[w] = M.motion_step_loss(tiny_ref, cfg, ground, head, np.random.default_rng(4),
-                                    PromptCache(tiny_ref.tokenizer), video_index=0)
+        out[w] = M.motion_step_loss(
+            tiny_ref, cfg, ground, head, np.random.default_rng(4), PromptCache(tiny_ref.tokenizer), video_index=0
+        )
     assert out[5.0][1]["g_mse"] == out[1.0][1]["g_mse"]
     assert (out[5.0][0] - out[1.0][0]).item() == pytest.approx(4 * out[1.0][1]["g_mse"], rel=1e-4)
 
@@ -311,10 +384,11 @@ def test_shared_prefix_forward_equals_running_every_whole_prompt(tiny_ref):
         for b, (v, c) in enumerate(zip(video_of, conts)):
             whole = llm(inputs_embeds=torch.cat([prefixes[v], c])[None], output_hidden_states=True)
             for layer, h in enumerate(whole.hidden_states):
-                torch.testing.assert_close(out.hidden_states[layer][b, :len(c)], h[0, 7:], atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(out.hidden_states[layer][b, : len(c)], h[0, 7:], atol=1e-5, rtol=1e-4)
                 torch.testing.assert_close(pre.hidden_states[layer][v], h[0, :7], atol=1e-5, rtol=1e-4)
-            torch.testing.assert_close(out.last_hidden_state[b, :len(c)], whole.last_hidden_state[0, 7:],
-                                       atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                out.last_hidden_state[b, : len(c)], whole.last_hidden_state[0, 7:], atol=1e-5, rtol=1e-4
+            )
 
 
 def test_pointer_from_splits_stage_1c_into_a_token_phase_and_a_pointer_phase(tmp_path, monkeypatch):
@@ -329,8 +403,19 @@ def test_pointer_from_splits_stage_1c_into_a_token_phase_and_a_pointer_phase(tmp
         return real(params, clipped, step_loss, cfg, steps=steps, **kw)
 
     monkeypatch.setattr(M, "run_stage", spy)
-    cfg = replace(TEST_CFG, steps=0, sam_steps=0, encoder_steps=0, weights_dtype="float32", motion_steps=3,
-                  motion_videos=2, motion_batch=4, pointer_weight=1.0, pointer_from=2, motion_ground_weight=7.0)
+    cfg = replace(
+        TEST_CFG,
+        steps=0,
+        sam_steps=0,
+        encoder_steps=0,
+        weights_dtype="float32",
+        motion_steps=3,
+        motion_videos=2,
+        motion_batch=4,
+        pointer_weight=1.0,
+        pointer_from=2,
+        motion_ground_weight=7.0,
+    )
     train(cfg, tmp_path / "a", progress=False)
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())["motion_history"]
     assert [h["step"] for h in log] == [0, 1, 2]
@@ -344,5 +429,6 @@ def test_pointer_from_outside_stage_1c_is_refused(tiny_ref, start):
     D = tiny_ref.model.llm.config.hidden_size
     cfg = replace(TEST_CFG, motion_steps=3, pointer_weight=1.0, pointer_from=start)
     with pytest.raises(ValueError, match="pointer_from"):
-        M.pretrain_motion(tiny_ref, cfg, M.GroundingHead(D), M.MotionTokenHead(D), progress=False,
-                          pointer=M.PointerHead(D))
+        M.pretrain_motion(
+            tiny_ref, cfg, M.GroundingHead(D), M.MotionTokenHead(D), progress=False, pointer=M.PointerHead(D)
+        )

@@ -194,8 +194,11 @@ def test_clip_preprocess_parameters_match_transformers(rng, size, crop, resample
     ch, cw = (crop, crop) if isinstance(crop, int) else crop
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.4)
     proc = CLIPImageProcessorPil(
-        size={"shortest_edge": size}, crop_size={"height": ch, "width": cw},
-        resample=resample, image_mean=list(mean), image_std=list(std),
+        size={"shortest_edge": size},
+        crop_size={"height": ch, "width": cw},
+        resample=resample,
+        image_mean=list(mean),
+        image_std=list(std),
     )
     for hw in [(480, 640), (641, 480), (17, 301)]:
         frame = frame_of(rng, *hw)

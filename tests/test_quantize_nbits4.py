@@ -31,15 +31,27 @@ def tiny_graph(path, seed: int = 0, external: bool = False):
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, "T", N])
     z = helper.make_tensor_value_info("Z", TensorProto.FLOAT, [1, "T", 5])
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["X", "W"], ["Y"], name="weight_mm"),
-         helper.make_node("MatMul", ["X", "A"], ["Z"], name="act_mm")],
-        "tiny", [x, a], [y, z], [numpy_helper.from_array(w, "W")])
+        [
+            helper.make_node("MatMul", ["X", "W"], ["Y"], name="weight_mm"),
+            helper.make_node("MatMul", ["X", "A"], ["Z"], name="act_mm"),
+        ],
+        "tiny",
+        [x, a],
+        [y, z],
+        [numpy_helper.from_array(w, "W")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     model.ir_version = 10
     onnx.checker.check_model(model)
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=0)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=0,
+        )
     else:
         onnx.save_model(model, str(path))
     return w
@@ -85,8 +97,10 @@ def src(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inputs():
     rng = np.random.default_rng(1)
-    return {"X": rng.standard_normal((1, M, K)).astype(np.float32),
-            "A": rng.standard_normal((1, K, 5)).astype(np.float32)}
+    return {
+        "X": rng.standard_normal((1, M, K)).astype(np.float32),
+        "A": rng.standard_normal((1, K, 5)).astype(np.float32),
+    }
 
 
 CASES = [(bs, sym, acc) for bs in NBITS_BLOCK_SIZES for sym in (True, False) for acc in (0, 4)]
@@ -100,8 +114,9 @@ def test_nbits4_is_not_an_int8_method():
 def test_nbits4_graph_report_and_output(src, inputs, tmp_path, block_size, symmetric, accuracy_level):
     path, w = src
     dst = tmp_path / "q4.onnx"
-    report = quantize_graph(path, dst, "nbits4", block_size=block_size, symmetric=symmetric,
-                            accuracy_level=accuracy_level)
+    report = quantize_graph(
+        path, dst, "nbits4", block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level
+    )
     assert report["method"] == "nbits4" and report["quantized_op"] == "MatMulNBits"
     assert report["bits"] == 4 and report["block_size"] == block_size
     assert report["symmetric"] is symmetric and report["accuracy_level"] == accuracy_level
@@ -183,8 +198,15 @@ def test_existing_methods_keep_their_report(src, tmp_path):
 
 # ---- input validation (checked before any file is touched) -----------------------------------------
 @settings(max_examples=40, deadline=None)
-@given(st.one_of(st.integers(-1024, 1024).filter(lambda b: b not in NBITS_BLOCK_SIZES),
-                 st.booleans(), st.floats(allow_nan=True), st.text(max_size=3), st.none()))
+@given(
+    st.one_of(
+        st.integers(-1024, 1024).filter(lambda b: b not in NBITS_BLOCK_SIZES),
+        st.booleans(),
+        st.floats(allow_nan=True),
+        st.text(max_size=3),
+        st.none(),
+    )
+)
 def test_rejects_bad_block_size(block_size):
     with pytest.raises(ValueError, match="block_size"):
         quantize_graph("missing.onnx", "out.onnx", "nbits4", block_size=block_size)
@@ -212,5 +234,11 @@ def test_rejects_unknown_methods(method):
 
 def test_valid_parameters_reach_the_file_check(tmp_path):
     with pytest.raises(FileNotFoundError):
-        quantize_graph(tmp_path / "missing.onnx", tmp_path / "out.onnx", "nbits4", block_size=128,
-                       accuracy_level=0, symmetric=False)
+        quantize_graph(
+            tmp_path / "missing.onnx",
+            tmp_path / "out.onnx",
+            "nbits4",
+            block_size=128,
+            accuracy_level=0,
+            symmetric=False,
+        )

@@ -171,10 +171,13 @@ def test_compare_counts_iou_and_cosine():
     got = m.copy()
     got[1, 0, 0] = True  # frame 1: reference empty, runtime one pixel → IoU 0
     seg = np.array([[1.0, 0.0], [1.0, 1.0]])
-    c = compare({"masks0": m, "seg0": seg, "is_seg0": np.array([True, True])},
-                {"masks0": got, "seg0": np.array([[1.0, 0.0], [1.0, 0.0]]), "is_seg0": np.array([True, False])}, 1)
+    c = compare(
+        {"masks0": m, "seg0": seg, "is_seg0": np.array([True, True])},
+        {"masks0": got, "seg0": np.array([[1.0, 0.0], [1.0, 0.0]]), "is_seg0": np.array([True, False])},
+        1,
+    )
     assert c["iou_min"] == 0.0 and c["iou_mean"] == 0.5 and c["frames_iou_ge_0999"] == 0.5
-    assert c["seg_cosine_min"] == pytest.approx(2 ** -0.5) and c["seg_token_agreement"] == 0.5
+    assert c["seg_cosine_min"] == pytest.approx(2**-0.5) and c["seg_token_agreement"] == 0.5
 
 
 def test_llm_weight_bytes_by_hand():
@@ -226,8 +229,11 @@ def test_llm_parity_frees_the_pytorch_llm_between_its_two_runs(tiny_dirs, tmp_pa
 
     ref = reference.load(*tiny_dirs)
     m = ref.model
-    want_freed = sum(p.numel() * 4 for mod in (m.llm.model.layers, m.llm.model.norm, m.llm.lm_head,
-                                               m.text_hidden_fcs) for p in mod.parameters())
+    want_freed = sum(
+        p.numel() * 4
+        for mod in (m.llm.model.layers, m.llm.model.norm, m.llm.lm_head, m.text_hidden_fcs)
+        for p in mod.parameters()
+    )
     spec = llm_spec(m)
     export_graph(spec, tmp_path / "llm.onnx")
     freed = []

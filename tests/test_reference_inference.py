@@ -27,8 +27,9 @@ def test_one_mask_per_frame(result):
     for r, m in zip(result.frames, result.masks):
         assert m.dtype == bool and m.shape == (48, 64)
         if r.is_seg:
-            up = torch.nn.functional.interpolate(torch.from_numpy(r.low_res_logits)[None], (48, 64),
-                                                 mode="bilinear", align_corners=False)[0, 0]
+            up = torch.nn.functional.interpolate(
+                torch.from_numpy(r.low_res_logits)[None], (48, 64), mode="bilinear", align_corners=False
+            )[0, 0]
             np.testing.assert_array_equal(m, (up > 0).numpy())  # threshold at 0
     assert [r.frame for r in result.frames] == list(range(8))
     assert result.context == rules.context_frame_indices(8)
@@ -130,12 +131,15 @@ def test_short_videos(tiny_ref, n):
     assert len(res.context) == 4 and all(0 <= c < n for c in res.context)
 
 
-@pytest.mark.parametrize("bad,err", [
-    ([], ValueError),
-    ([np.zeros((8, 8, 3), np.float32)], ValueError),
-    ([np.zeros((8, 8), np.uint8)], ValueError),
-    ([np.zeros((0, 8, 3), np.uint8)], ValueError),
-])
+@pytest.mark.parametrize(
+    "bad,err",
+    [
+        ([], ValueError),
+        ([np.zeros((8, 8, 3), np.float32)], ValueError),
+        ([np.zeros((8, 8), np.uint8)], ValueError),
+        ([np.zeros((0, 8, 3), np.uint8)], ValueError),
+    ],
+)
 def test_bad_frames(tiny_ref, bad, err):
     with pytest.raises(err):
         reference.segment_video(tiny_ref, bad, "the red square")

@@ -13,8 +13,14 @@ from runtime import rules
 from reference.checkpoint import glus_state_dict, read_state_dict, save_glus_weights
 from reference.errors import CheckpointError
 
-META_FILES = ("config.json", "sam2_config.yaml", "tokenizer.model", "tokenizer_config.json",
-              "special_tokens_map.json", "added_tokens.json")
+META_FILES = (
+    "config.json",
+    "sam2_config.yaml",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 
 
 def copy_meta(src, dst):
@@ -54,9 +60,16 @@ def test_round_trip(tiny_dirs, tiny_ref, tmp_path, fmt, shards):
 
 def test_checkpoint_holds_glus_key_names(tiny_dirs):
     keys = read_state_dict(tiny_dirs[0]).keys()
-    for prefix in ("model.embed_tokens.", "model.layers.0.", "model.norm.", "lm_head.",
-                   "model.mm_projector.", "model.text_hidden_fcs.0.0.", "model.text_hidden_fcs.0.2.",
-                   "model.visual_model.memory_encoder.fuser.layers.0.gamma"):
+    for prefix in (
+        "model.embed_tokens.",
+        "model.layers.0.",
+        "model.norm.",
+        "lm_head.",
+        "model.mm_projector.",
+        "model.text_hidden_fcs.0.0.",
+        "model.text_hidden_fcs.0.2.",
+        "model.visual_model.memory_encoder.fuser.layers.0.gamma",
+    ):
         assert any(k.startswith(prefix) for k in keys), prefix
     assert not any("vision_tower" in k or k.startswith("model.clip") for k in keys)
 
@@ -121,11 +134,14 @@ def test_corrupt_weight_file(tiny_dirs, tmp_path):
         reference.load(dst, tiny_dirs[1])
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda c: c.update(model_type="llama"), "model_type"),
-    (lambda c: c.pop("mm_hidden_size"), "mm_hidden_size"),
-    (lambda c: c.update(hidden_size=-4), "hidden_size"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda c: c.update(model_type="llama"), "model_type"),
+        (lambda c: c.pop("mm_hidden_size"), "mm_hidden_size"),
+        (lambda c: c.update(hidden_size=-4), "hidden_size"),
+    ],
+)
 def test_bad_config(tiny_dirs, tmp_path, edit, match):
     dst = copy_meta(tiny_dirs[0], tmp_path / "badcfg")
     cfg = json.loads((dst / "config.json").read_text())

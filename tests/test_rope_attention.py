@@ -257,9 +257,7 @@ def fill_slots(gen, valid_mem, valid_pos, valid, b=1):
     return mem.flatten(0, 1), pos.flatten(0, 1)
 
 
-@pytest.mark.parametrize(
-    "valid", [[1, 0, 0, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1], [1] * 7]
-)
+@pytest.mark.parametrize("valid", [[1, 0, 0, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1], [1] * 7])
 def test_masked_slots_equal_variable_length(gen, patched, valid):
     k = sum(valid)
     curr, curr_pos, memory, memory_pos = mem_inputs(gen, k)
@@ -306,7 +304,9 @@ def test_slot_mask_to_key_bias_layout():
     assert slot_mask_to_key_bias(torch.ones(4, 3), 5).shape == (4, 1, 1, 15)
     with pytest.raises(TypeError):
         RealRoPEAttention(64, 1)(
-            torch.zeros(1, 4, 64), torch.zeros(1, 4, 64), torch.zeros(1, 4, 64),
+            torch.zeros(1, 4, 64),
+            torch.zeros(1, 4, 64),
+            torch.zeros(1, 4, 64),
             attn_bias=torch.ones(1, 1, 1, 4, dtype=torch.bool),
         )
 

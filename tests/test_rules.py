@@ -92,21 +92,21 @@ def test_window_positions():
 # r = 3, M = 7: t_rel=1 -> t-1; t_rel=2..7 -> b - (t_rel-2)*3 with b = ((t-2)//3)*3, listed
 # t_rel = 7 .. 1 (oldest multiple first, previous frame last), negatives dropped.
 MEMORY_TABLE = {
-    0: [],                         # b = (-2//3)*3 = -3, t-1 = -1
-    1: [0],                        # b = -3
-    2: [0, 1],                     # b = 0
-    3: [0, 2],                     # b = 0
-    4: [0, 3],                     # b = 0 (3 only as the previous frame)
-    5: [0, 3, 4],                  # b = 3
+    0: [],  # b = (-2//3)*3 = -3, t-1 = -1
+    1: [0],  # b = -3
+    2: [0, 1],  # b = 0
+    3: [0, 2],  # b = 0
+    4: [0, 3],  # b = 0 (3 only as the previous frame)
+    5: [0, 3, 4],  # b = 3
     6: [0, 3, 5],
     7: [0, 3, 6],
-    8: [0, 3, 6, 7],               # b = 6
+    8: [0, 3, 6, 7],  # b = 6
     9: [0, 3, 6, 8],
     10: [0, 3, 6, 9],
-    11: [0, 3, 6, 9, 10],          # b = 9
+    11: [0, 3, 6, 9, 10],  # b = 9
     12: [0, 3, 6, 9, 11],
     13: [0, 3, 6, 9, 12],
-    14: [0, 3, 6, 9, 12, 13],      # b = 12
+    14: [0, 3, 6, 9, 12, 13],  # b = 12
     15: [0, 3, 6, 9, 12, 14],
     16: [0, 3, 6, 9, 12, 15],
     17: [0, 3, 6, 9, 12, 15, 16],  # b = 15: all seven slots
@@ -167,9 +167,7 @@ def test_normalize_expression():
     assert rules.normalize_expression("car. ") == "car. "  # '.' not last: kept
 
 
-@pytest.mark.parametrize(
-    "bad", ["", "   ", "\n\t", ".", " .", None, 3, b"car", "the <image> car", "a [SEG] car"]
-)
+@pytest.mark.parametrize("bad", ["", "   ", "\n\t", ".", " .", None, 3, b"car", "the <image> car", "a [SEG] car"])
 def test_normalize_expression_rejects(bad):
     with pytest.raises(ValueError):
         rules.normalize_expression(bad)
@@ -190,7 +188,7 @@ Q = "<im_start><image><im_end>\nCan you segment the the red circle moving left i
 EXPR = "the red circle moving left"
 S, N = "Sure, the segmentation result is [SEG].", "Sure, the segmentation result is [SEG] ."
 
-STEP1 = (SYS + "USER: " + CTX + Q + " ASSISTANT: Sure, the segmentation result is ")
+STEP1 = SYS + "USER: " + CTX + Q + " ASSISTANT: Sure, the segmentation result is "
 STEP2_SEG = (
     SYS + "USER: " + CTX + Q + " ASSISTANT: Sure, the segmentation result is [SEG].</s>"
     "USER: " + Q + " ASSISTANT: Sure, the segmentation result is "
@@ -281,13 +279,19 @@ def test_prefix_split_text():
 # --------------------------------------------------------------------------------------------
 def test_split_added_tokens():
     got = rules.split_added_tokens("is [SEG].</s>USER: <im_start>")
-    assert got == [("is", False), ("[SEG]", True), (".", False), ("</s>", True),
-                   ("USER:", False), ("<im_start>", True)]
+    assert got == [("is", False), ("[SEG]", True), (".", False), ("</s>", True), ("USER:", False), ("<im_start>", True)]
     got = rules.split_added_tokens("<im_end>\n Can <im_end> \n <im_start>  x </s> y")
     # "\n Can " loses both ends (tokens on both sides), " \n " vanishes, "  x " only loses
     # its left side (</s> strips nothing), " y" keeps its space.
-    assert got == [("<im_end>", True), ("Can", False), ("<im_end>", True), ("<im_start>", True),
-                   ("x ", False), ("</s>", True), (" y", False)]
+    assert got == [
+        ("<im_end>", True),
+        ("Can", False),
+        ("<im_end>", True),
+        ("<im_start>", True),
+        ("x ", False),
+        ("</s>", True),
+        (" y", False),
+    ]
     assert rules.split_added_tokens("") == []
     assert rules.split_added_tokens("plain  text ") == [("plain  text ", False)]
 

@@ -25,8 +25,9 @@ def assert_same_as_reference(ref_result, steps, masks):
     assert np.mean(np.array(ious) >= 0.999) >= 0.99, ious
     for r, s in zip(ref_result.frames, steps):
         assert r.frame == s.frame and r.next_token == s.next_token and r.is_seg == s.is_seg
-        cos = float(r.seg_embedding @ s.seg_embedding /
-                    (np.linalg.norm(r.seg_embedding) * np.linalg.norm(s.seg_embedding)))
+        cos = float(
+            r.seg_embedding @ s.seg_embedding / (np.linalg.norm(r.seg_embedding) * np.linalg.norm(s.seg_embedding))
+        )
         assert cos >= 0.9999
         if r.is_seg:
             assert r.memories == s.memories
@@ -43,10 +44,12 @@ def ref_results(tiny_ref, frames):
 
 
 def test_import_runtime_never_imports_torch():
-    code = ("import sys, runtime, runtime.engine, runtime.stream, runtime.preprocess; "
-            "from runtime import GlusEngine; "
-            "assert 'torch' not in sys.modules, 'torch imported'; "
-            "assert 'transformers' not in sys.modules")
+    code = (
+        "import sys, runtime, runtime.engine, runtime.stream, runtime.preprocess; "
+        "from runtime import GlusEngine; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert 'transformers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -149,10 +152,16 @@ def test_kf_auto_picks_best_scored_frame(tiny_engine, frames):
         assert res.steps[0].pass_name == "backward"
 
 
-@pytest.mark.parametrize("bad", [
-    np.zeros((8, 8, 3), np.float32), np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8),
-    np.zeros((0, 8, 3), np.uint8), "not a frame",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((8, 8, 3), np.float32),
+        np.zeros((8, 8), np.uint8),
+        np.zeros((8, 8, 4), np.uint8),
+        np.zeros((0, 8, 3), np.uint8),
+        "not a frame",
+    ],
+)
 def test_bad_frames(tiny_engine, bad):
     with pytest.raises(InputError):
         tiny_engine.segment_video([bad], "the square")
@@ -230,7 +239,7 @@ def test_unavailable_backend_or_device(tiny_engine_dir):
 def test_incremental_window_is_exact_until_it_slides(tiny_engine, frames):
     exact = tiny_engine.segment_video(frames, EXPRS[0])[0]
     inc = tiny_engine.segment_video(frames, EXPRS[0], kv_policy="incremental")[0]
-    for a, b in zip(exact.steps[:rules.NUM_QUERY], inc.steps[:rules.NUM_QUERY]):
+    for a, b in zip(exact.steps[: rules.NUM_QUERY], inc.steps[: rules.NUM_QUERY]):
         cos = a.seg_embedding @ b.seg_embedding / (np.linalg.norm(a.seg_embedding) * np.linalg.norm(b.seg_embedding))
         assert cos >= 0.9999 and a.next_token == b.next_token
     assert len(inc.masks) == len(frames)

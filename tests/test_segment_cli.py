@@ -138,9 +138,22 @@ FOLDER_NAMES = [str(5 * i) for i in range(N_FOLDER)]
 def test_module_entry_on_mp4_offline(tiny_engine_dir, mp4, tmp_path):
     """`python -m runtime.segment` end to end; -X importtime proves it never imports torch."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-X", "importtime", "-m", "runtime.segment", str(mp4),
-           "--expression", EXPRS[0], "--expression", EXPRS[1], "--engine", str(tiny_engine_dir),
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-m",
+        "runtime.segment",
+        str(mp4),
+        "--expression",
+        EXPRS[0],
+        "--expression",
+        EXPRS[1],
+        "--engine",
+        str(tiny_engine_dir),
+        "--out",
+        str(out),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     err = "\n".join(ln for ln in p.stderr.splitlines() if not ln.startswith("import time:"))
     assert p.returncode == 0, p.stdout + err
@@ -152,11 +165,11 @@ def test_module_entry_on_mp4_offline(tiny_engine_dir, mp4, tmp_path):
 
 
 # ---- a frame folder, offline with --kf auto, and the stream ------------------------------------
-def test_folder_offline_kf_auto_matches_engine(tiny_engine, tiny_engine_dir, folder, folder_clip, tmp_path,
-                                               capsys):
+def test_folder_offline_kf_auto_matches_engine(tiny_engine, tiny_engine_dir, folder, folder_clip, tmp_path, capsys):
     """One expression (two are mapped to exp_ids in the stream test): kf=auto costs two passes."""
-    code, out, err = run(capsys, folder, "-e", EXPRS[1], "--engine", tiny_engine_dir,
-                         "--out", tmp_path, "--kf", "auto", "--threads", 1)
+    code, out, err = run(
+        capsys, folder, "-e", EXPRS[1], "--engine", tiny_engine_dir, "--out", tmp_path, "--kf", "auto", "--threads", 1
+    )
     assert code == 0, err
     assert "running on the CPU (ONNX Runtime)" in out
     masks = check_outputs(tmp_path, "square_frames", FOLDER_NAMES, exprs=EXPRS[1:])
@@ -168,8 +181,21 @@ def test_folder_offline_kf_auto_matches_engine(tiny_engine, tiny_engine_dir, fol
 
 
 def test_stream_mode_matches_stream_api(tiny_engine, tiny_engine_dir, folder, folder_clip, tmp_path, capsys):
-    code, out, err = run(capsys, folder, "-e", EXPRS[0], "-e", EXPRS[1], "--engine", tiny_engine_dir,
-                         "--out", tmp_path, "--stream", "--name", "live")
+    code, out, err = run(
+        capsys,
+        folder,
+        "-e",
+        EXPRS[0],
+        "-e",
+        EXPRS[1],
+        "--engine",
+        tiny_engine_dir,
+        "--out",
+        tmp_path,
+        "--stream",
+        "--name",
+        "live",
+    )
     assert code == 0, err
     assert "stream" in out
     masks = check_outputs(tmp_path, "live", FOLDER_NAMES)
@@ -193,8 +219,9 @@ def test_ctrl_c_keeps_what_was_written(tiny_engine_dir, folder, tmp_path, capsys
         return push(self, frame)
 
     monkeypatch.setattr(Stream, "push", interrupted_push)
-    code, out, err = run(capsys, folder, "-e", EXPRS[0], "-e", EXPRS[1], "--engine", tiny_engine_dir,
-                         "--out", tmp_path, "--stream")
+    code, out, err = run(
+        capsys, folder, "-e", EXPRS[0], "-e", EXPRS[1], "--engine", tiny_engine_dir, "--out", tmp_path, "--stream"
+    )
     assert code == 130
     assert "interrupted" in err
     vdir = tmp_path / "square_frames"
@@ -218,8 +245,22 @@ def test_http_stream_url_with_max_frames(tiny_engine_dir, mp4, tmp_path, capsys)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{httpd.server_address[1]}/cam.mp4"
         try:
-            code, out, err = run(capsys, url, "-e", EXPRS[0], "-e", EXPRS[1], "--engine", tiny_engine_dir,
-                                 "--out", tmp_path / "o", "--max-frames", 3, "--timeout", 5)
+            code, out, err = run(
+                capsys,
+                url,
+                "-e",
+                EXPRS[0],
+                "-e",
+                EXPRS[1],
+                "--engine",
+                tiny_engine_dir,
+                "--out",
+                tmp_path / "o",
+                "--max-frames",
+                3,
+                "--timeout",
+                5,
+            )
         finally:
             httpd.shutdown()
     assert code == 0, err
@@ -242,11 +283,15 @@ def test_ctrl_c_before_any_frame_is_written(tiny_engine_dir, mp4, tmp_path, caps
 
 
 # ---- bad sources -----------------------------------------------------------------------------
-@pytest.mark.parametrize("name, content, pattern", [
-    ("notes.txt", b"hello\n" * 100, r"notes\.txt is not a video"),  # FFmpeg would render text as frames
-    ("data.bin", bytes(range(256)) * 40, r"data\.bin is not a video"),
-    ("clip.mp4", bytes(range(256)) * 40, r"clip\.mp4: corrupt or truncated video"),
-], ids=["text", "binary", "binary-mp4"])
+@pytest.mark.parametrize(
+    "name, content, pattern",
+    [
+        ("notes.txt", b"hello\n" * 100, r"notes\.txt is not a video"),  # FFmpeg would render text as frames
+        ("data.bin", bytes(range(256)) * 40, r"data\.bin is not a video"),
+        ("clip.mp4", bytes(range(256)) * 40, r"clip\.mp4: corrupt or truncated video"),
+    ],
+    ids=["text", "binary", "binary-mp4"],
+)
 def test_file_that_is_not_a_video(tiny_engine_dir, tmp_path, capsys, name, content, pattern):
     bad = tmp_path / name
     bad.write_bytes(content)
@@ -272,8 +317,9 @@ def test_truncated_mp4_keeps_the_frames_before_the_cut(tiny_engine_dir, mp4, tmp
     cut.write_bytes(data[: int(len(data) * 0.6)])
     n_ok = len(read_video(cut))  # what an independent decoder gets out of it
     assert 0 < n_ok < N
-    code, out, err = run(capsys, cut, "-e", EXPRS[0], "-e", EXPRS[1], "--engine", tiny_engine_dir,
-                         "--out", tmp_path / "o")
+    code, out, err = run(
+        capsys, cut, "-e", EXPRS[0], "-e", EXPRS[1], "--engine", tiny_engine_dir, "--out", tmp_path / "o"
+    )
     assert code == 6, err
     missing = N - n_ok
     assert re.search(rf"{missing} frame\(s\) of cut could not be decoded.*{n_ok:05d}-{N - 1:05d}", err), err
@@ -283,8 +329,9 @@ def test_truncated_mp4_keeps_the_frames_before_the_cut(tiny_engine_dir, mp4, tmp
 def test_camera_that_does_not_exist(tiny_engine_dir, tmp_path, capsys):
     index = next(i for i in range(9, 64) if not Path(f"/dev/video{i}").exists())
     t0 = time.monotonic()
-    code, _, err = run(capsys, index, "-e", "a cat", "--engine", tiny_engine_dir, "--out", tmp_path / "o",
-                       "--timeout", 2)
+    code, _, err = run(
+        capsys, index, "-e", "a cat", "--engine", tiny_engine_dir, "--out", tmp_path / "o", "--timeout", 2
+    )
     assert code == 4
     assert_error(err, rf"camera {index} is not available")
     assert time.monotonic() - t0 < 10
@@ -296,8 +343,18 @@ def test_url_that_does_not_answer_times_out(tiny_engine_dir, tmp_path, capsys):
         server.listen(1)
         port = server.getsockname()[1]
         t0 = time.monotonic()
-        code, _, err = run(capsys, f"http://127.0.0.1:{port}/live.mp4", "-e", "a cat", "--engine",
-                           tiny_engine_dir, "--out", tmp_path / "o", "--timeout", 1)
+        code, _, err = run(
+            capsys,
+            f"http://127.0.0.1:{port}/live.mp4",
+            "-e",
+            "a cat",
+            "--engine",
+            tiny_engine_dir,
+            "--out",
+            tmp_path / "o",
+            "--timeout",
+            1,
+        )
         assert time.monotonic() - t0 < 8
     assert code == 4
     assert_error(err, r"no answer within 1 s")
@@ -307,15 +364,26 @@ def test_url_refused(tiny_engine_dir, tmp_path, capsys):
     with socket.socket() as s:  # a port that was free a moment ago: nobody listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code, _, err = run(capsys, f"rtsp://127.0.0.1:{port}/cam", "-e", "a cat", "--engine", tiny_engine_dir,
-                       "--out", tmp_path / "o", "--timeout", 2)
+    code, _, err = run(
+        capsys,
+        f"rtsp://127.0.0.1:{port}/cam",
+        "-e",
+        "a cat",
+        "--engine",
+        tiny_engine_dir,
+        "--out",
+        tmp_path / "o",
+        "--timeout",
+        2,
+    )
     assert code == 4
     assert_error(err, rf"cannot open rtsp://127\.0\.0\.1:{port}/cam")
 
 
 def test_missing_source(tiny_engine_dir, tmp_path, capsys):
-    code, _, err = run(capsys, tmp_path / "nope.mp4", "-e", "a cat", "--engine", tiny_engine_dir,
-                       "--out", tmp_path / "o")
+    code, _, err = run(
+        capsys, tmp_path / "nope.mp4", "-e", "a cat", "--engine", tiny_engine_dir, "--out", tmp_path / "o"
+    )
     assert code == 4
     assert_error(err, r"not found")
 
@@ -352,12 +420,15 @@ def test_engine_dir_that_is_not_an_engine(mp4, tmp_path, capsys):
     assert_error(err, r"manifest\.json")
 
 
-@pytest.mark.parametrize("exprs, pattern", [
-    (["."], r"bad expression '\.'"),
-    (["   "], r"bad expression"),
-    (["find the [SEG] token"], r"bad expression"),
-    (["a cat", "a cat"], r"more than once: 'a cat'"),
-])
+@pytest.mark.parametrize(
+    "exprs, pattern",
+    [
+        (["."], r"bad expression '\.'"),
+        (["   "], r"bad expression"),
+        (["find the [SEG] token"], r"bad expression"),
+        (["a cat", "a cat"], r"more than once: 'a cat'"),
+    ],
+)
 def test_bad_expression(tiny_engine_dir, mp4, tmp_path, capsys, exprs, pattern):
     args = [a for e in exprs for a in ("-e", e)]
     code, _, err = run(capsys, mp4, *args, "--engine", tiny_engine_dir, "--out", tmp_path / "o")
@@ -366,20 +437,23 @@ def test_bad_expression(tiny_engine_dir, mp4, tmp_path, capsys, exprs, pattern):
 
 
 def test_expression_too_long_for_the_engine(tiny_engine_dir, mp4, tmp_path, capsys):
-    code, _, err = run(capsys, mp4, "-e", "the red square " * 2000, "--engine", tiny_engine_dir,
-                       "--out", tmp_path / "o")
+    code, _, err = run(
+        capsys, mp4, "-e", "the red square " * 2000, "--engine", tiny_engine_dir, "--out", tmp_path / "o"
+    )
     assert code == 2
     assert_error(err, r"too long")
 
 
-@pytest.mark.parametrize("argv, pattern", [
-    (["--kf", "auto", "--stream"], r"--kf auto needs the whole video"),
-    (["--threads", "0"], r"--threads must be >= 1"),
-    (["--name", "a/b"], r"--name must be a plain file name"),
-])
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["--kf", "auto", "--stream"], r"--kf auto needs the whole video"),
+        (["--threads", "0"], r"--threads must be >= 1"),
+        (["--name", "a/b"], r"--name must be a plain file name"),
+    ],
+)
 def test_bad_arguments(tiny_engine_dir, mp4, tmp_path, capsys, argv, pattern):
-    code, _, err = run(capsys, mp4, "-e", "a cat", "--engine", tiny_engine_dir, "--out", tmp_path / "o",
-                       *argv)
+    code, _, err = run(capsys, mp4, "-e", "a cat", "--engine", tiny_engine_dir, "--out", tmp_path / "o", *argv)
     assert code == 2
     assert_error(err, pattern)
 
@@ -393,8 +467,9 @@ def test_usage_error_from_argparse(mp4, capsys):
 
 
 def test_device_not_available(tiny_engine_dir, mp4, tmp_path, capsys):
-    code, _, err = run(capsys, mp4, "-e", "a cat", "--engine", tiny_engine_dir, "--out", tmp_path / "o",
-                       "--device", "tpu")
+    code, _, err = run(
+        capsys, mp4, "-e", "a cat", "--engine", tiny_engine_dir, "--out", tmp_path / "o", "--device", "tpu"
+    )
     assert code == 3
     assert_error(err, r"unknown device 'tpu'")
 
@@ -442,7 +517,7 @@ def test_corrupt_frame_in_the_middle_is_named(mp4, tmp_path):
     # overwrite the middle of the media data; the index (at the end) stays intact
     start = data.find(b"mdat") + 4
     mid = start + (len(data) - start) // 2
-    data[mid:mid + 2000] = bytes(2000)
+    data[mid : mid + 2000] = bytes(2000)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(bytes(data))
     with open_source(bad) as src:

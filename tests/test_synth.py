@@ -22,7 +22,11 @@ SIZE = (64, 80)
 
 
 def tree_digest(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +107,7 @@ def _motion_from_trajectory(traj):
     moving = np.abs(d).sum(axis=1) > 1e-6
     if not moving.any():
         return "still"
-    if moving[0] and not moving[-1] and not moving[np.argmin(moving):].any():
+    if moving[0] and not moving[-1] and not moving[np.argmin(moving) :].any():
         return "stop"
     for axis, (neg, pos) in ((0, ("left", "right")), (1, ("up", "down"))):
         if np.all(np.abs(d[:, 1 - axis]) < 1e-6):
@@ -214,7 +218,9 @@ def test_bad_arguments():
 
 
 def test_cli(tmp_path, capsys):
-    rc = synth_main([str(tmp_path / "d"), "--videos", "2", "--frames", "6", "--size", "48x64", "--seed", "3", "--format", "both"])
+    rc = synth_main(
+        [str(tmp_path / "d"), "--videos", "2", "--frames", "6", "--size", "48x64", "--seed", "3", "--format", "both"]
+    )
     assert rc == 0
     assert "wrote 2 videos x 6 frames at 48x64" in capsys.readouterr().out
     assert (tmp_path / "d" / "valid_u" / "Annotations").is_dir()

@@ -52,8 +52,14 @@ def rt(tok, tmp_path_factory):
 def sp_ids(text: str, sp, with_bos: bool = True) -> list[int]:
     """Independent GLUS ids for ``text`` from sentencepiece."""
     base = sp.get_piece_size()
-    special = {"[SEG]": base, "<im_start>": base + 1, "<im_end>": base + 2,
-               "</s>": sp.eos_id(), "<s>": sp.bos_id(), "<unk>": sp.unk_id()}
+    special = {
+        "[SEG]": base,
+        "<im_start>": base + 1,
+        "<im_end>": base + 2,
+        "</s>": sp.eos_id(),
+        "<s>": sp.bos_id(),
+        "<unk>": sp.unk_id(),
+    }
     out = [sp.bos_id()] if with_bos else []
     for n, chunk in enumerate(text.split("<image>")):
         if n:
@@ -86,7 +92,10 @@ def test_layout_and_ids(tiny_dir, tok, sp):
     assert 1000 <= base <= 2000
     assert (sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2)
     assert json.loads((tiny_dir / "added_tokens.json").read_text()) == {
-        "[SEG]": base, "<im_start>": base + 1, "<im_end>": base + 2}
+        "[SEG]": base,
+        "<im_start>": base + 1,
+        "<im_end>": base + 2,
+    }
     assert json.loads((tiny_dir / "special_tokens_map.json").read_text())["pad_token"] == "<unk>"
     assert (tok.bos_id, tok.eos_id, tok.unk_id) == (1, 2, 0)
     assert (tok.seg_id, tok.im_start_id, tok.im_end_id) == (base, base + 1, base + 2)
@@ -123,8 +132,7 @@ def test_wrong_added_ids(tiny_dir, tmp_path, sp):
     d = tmp_path / "wrong"
     shutil.copytree(tiny_dir, d)
     base = sp.get_piece_size()
-    (d / "added_tokens.json").write_text(json.dumps(
-        {"<im_start>": base, "[SEG]": base + 1, "<im_end>": base + 2}))
+    (d / "added_tokens.json").write_text(json.dumps({"<im_start>": base, "[SEG]": base + 1, "<im_end>": base + 2}))
     with pytest.raises(ValueError, match="added"):
         load_tokenizer(d)
 
@@ -227,7 +235,8 @@ def test_prompt_ids_against_sentencepiece(step, tok, rt, sp):
 def test_answers_tokenize_alike(tok, sp):
     # "[SEG]." and "[SEG] ." give the same ids: the space after [SEG] is stripped.
     assert tok.encode_prompt(prompt_for_step(2)) == tok.encode_prompt(
-        rules.prompt_text("the red circle moving left", [N]))
+        rules.prompt_text("the red circle moving left", [N])
+    )
 
 
 def test_prefix_split_ids(tok, rt, sp):
@@ -248,10 +257,25 @@ def test_prefix_split_ids(tok, rt, sp):
 
 
 UNICODE_EXPRESSIONS = [
-    "café au lait", "naïve Zürich", "東京の赤い車", "🙂 smiling dog 🐕", "car   with  3   spaces",
-    "the 2nd car from 1999", "Ångström\u00a0nbsp", "tab\there", "family 👨\u200d👩\u200d👧",
-    "ﬁ ligature", "e\u0301 combining", "Привет мир", "  leading and trailing  ", "▁weird▁marks",
-    "new\nline", "Straße.", "the <im_end> tag", "an </s> inside", "<s>x<unk>",
+    "café au lait",
+    "naïve Zürich",
+    "東京の赤い車",
+    "🙂 smiling dog 🐕",
+    "car   with  3   spaces",
+    "the 2nd car from 1999",
+    "Ångström\u00a0nbsp",
+    "tab\there",
+    "family 👨\u200d👩\u200d👧",
+    "ﬁ ligature",
+    "e\u0301 combining",
+    "Привет мир",
+    "  leading and trailing  ",
+    "▁weird▁marks",
+    "new\nline",
+    "Straße.",
+    "the <im_end> tag",
+    "an </s> inside",
+    "<s>x<unk>",
 ]
 
 
@@ -264,12 +288,12 @@ def test_unicode_expressions(expr, tok, rt, sp):
 
 
 PRINTABLE = st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from(
-    [" ", "  ", "\t", "\n", "\u00a0", "\u3000", "\u2581", ".", "<im_start>", "</s>", "<s>"])
+    [" ", "  ", "\t", "\n", "\u00a0", "\u3000", "\u2581", ".", "<im_start>", "</s>", "<s>"]
+)
 CHUNK_TEXT = PRINTABLE | st.sampled_from(["[SEG]", "<im_end>", "<unk>"])
 
 
-@settings(max_examples=200, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(expr=st.lists(PRINTABLE, min_size=1, max_size=24).map("".join))
 def test_expression_ids_hypothesis(expr, tok, rt, sp):
     try:
@@ -282,8 +306,7 @@ def test_expression_ids_hypothesis(expr, tok, rt, sp):
     assert ids == sp_ids(text, sp)
 
 
-@settings(max_examples=200, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(chunk=st.lists(CHUNK_TEXT, max_size=24).map("".join))
 def test_chunk_ids_hypothesis(chunk, tok, rt, sp):
     # any chunk, including ones starting with spaces or '\u2581' right at the piece start

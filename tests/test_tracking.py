@@ -56,14 +56,25 @@ def test_one_key_frame_for_all_expressions_equals_a_list(tiny_engine):
         assert all(np.array_equal(x, y) for x, y in zip(ra.masks, rb.masks))
 
 
-@given(st.one_of(st.text(max_size=5), st.integers(-3, 12), st.booleans(),
-                 st.lists(st.one_of(st.none(), st.integers(-2, 12)), max_size=4)))
+@given(
+    st.one_of(
+        st.text(max_size=5),
+        st.integers(-3, 12),
+        st.booleans(),
+        st.lists(st.one_of(st.none(), st.integers(-2, 12)), max_size=4),
+    )
+)
 def test_key_frames_are_checked(key_frames):
     n_expr, n = 2, 9
-    ok = (key_frames == "auto"
-          or (isinstance(key_frames, int) and not isinstance(key_frames, bool) and 0 <= key_frames < n)
-          or (isinstance(key_frames, list) and len(key_frames) == n_expr
-              and all(k is None or 0 <= k < n for k in key_frames)))
+    ok = (
+        key_frames == "auto"
+        or (isinstance(key_frames, int) and not isinstance(key_frames, bool) and 0 <= key_frames < n)
+        or (
+            isinstance(key_frames, list)
+            and len(key_frames) == n_expr
+            and all(k is None or 0 <= k < n for k in key_frames)
+        )
+    )
     if ok:
         got = check_key_frames(key_frames, n_expr, n)
         assert got == "auto" or (len(got) == n_expr and all(0 <= k < n for k in got))
@@ -90,5 +101,14 @@ def test_stream_with_fixed_context_has_no_context_indices(tiny_engine):
 
 def test_public_surface_fits_on_a_screen(tiny_engine):
     public = {n for n in dir(tiny_engine) if not n.startswith("_")}
-    assert public == {"load", "segment_video", "stream", "check_expression", "manifest", "precision",
-                      "backend", "device", "io_binding"}
+    assert public == {
+        "load",
+        "segment_video",
+        "stream",
+        "check_expression",
+        "manifest",
+        "precision",
+        "backend",
+        "device",
+        "io_binding",
+    }

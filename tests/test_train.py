@@ -25,10 +25,23 @@ from training.steps import AttributePrompt, forward_sample
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "models" / "glus-tiny"
 
-TEST_CFG = TrainConfig(shape="test", size=(64, 64), frames_min=8, frames_max=8, exprs=3,
-                         mask_warmup=0, warmup=1, ckpt_every=0, threads=1, sam_steps=2,
-                         sam_memory_from=1, sam_exprs=3, freeze_sam_steps=1, point_until=2,
-                         encoder_steps=2)
+TEST_CFG = TrainConfig(
+    shape="test",
+    size=(64, 64),
+    frames_min=8,
+    frames_max=8,
+    exprs=3,
+    mask_warmup=0,
+    warmup=1,
+    ckpt_every=0,
+    threads=1,
+    sam_steps=2,
+    sam_memory_from=1,
+    sam_exprs=3,
+    freeze_sam_steps=1,
+    point_until=2,
+    encoder_steps=2,
+)
 
 
 def same_weights(dir_a: Path, dir_b: Path) -> bool:
@@ -52,12 +65,10 @@ def _overfit(tmp: Path, steps: int) -> list[float]:
     sample = make_sample(np.random.default_rng(0), video, 4, 3)
     prompts, bank = PromptCache(ref.tokenizer), SegBank(64)
     torch.manual_seed(1)
-    attr = AttributePrompt(ref.model.sam.hidden_dim,
-                             ref.model.sam.sam_prompt_encoder.pe_layer).requires_grad_(False)
+    attr = AttributePrompt(ref.model.sam.hidden_dim, ref.model.sam.sam_prompt_encoder.pe_layer).requires_grad_(False)
     losses = []
     for _ in range(steps):
-        out = forward_sample(ref, prompts, sample, TEST_CFG, bank, random.Random(0),
-                               point_weight=1.0, prompt=attr)
+        out = forward_sample(ref, prompts, sample, TEST_CFG, bank, random.Random(0), point_weight=1.0, prompt=attr)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -261,6 +272,7 @@ def test_every_config_field_is_a_flag_that_sets_that_field_alone():
             value, text = _other_value(f)
             assert value != f.default, f.name
             argv = [flag, text]
-            want = ({f.name: value[0], f.metadata["range_to"]: value[1]} if f.metadata.get("range_to")
-                    else {f.name: value})
+            want = (
+                {f.name: value[0], f.metadata["range_to"]: value[1]} if f.metadata.get("range_to") else {f.name: value}
+            )
         assert cli.parse_args(["--out", "x", *argv])[1] == replace(base, **want), argv

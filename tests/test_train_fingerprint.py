@@ -20,8 +20,9 @@ WANT = json.loads(FP.FINGERPRINT.read_text())
 @pytest.fixture(scope="module")
 def computed():
     # a fresh process, as --write ran: nothing another test set (threads, RNG, caches) leaks in
-    r = subprocess.run([sys.executable, "-m", "tests.train_fingerprint"], cwd=REPO, capture_output=True,
-                       text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.train_fingerprint"], cwd=REPO, capture_output=True, text=True, check=False
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     return json.loads(r.stdout)
 
@@ -32,8 +33,11 @@ def test_stage_logs_the_same_numbers(stage, computed):
     assert len(got) == len(want), f"{stage}: {len(got)} logged steps, {len(want)} stored"
     for step, (g, w) in enumerate(zip(got, want)):
         assert g.keys() == w.keys(), f"{stage} step {step}: keys {sorted(g.keys() ^ w.keys())} differ"
-        moved = {k: (float.fromhex(w[k]), float.fromhex(g[k])) if isinstance(w[k], str) else (w[k], g[k])
-                 for k in w if g[k] != w[k]}
+        moved = {
+            k: (float.fromhex(w[k]), float.fromhex(g[k])) if isinstance(w[k], str) else (w[k], g[k])
+            for k in w
+            if g[k] != w[k]
+        }
         assert not moved, f"{stage} step {step}: (stored, now) {moved}"
 
 

@@ -26,9 +26,15 @@ FINGERPRINT = Path(__file__).resolve().parent / "data" / "train_fingerprint.json
 RECIPE = "glus-tiny-v5"
 STEPS = 3
 # stage → train_log.json's key of its history
-STAGES = {"0 encoder": "encoder_history", "0b clip": "clip_history", "1 sam2": "sam_history",
-          "1b grounding": "ground_history", "1c motion": "motion_history", "2 glus": "history",
-          "3 finetune": "finetune_history"}
+STAGES = {
+    "0 encoder": "encoder_history",
+    "0b clip": "clip_history",
+    "1 sam2": "sam_history",
+    "1b grounding": "ground_history",
+    "1c motion": "motion_history",
+    "2 glus": "history",
+    "3 finetune": "finetune_history",
+}
 UNTIMED = {"t"}  # wall-clock seconds: the one logged value that is not reproducible
 
 
@@ -38,11 +44,33 @@ def config():
 
     _, cfg = parse_args(["--out", "unused", "--recipe", RECIPE])
     return replace(
-        cfg, threads=1, ckpt_every=0, warmup=1, frames_min=8, frames_max=8, exprs=3, sam_exprs=3,
-        encoder_steps=STEPS, clip_steps=STEPS, sam_steps=STEPS, sam_memory_from=1,
-        ground_steps=STEPS, ground_single_steps=1, ground_batch=4, ground_videos=2, ground_mix_batch=4,
-        motion_steps=STEPS, pointer_from=1, motion_batch=4, motion_videos=2,
-        steps=STEPS, mask_warmup=1, freeze_sam_steps=2, point_until=STEPS, finetune_steps=STEPS)
+        cfg,
+        threads=1,
+        ckpt_every=0,
+        warmup=1,
+        frames_min=8,
+        frames_max=8,
+        exprs=3,
+        sam_exprs=3,
+        encoder_steps=STEPS,
+        clip_steps=STEPS,
+        sam_steps=STEPS,
+        sam_memory_from=1,
+        ground_steps=STEPS,
+        ground_single_steps=1,
+        ground_batch=4,
+        ground_videos=2,
+        ground_mix_batch=4,
+        motion_steps=STEPS,
+        pointer_from=1,
+        motion_batch=4,
+        motion_videos=2,
+        steps=STEPS,
+        mask_warmup=1,
+        freeze_sam_steps=2,
+        point_until=STEPS,
+        finetune_steps=STEPS,
+    )
 
 
 def encode(value):

@@ -41,10 +41,8 @@ def write_sam2_yaml(path: Path, s: dict) -> None:
 
 def write_clip_dir(clip_dir: Path, vision_sizes: dict, vision_state: dict | None, dtype) -> None:
     """openai/clip-vit layout (CLIPModel + preprocessor) with a minimal text tower."""
-    vision = dict(image_size=224, patch_size=14,
-                  **{k: v for k, v in vision_sizes.items() if k != "projection_dim"})
-    cfg = CLIPConfig(text_config=CLIP_TEXT, vision_config=vision,
-                     projection_dim=vision_sizes["projection_dim"])
+    vision = dict(image_size=224, patch_size=14, **{k: v for k, v in vision_sizes.items() if k != "projection_dim"})
+    cfg = CLIPConfig(text_config=CLIP_TEXT, vision_config=vision, projection_dim=vision_sizes["projection_dim"])
     clip = CLIPModel(cfg)
     if vision_state is not None:
         clip.vision_model.load_state_dict(vision_state, strict=True)
@@ -83,8 +81,9 @@ def default_vision_tower(clip_dir: Path) -> str:
         return str(clip_dir)
 
 
-def save_checkpoint(ref, out: Path, shape_name: str, dtype: str = "float16",
-                    vision_tower: str | None = None) -> tuple[Path, Path]:
+def save_checkpoint(
+    ref, out: Path, shape_name: str, dtype: str = "float16", vision_tower: str | None = None
+) -> tuple[Path, Path]:
     """OUT/glus + OUT/clip in the released layout (weights cast to `dtype`)."""
     shape = TRAIN_SHAPES[shape_name]
     tdtype = getattr(torch, dtype)
@@ -97,8 +96,13 @@ def save_checkpoint(ref, out: Path, shape_name: str, dtype: str = "float16",
     tg.mkdir(parents=True)
     tc.mkdir(parents=True)
     src = ref.checkpoint
-    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                 "added_tokens.json", "sam2_config.yaml"):
+    for name in (
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "sam2_config.yaml",
+    ):
         shutil.copy2(src / name, tg / name)
     config = glus_config(ref.tokenizer, shape, vision_tower or default_vision_tower(clip_dir), dtype)
     (tg / "config.json").write_text(json.dumps(config, indent=2) + "\n")

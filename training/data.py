@@ -47,7 +47,7 @@ class TrainVideo:
     objects_meta: list[dict] = field(default_factory=list)  # synth_meta's objects (colour, shape, motion)
 
     def needs(self, i: int) -> str:
-        """"colour" | "shape" | "motion": what expression i needs (evalkit's held-out split)."""
+        """ "colour" | "shape" | "motion": what expression i needs (evalkit's held-out split)."""
         return synth.expression_need(self.objects_meta, self.attributes[i], self.expressions[i][1])
 
     def target(self, obj_ids: tuple[int, ...]) -> np.ndarray:
@@ -109,8 +109,14 @@ def pick_expressions(rng: np.random.Generator, video: TrainVideo, k: int) -> lis
     return chosen
 
 
-def make_sample(rng: np.random.Generator, video: TrainVideo, n_query: int, k: int,
-                exact_context_prob: float = 0.5, early_prob: float = 0.0) -> Sample:
+def make_sample(
+    rng: np.random.Generator,
+    video: TrainVideo,
+    n_query: int,
+    k: int,
+    exact_context_prob: float = 0.5,
+    early_prob: float = 0.0,
+) -> Sample:
     """`early_prob`: the query run starts at frame 0 this often (else anywhere), so the windows
     of one to three frames the video's first frames get at inference are drawn more often
     (uniform starts give them ~1 in 9 samples). 0 draws exactly what it always did."""
@@ -120,8 +126,12 @@ def make_sample(rng: np.random.Generator, video: TrainVideo, n_query: int, k: in
         start = 0
     else:
         start = int(rng.integers(0, n - q + 1))
-    return Sample(video, context_frames(rng, n, exact_context_prob), list(range(start, start + q)),
-                  pick_expressions(rng, video, k))
+    return Sample(
+        video,
+        context_frames(rng, n, exact_context_prob),
+        list(range(start, start + q)),
+        pick_expressions(rng, video, k),
+    )
 
 
 def target_locations(video, targets: list[tuple[int, ...]], frames: list[int]):
@@ -140,8 +150,9 @@ def target_locations(video, targets: list[tuple[int, ...]], frames: list[int]):
     return centres
 
 
-def write_heldout(out_dir, videos: int, frames: int, size: tuple[int, int],
-                  seeds: tuple[int, ...] = HELDOUT_SEEDS) -> list[tuple[str, str]]:
+def write_heldout(
+    out_dir, videos: int, frames: int, size: tuple[int, int], seeds: tuple[int, ...] = HELDOUT_SEEDS
+) -> list[tuple[str, str]]:
     """Held-out MeViS-layout sets, one split per seed; returns [(root, split)]."""
     out = []
     per = -(-videos // len(seeds))

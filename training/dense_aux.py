@@ -46,8 +46,12 @@ def cell_owners(video, frames: list[int], grid: int | tuple[int, int]) -> np.nda
     ids = sorted(video.objects)
     out = np.full((len(frames), rows, cols), IGNORE, dtype=np.int64)
     for j, f in enumerate(frames):
-        cover = np.stack([cv2.resize(video.objects[o][f].astype(np.float32), (cols, rows),
-                                     interpolation=cv2.INTER_AREA) for o in ids])  # [O, g, g]
+        cover = np.stack(
+            [
+                cv2.resize(video.objects[o][f].astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
+                for o in ids
+            ]
+        )  # [O, g, g]
         best, top = cover.argmax(0), cover.max(0)
         for k, o in enumerate(ids):
             out[j][(best == k) & (top >= 0.5)] = o

@@ -9,8 +9,16 @@ from reference.inference import segment_video
 from reference.loader import load
 
 
-def evaluate_checkpoint(glus_dir, clip_dir, data: list[tuple[str, str]], *, use_memory: bool = True,
-                        threads: int = 2, progress: bool = False, limit: int | None = None) -> dict:
+def evaluate_checkpoint(
+    glus_dir,
+    clip_dir,
+    data: list[tuple[str, str]],
+    *,
+    use_memory: bool = True,
+    threads: int = 2,
+    progress: bool = False,
+    limit: int | None = None,
+) -> dict:
     """J&F of reference.segment_video (offline, GLUS's loop) on held-out MeViS-layout sets."""
     torch.set_num_threads(threads)
     ref = load(glus_dir, clip_dir)

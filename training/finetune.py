@@ -52,11 +52,19 @@ def _check_shape(ref, shape_name: str) -> None:
     if (have.num_hidden_layers, have.hidden_size) != (want["num_hidden_layers"], want["hidden_size"]):
         raise CheckpointError(
             f"{ref.checkpoint}: an LLM of {have.num_hidden_layers} layers x {have.hidden_size}, but --shape "
-            f"{shape_name} says {want['num_hidden_layers']} x {want['hidden_size']} (give the recipe's flags)")
+            f"{shape_name} says {want['num_hidden_layers']} x {want['hidden_size']} (give the recipe's flags)"
+        )
 
 
-def finetune(cfg: TrainConfig, src: str | Path, out: str | Path, *, progress: bool = True, log=None,
-             vision_tower: str | None = None):
+def finetune(
+    cfg: TrainConfig,
+    src: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    log=None,
+    vision_tower: str | None = None,
+):
     """Load SRC/glus + SRC/clip, train cfg.finetune_steps steps, save OUT/glus + OUT/clip.
     Returns (ref, history, seconds)."""
     torch.set_num_threads(cfg.threads)
@@ -70,9 +78,11 @@ def finetune(cfg: TrainConfig, src: str | Path, out: str | Path, *, progress: bo
     params = [p for _, p in named]
     body = ("llm.", "mm_projector", "clip.")
     s = cfg.finetune_lr_scale
-    groups = [{"params": [p for n, p in named if n.startswith("sam.")], "peak": cfg.lr * s},
-              {"params": [p for n, p in named if n.startswith(body)], "peak": cfg.llm_lr * cfg.stage2_llm_scale * s},
-              {"params": [p for n, p in named if not n.startswith(("sam.",) + body)], "peak": cfg.llm_lr * s}]
+    groups = [
+        {"params": [p for n, p in named if n.startswith("sam.")], "peak": cfg.lr * s},
+        {"params": [p for n, p in named if n.startswith(body)], "peak": cfg.llm_lr * cfg.stage2_llm_scale * s},
+        {"params": [p for n, p in named if not n.startswith(("sam.",) + body)], "peak": cfg.llm_lr * s},
+    ]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     prompts = PromptCache(ref.tokenizer)
     data_rng = np.random.default_rng(cfg.seed + 37)
@@ -84,8 +94,9 @@ def finetune(cfg: TrainConfig, src: str | Path, out: str | Path, *, progress: bo
     for step in range(cfg.finetune_steps):
         n_frames = int(data_rng.integers(cfg.frames_min, cfg.frames_max + 1))
         video = make_train_video(cfg.train_data_seed + DATA_SEED_OFFSET, step, n_frames, cfg.size)
-        sample = make_sample(data_rng, video, cfg.n_query, cfg.exprs, cfg.exact_context_prob,
-                             early_prob=cfg.finetune_early)
+        sample = make_sample(
+            data_rng, video, cfg.n_query, cfg.exprs, cfg.exact_context_prob, early_prob=cfg.finetune_early
+        )
         for g in opt.param_groups:
             g["lr"] = lr_at(step, g["peak"], warmup, cfg.finetune_steps, cfg.min_lr_frac)
         res = forward_sample(ref, prompts, sample, cfg, None, py_rng, masks_on=True)
@@ -93,8 +104,14 @@ def finetune(cfg: TrainConfig, src: str | Path, out: str | Path, *, progress: bo
         res.loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        parts = dict(res.parts, start=sample.query[0], gnorm=float(gn), lr=opt.param_groups[0]["lr"], step=step,
-                     t=round(time.time() - t0, 1))
+        parts = dict(
+            res.parts,
+            start=sample.query[0],
+            gnorm=float(gn),
+            lr=opt.param_groups[0]["lr"],
+            step=step,
+            t=round(time.time() - t0, 1),
+        )
         history.append(parts)
         bar.update(step, parts)
     bar.close()
@@ -106,6 +123,9 @@ def finetune(cfg: TrainConfig, src: str | Path, out: str | Path, *, progress: bo
 
 def add_finetune_log(log_path: Path, history: list[dict], seconds: float, src: str | None = None) -> None:
     d = json.loads(log_path.read_text()) if log_path.is_file() else {}
-    d.update(finetune_history=history, finetune_seconds=round(seconds, 1),
-             **({"finetune_from": src} if src is not None else {}))
+    d.update(
+        finetune_history=history,
+        finetune_seconds=round(seconds, 1),
+        **({"finetune_from": src} if src is not None else {}),
+    )
     log_path.write_text(json.dumps(d))

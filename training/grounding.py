@@ -66,8 +66,12 @@ def clip_fine_cover(video, frames: list[int]) -> torch.Tensor:
     wider than an object moves between two context frames: without this the pooled token
     says that an object is in the strip, not where in it."""
     union = video.target(tuple(video.objects))
-    out = [cv2.resize(union[f].astype(np.float32), (POOLED_COLS * FINE_COLS, PATCH_GRID), interpolation=cv2.INTER_AREA)
-           .reshape(PATCH_GRID * POOLED_COLS, FINE_COLS) for f in frames]
+    out = [
+        cv2.resize(
+            union[f].astype(np.float32), (POOLED_COLS * FINE_COLS, PATCH_GRID), interpolation=cv2.INTER_AREA
+        ).reshape(PATCH_GRID * POOLED_COLS, FINE_COLS)
+        for f in frames
+    ]
     return torch.from_numpy(np.stack(out))
 
 
@@ -99,13 +103,17 @@ class ClipTokenHead(torch.nn.Module):
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor):
         """tokens [F, 64, D], labels [2, F, 64] → (loss, parts)."""
-        lc, ls = (F.cross_entropy(h(tokens).transpose(1, 2), y, ignore_index=IGNORE)
-                  for h, y in ((self.colour, labels[0]), (self.shape, labels[1])))
+        lc, ls = (
+            F.cross_entropy(h(tokens).transpose(1, 2), y, ignore_index=IGNORE)
+            for h, y in ((self.colour, labels[0]), (self.shape, labels[1]))
+        )
         lp = F.mse_loss(self.position(tokens), self.xy.expand(tokens.shape[0], -1, -1))
         with torch.no_grad():
             obj = labels[0] > 0
-            acc = {f"c_{n}": float((h(tokens).argmax(-1) == y)[obj].float().mean()) if obj.any() else float("nan")
-                   for n, h, y in (("col", self.colour, labels[0]), ("shape", self.shape, labels[1]))}
+            acc = {
+                f"c_{n}": float((h(tokens).argmax(-1) == y)[obj].float().mean()) if obj.any() else float("nan")
+                for n, h, y in (("col", self.colour, labels[0]), ("shape", self.shape, labels[1]))
+            }
         return lc + ls + self.position_weight * lp, dict(acc, c_pos=lp.item())
 
 
@@ -156,8 +164,15 @@ def question_ids(tok, expr: str, n_frames: int) -> list[int]:
     answer prefix, ending where stage 2 and inference read the [SEG] embedding (the last prompt
     position, which predicts [SEG]). Session 7: a head trained at "ASSISTANT:" read MSE 0.020
     there but 0.085 at the [SEG] position, so run G's stage 2 started without the skill."""
-    text = (rules.IMAGE_TEXT * n_frames + "\n" + rules.QUESTION_TEMPLATE.format(expr=expr)
-            + rules.SEP + rules.ASSISTANT_ROLE + ": " + rules.ANSWER_PREFIX)
+    text = (
+        rules.IMAGE_TEXT * n_frames
+        + "\n"
+        + rules.QUESTION_TEMPLATE.format(expr=expr)
+        + rules.SEP
+        + rules.ASSISTANT_ROLE
+        + ": "
+        + rules.ANSWER_PREFIX
+    )
     return tok.encode_prompt(text)
 
 
@@ -190,17 +205,29 @@ def pretrain_clip(ref, cfg, *, progress: bool = True, log=None) -> list[dict]:
         return loss, parts
 
     extra = [] if fine is None else list(fine.parameters())
-    return pretrain_on_frames(list(vm.parameters()) + list(head.parameters()) + extra, frame_loss, cfg,
-                              steps=cfg.clip_steps, lr=cfg.clip_lr, rng_seed=cfg.seed + 13,
-                              data_seed=cfg.train_data_seed + 700, desc="clip", progress=progress, log=log)
+    return pretrain_on_frames(
+        list(vm.parameters()) + list(head.parameters()) + extra,
+        frame_loss,
+        cfg,
+        steps=cfg.clip_steps,
+        lr=cfg.clip_lr,
+        rng_seed=cfg.seed + 13,
+        data_seed=cfg.train_data_seed + 700,
+        desc="clip",
+        progress=progress,
+        log=log,
+    )
 
 
 def grounding_batch(rng: np.random.Generator, video, n: int, max_frames: int):
     """n (expression index, last frame t, K) draws from one video: single-object targets, the
     target visible in frame t, K consecutive frames t-K+1..t with K in [1, max_frames]; with
     one frame, only expressions one frame can resolve (not those needing the motion)."""
-    singles = [i for i, (_, ids) in enumerate(video.expressions)
-               if len(ids) == 1 and (max_frames > 1 or video.needs(i) != "motion")]
+    singles = [
+        i
+        for i, (_, ids) in enumerate(video.expressions)
+        if len(ids) == 1 and (max_frames > 1 or video.needs(i) != "motion")
+    ]
     T = len(video.frames)
     out = []
     for _ in range(50 * n):
@@ -214,8 +241,18 @@ def grounding_batch(rng: np.random.Generator, video, n: int, max_frames: int):
     return out
 
 
-def grounding_step_loss(ref, cfg, head: GroundingHead, rng: np.random.Generator, answers, *,
-                        video_index: int, kmax: int, n_videos: int, batch: int):
+def grounding_step_loss(
+    ref,
+    cfg,
+    head: GroundingHead,
+    rng: np.random.Generator,
+    answers,
+    *,
+    video_index: int,
+    kmax: int,
+    n_videos: int,
+    batch: int,
+):
     """One varied grounding batch (stage 1b's step): `batch` prompts drawn from `n_videos` fresh
     short videos (video indices video_index..+n_videos); returns (loss, parts) or None when no
     draw was possible. Loss: location MSE + attribute CE x ground_attr_weight + answer CE x
@@ -242,8 +279,9 @@ def grounding_step_loss(ref, cfg, head: GroundingHead, rng: np.random.Generator,
             embeds.append(model.embed_prompt(ids_k, images[[row[f] for f in range(t - k + 1, t + 1)]])[0])
             targets.append(target_locations(video, [ids], [t])[0, 0, 0])
             o = look_alike(video, ids)
-            others.append(target_locations(video, [(o,)], [t])[0, 0, 0] if o is not None
-                          else np.full(2, np.nan, np.float32))
+            others.append(
+                target_locations(video, [(o,)], [t])[0, 0, 0] if o is not None else np.full(2, np.nan, np.float32)
+            )
             objs.append(meta[ids[0]])
             motion.append(video.needs(i) == "motion" and k > 1)
     if not embeds:
@@ -265,7 +303,9 @@ def grounding_step_loss(ref, cfg, head: GroundingHead, rng: np.random.Generator,
         parts["g_ce"] = ce.item()
     motion = torch.tensor(motion)
     if motion.any():  # the pick where only the motion tells the target from its look-alike
-        parts["g_pick_motion"] = grounding_loss(xy[motion].detach(), tgt[motion], oth[motion])[1].get("g_pick", float("nan"))
+        parts["g_pick_motion"] = grounding_loss(xy[motion].detach(), tgt[motion], oth[motion])[1].get(
+            "g_pick", float("nan")
+        )
     return loss, parts
 
 
@@ -282,9 +322,27 @@ def pretrain_grounding(ref, cfg, head: GroundingHead, *, progress: bool = True, 
         kmax = 1 if step < cfg.ground_single_steps else cfg.ground_frames
         # several short videos per step: draws from one video alone are too alike (one video
         # per step did not learn the location in 6,000 steps; a varied set did in ~1,500)
-        out = grounding_step_loss(ref, cfg, head, rng, answers, video_index=step * cfg.ground_videos,
-                                  kmax=kmax, n_videos=cfg.ground_videos, batch=cfg.ground_batch)
+        out = grounding_step_loss(
+            ref,
+            cfg,
+            head,
+            rng,
+            answers,
+            video_index=step * cfg.ground_videos,
+            kmax=kmax,
+            n_videos=cfg.ground_videos,
+            batch=cfg.ground_batch,
+        )
         return None if out is None else (out[0], dict(out[1], k=kmax))
 
-    return run_stage(params + list(head.parameters()), params, step_loss, cfg, steps=cfg.ground_steps,
-                     lr=cfg.llm_lr, desc="ground", progress=progress, log=log)
+    return run_stage(
+        params + list(head.parameters()),
+        params,
+        step_loss,
+        cfg,
+        steps=cfg.ground_steps,
+        lr=cfg.llm_lr,
+        desc="ground",
+        progress=progress,
+        log=log,
+    )

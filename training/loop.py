@@ -27,11 +27,20 @@ def trainable_parameters(model):
     return params
 
 
-UNUSED_PREFIXES = ("sam.obj_ptr_proj", "sam.obj_ptr_tpos_proj", "sam.maskmem_tpos_enc",
-                   "sam.no_obj_ptr", "sam.no_obj_embed_spatial", "sam.mask_downsample",
-                   "sam.sam_prompt_encoder.point_embeddings", "sam.sam_prompt_encoder.not_a_point_embed",
-                   "sam.sam_prompt_encoder.mask_downscaling", "sam.no_mem_pos_enc",
-                   "sam.sam_mask_decoder.pred_obj_score_head", "sam.sam_mask_decoder.obj_score_token")
+UNUSED_PREFIXES = (
+    "sam.obj_ptr_proj",
+    "sam.obj_ptr_tpos_proj",
+    "sam.maskmem_tpos_enc",
+    "sam.no_obj_ptr",
+    "sam.no_obj_embed_spatial",
+    "sam.mask_downsample",
+    "sam.sam_prompt_encoder.point_embeddings",
+    "sam.sam_prompt_encoder.not_a_point_embed",
+    "sam.sam_prompt_encoder.mask_downscaling",
+    "sam.no_mem_pos_enc",
+    "sam.sam_mask_decoder.pred_obj_score_head",
+    "sam.sam_mask_decoder.obj_score_token",
+)
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int, min_frac: float) -> float:
@@ -51,9 +60,43 @@ def seed_everything(seed: int) -> None:
 class Progress:
     """tqdm bar with smoothed loss values, and/or a plain log line every `every` steps."""
 
-    KEYS = ("loss", "ce", "bce", "dice", "con", "point", "IoU", "IoU_colour", "IoU_shape", "IoU_motion", "sens",
-            "d_col", "d_shape", "d_vel", "c_col", "c_shape", "c_pos", "c_fine", "g_mse", "g_pick", "g_pick_motion", "g_attr", "g_ce", "m_mse", "m_pick",
-            "t_ce", "t_acc", "t_acc_ctx", "p_colour", "p_shape", "p_motion", "p_pair_motion", "ptr", "ptr_motion", "ptr_pair_motion")
+    KEYS = (
+        "loss",
+        "ce",
+        "bce",
+        "dice",
+        "con",
+        "point",
+        "IoU",
+        "IoU_colour",
+        "IoU_shape",
+        "IoU_motion",
+        "sens",
+        "d_col",
+        "d_shape",
+        "d_vel",
+        "c_col",
+        "c_shape",
+        "c_pos",
+        "c_fine",
+        "g_mse",
+        "g_pick",
+        "g_pick_motion",
+        "g_attr",
+        "g_ce",
+        "m_mse",
+        "m_pick",
+        "t_ce",
+        "t_acc",
+        "t_acc_ctx",
+        "p_colour",
+        "p_shape",
+        "p_motion",
+        "p_pair_motion",
+        "ptr",
+        "ptr_motion",
+        "ptr_pair_motion",
+    )
 
     def __init__(self, total: int, desc: str, progress: bool, log, every: int = 50):
         self.bar = tqdm(total=total, desc=desc, disable=not progress, dynamic_ncols=True)
@@ -78,8 +121,19 @@ def _optimizer(params, lr: float, cfg: TrainConfig):
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
 
 
-def pretrain_on_frames(params, frame_loss, cfg, *, steps: int, lr: float, rng_seed: int, data_seed: int,
-                       desc: str, progress: bool = True, log=None) -> list[dict]:
+def pretrain_on_frames(
+    params,
+    frame_loss,
+    cfg,
+    *,
+    steps: int,
+    lr: float,
+    rng_seed: int,
+    data_seed: int,
+    desc: str,
+    progress: bool = True,
+    log=None,
+) -> list[dict]:
     """The loop of the single-encoder stages (0 and 0b): per step one fresh video, n_query random
     frames of it, `frame_loss(video, frames)` → (loss, parts), AdamW with warm-up + cosine."""
     rng = np.random.default_rng(rng_seed)
@@ -92,8 +146,9 @@ def pretrain_on_frames(params, frame_loss, cfg, *, steps: int, lr: float, rng_se
     return run_stage(params, params, step_loss, cfg, steps=steps, lr=lr, desc=desc, progress=progress, log=log)
 
 
-def run_stage(params, clipped, step_loss, cfg, *, steps: int, lr: float, desc: str, progress: bool = True,
-              log=None) -> list[dict]:
+def run_stage(
+    params, clipped, step_loss, cfg, *, steps: int, lr: float, desc: str, progress: bool = True, log=None
+) -> list[dict]:
     """The pretraining stages' loop: AdamW over `params` with warm-up + cosine to `lr`,
     step_loss(step) → (loss, parts) or None (nothing drawn: no update), the gradient of
     `clipped` clipped to cfg.grad_clip; returns every step's parts."""

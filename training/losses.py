@@ -42,8 +42,9 @@ class SegBank:
         return torch.stack(pick)
 
 
-def contrastive_loss(seg: torch.Tensor, targets: list[tuple], tau: float,
-                     bank_neg: torch.Tensor | None) -> torch.Tensor | None:
+def contrastive_loss(
+    seg: torch.Tensor, targets: list[tuple], tau: float, bank_neg: torch.Tensor | None
+) -> torch.Tensor | None:
     """InfoNCE over [SEG] embeddings seg [K, Q, D] of one video (cosine similarity / tau).
 
     Anchor (e, j): positives are the embeddings of the same target object set (other expressions
@@ -67,11 +68,12 @@ def contrastive_loss(seg: torch.Tensor, targets: list[tuple], tau: float,
         if bank_neg is not None:
             neg_logits = torch.cat([neg_logits, sim_b[a]])
         for b in pos:
-            logits = torch.cat([sim[a, b:b + 1], neg_logits])
+            logits = torch.cat([sim[a, b : b + 1], neg_logits])
             losses.append(torch.logsumexp(logits, 0) - sim[a, b])
     if not losses:
         return None
     return torch.stack(losses).mean()
+
 
 def mask_losses(cfg: TrainConfig, masks: torch.Tensor, iou: torch.Tensor, tgt: torch.Tensor):
     """bce, dice ([B] each, main output), aux ([B*3], multimask outputs), iou-head loss [B]."""

@@ -193,8 +193,9 @@ def nearest_pick(xy: np.ndarray, target: np.ndarray, others: np.ndarray) -> floa
     return float(np.all(d < np.linalg.norm(rest - xy, axis=-1)))
 
 
-def shared_prefix_forward(llm, prefixes: torch.Tensor, video_of: list[int], conts: list[torch.Tensor],
-                          prefix_hidden: bool = False):
+def shared_prefix_forward(
+    llm, prefixes: torch.Tensor, video_of: list[int], conts: list[torch.Tensor], prefix_hidden: bool = False
+):
     """GLUS prompts that share a prefix, run as one prefill of each distinct prefix plus the
     continuations over its keys/values (the same numbers as running every whole prompt: causal
     attention, positions continued). prefixes [V, Lp, D] (equal lengths); video_of[b] = the prefix
@@ -203,8 +204,10 @@ def shared_prefix_forward(llm, prefixes: torch.Tensor, video_of: list[int], cont
     (one prefix per video) and stage 2 (one per sample) both run their prompts through it."""
     pre = llm(inputs_embeds=prefixes, use_cache=True, output_hidden_states=prefix_hidden)
     if len(prefixes) == 1:  # one prefix (stage 2's sample): a view, no copy per continuation
-        kv = [(k.expand(len(conts), -1, -1, -1), v.expand(len(conts), -1, -1, -1))
-              for k, v in ((layer.keys, layer.values) for layer in pre.past_key_values.layers)]
+        kv = [
+            (k.expand(len(conts), -1, -1, -1), v.expand(len(conts), -1, -1, -1))
+            for k, v in ((layer.keys, layer.values) for layer in pre.past_key_values.layers)
+        ]
     else:
         idx = torch.tensor(video_of)
         kv = [(layer.keys[idx], layer.values[idx]) for layer in pre.past_key_values.layers]
@@ -213,8 +216,7 @@ def shared_prefix_forward(llm, prefixes: torch.Tensor, video_of: list[int], cont
     n_pre, lmax = prefixes.shape[1], max(lengths)
     batch = torch.stack([F.pad(c, (0, 0, 0, lmax - c.shape[0])) for c in conts])
     pos = torch.arange(n_pre, n_pre + lmax)[None].expand(len(conts), -1)
-    out = llm(inputs_embeds=batch, position_ids=pos, past_key_values=cache, use_cache=True,
-              output_hidden_states=True)
+    out = llm(inputs_embeds=batch, position_ids=pos, past_key_values=cache, use_cache=True, output_hidden_states=True)
     return pre, out, lengths
 
 
@@ -236,8 +238,17 @@ def motion_draws(rng: np.random.Generator, video, n: int, motion_weight: float) 
     return out
 
 
-def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead, rng: np.random.Generator,
-                     prompts, *, video_index: int, pointer: PointerHead | None = None):
+def motion_step_loss(
+    ref,
+    cfg,
+    ground_head: GroundingHead,
+    head: MotionTokenHead,
+    rng: np.random.Generator,
+    prompts,
+    *,
+    video_index: int,
+    pointer: PointerHead | None = None,
+):
     """One stage-1c batch; returns (loss, parts) or None when nothing could be drawn. With a
     pointer head (and cfg.pointer_weight), the pick as a CE over the current frame's tokens too."""
     model = ref.model
@@ -281,8 +292,9 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
                     labels.append(labs[row[f]])
             targets.append(target_locations(video, [tid], [t])[0, 0, 0])
             o = look_alike(video, tid)
-            pairs.append(target_locations(video, [(o,)], [t])[0, 0, 0] if o is not None
-                         else np.full(2, np.nan, np.float32))
+            pairs.append(
+                target_locations(video, [(o,)], [t])[0, 0, 0] if o is not None else np.full(2, np.nan, np.float32)
+            )
             others.append(target_locations(video, [tuple(x for x in obj_ids if x != tid[0])], [t])[0, 0])
             needs.append(video.needs(i))
             if pointer is not None:
@@ -290,12 +302,15 @@ def motion_step_loss(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead
                 masks.append(pointer_masks(video, owners[row[t]], tid))
     if not conts:
         return None
-    pre, out, lengths = shared_prefix_forward(model.llm.model, torch.stack(prefixes), video_of, conts,
-                                              prefix_hidden=cfg.motion_context)
+    pre, out, lengths = shared_prefix_forward(
+        model.llm.model, torch.stack(prefixes), video_of, conts, prefix_hidden=cfg.motion_context
+    )
     hs = {True: out.hidden_states, False: pre.hidden_states}
-    tl, parts = head.loss(torch.stack([hs[q][query_layer if q else ctx_layer][b, s:s + rules.TOKENS_PER_IMAGE]
-                                       for q, b, s in at]),
-                          torch.stack(labels), torch.tensor([q for q, *_ in at]))
+    tl, parts = head.loss(
+        torch.stack([hs[q][query_layer if q else ctx_layer][b, s : s + rules.TOKENS_PER_IMAGE] for q, b, s in at]),
+        torch.stack(labels),
+        torch.tensor([q for q, *_ in at]),
+    )
     last = out.last_hidden_state[torch.arange(len(conts)), torch.tensor(lengths) - 1]
     xy = ground_head(last)
     tgt = torch.from_numpy(np.stack(targets))
@@ -327,8 +342,16 @@ def pick_parts(xy: np.ndarray, targets: np.ndarray, pairs: np.ndarray, others: l
     return out
 
 
-def pretrain_motion(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead, *, progress: bool = True,
-                    log=None, pointer: PointerHead | None = None) -> list[dict]:
+def pretrain_motion(
+    ref,
+    cfg,
+    ground_head: GroundingHead,
+    head: MotionTokenHead,
+    *,
+    progress: bool = True,
+    log=None,
+    pointer: PointerHead | None = None,
+) -> list[dict]:
     """Stage 1c (`--motion-steps`): LLM + projector (CLIP frozen) on GLUS's prompt, per-token
     motion CE at the middle layer and the target's location at the [SEG] position (and, with a
     pointer head, the pick over the current frame's tokens). With `pointer_from` K > 0 the stage
@@ -345,28 +368,34 @@ def pretrain_motion(ref, cfg, ground_head: GroundingHead, head: MotionTokenHead,
         c = replace(cfg, motion_ground_weight=ground_weight)
 
         def step_loss(step):
-            return motion_step_loss(ref, c, ground_head, head, rng, prompts,
-                                    video_index=(first + step) * cfg.motion_videos, pointer=ptr)
+            return motion_step_loss(
+                ref, c, ground_head, head, rng, prompts, video_index=(first + step) * cfg.motion_videos, pointer=ptr
+            )
 
         heads = list(ground_head.parameters()) + list(head.parameters())
         if ptr is not None:
             heads += list(ptr.parameters())
-        hist = run_stage(params + heads, params, step_loss, c, steps=steps, lr=cfg.llm_lr, desc=desc,
-                         progress=progress, log=log)
+        hist = run_stage(
+            params + heads, params, step_loss, c, steps=steps, lr=cfg.llm_lr, desc=desc, progress=progress, log=log
+        )
         return [dict(h, step=h["step"] + first) for h in hist]
 
     if cfg.pointer_from < 0 or (pointer is not None and cfg.pointer_from and cfg.pointer_from >= cfg.motion_steps):
-        raise ValueError(f"pointer_from {cfg.pointer_from} must be in [0, motion_steps {cfg.motion_steps}): "
-                         "the pointer phase would have no steps")
+        raise ValueError(
+            f"pointer_from {cfg.pointer_from} must be in [0, motion_steps {cfg.motion_steps}): "
+            "the pointer phase would have no steps"
+        )
     k = cfg.pointer_from if pointer is not None else 0
     if k <= 0:
         return phase(0, cfg.motion_steps, pointer, cfg.motion_ground_weight, "motion")
-    return (phase(0, k, None, 1.0, "motion") +
-            phase(k, cfg.motion_steps - k, pointer, cfg.motion_ground_weight, "motion+pointer"))
+    return phase(0, k, None, 1.0, "motion") + phase(
+        k, cfg.motion_steps - k, pointer, cfg.motion_ground_weight, "motion+pointer"
+    )
 
 
-def stage2_token_loss(model, head: MotionTokenHead, hidden_states, rest_ids: list[list[int]], windows_of,
-                      labels_of) -> tuple[torch.Tensor, dict]:
+def stage2_token_loss(
+    model, head: MotionTokenHead, hidden_states, rest_ids: list[list[int]], windows_of, labels_of
+) -> tuple[torch.Tensor, dict]:
     """The stage-2 form: hidden_states of the continuation after the shared prefix (one row per
     prompt, `rest_ids[b]` its ids, `windows_of[b]` its query frames), labels_of(frame) → [64]."""
     mid = hidden_states[motion_layers(model)[1]]
@@ -375,17 +404,24 @@ def stage2_token_loss(model, head: MotionTokenHead, hidden_states, rest_ids: lis
         for s, f in zip(image_offsets(ids), windows_of[b]):
             at.append((b, s))
             labels.append(labels_of(f))
-    return head.loss(torch.stack([mid[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in at]), torch.stack(labels))
+    return head.loss(torch.stack([mid[b, s : s + rules.TOKENS_PER_IMAGE] for b, s in at]), torch.stack(labels))
 
 
-def point_at(pointer: PointerHead, out, below: bool, lengths: list[int], starts: list[int],
-             masks: list[tuple[np.ndarray, np.ndarray]], needs: list[str]) -> tuple[torch.Tensor, dict]:
+def point_at(
+    pointer: PointerHead,
+    out,
+    below: bool,
+    lengths: list[int],
+    starts: list[int],
+    masks: list[tuple[np.ndarray, np.ndarray]],
+    needs: list[str],
+) -> tuple[torch.Tensor, dict]:
     """pointer_loss for a right-padded batch: `out` the LLM's output (with hidden_states when
     `below`), row b's [SEG] state at lengths[b] - 1, its current frame's 64 tokens from starts[b],
     masks[b] = pointer_masks of that frame and row b's target. Stage 1c and stage 2 both call it."""
     hidden = out.hidden_states[-2] if below else out.last_hidden_state
     seg = hidden[torch.arange(len(lengths)), torch.tensor(lengths) - 1]
-    toks = torch.stack([hidden[b, s:s + rules.TOKENS_PER_IMAGE] for b, s in enumerate(starts)])
+    toks = torch.stack([hidden[b, s : s + rules.TOKENS_PER_IMAGE] for b, s in enumerate(starts)])
     tm = torch.stack([torch.from_numpy(t) for t, _ in masks])
     pm = torch.stack([torch.from_numpy(p) for _, p in masks])
     return pointer_loss(pointer(seg, toks), tm, pm, needs)

@@ -41,7 +41,7 @@ class PromptCache:
             if t == rules.IMAGE_TOKEN_INDEX:
                 shift += rules.TOKENS_PER_IMAGE - 1
         m = self.marker
-        starts = [k + len(m) for k in range(len(ids) - len(m) + 1) if ids[k:k + len(m)] == m]
+        starts = [k + len(m) for k in range(len(ids) - len(m) + 1) if ids[k : k + len(m)] == m]
         out = []
         eos = self.tok.eos_id
         for s in starts:

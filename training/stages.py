@@ -54,9 +54,18 @@ def pretrain_encoder(model, head: DenseAttributeHead, cfg, *, progress: bool = T
         return head.static_loss(feats.tokens[-1], feats.sizes[-1], labels)
 
     params = list(model.sam.image_encoder.parameters()) + list(head.parameters())
-    return pretrain_on_frames(params, frame_loss, cfg, steps=cfg.encoder_steps, lr=cfg.encoder_lr,
-                              rng_seed=cfg.seed + 11, data_seed=cfg.train_data_seed + 900,
-                              desc="encoder", progress=progress, log=log)
+    return pretrain_on_frames(
+        params,
+        frame_loss,
+        cfg,
+        steps=cfg.encoder_steps,
+        lr=cfg.encoder_lr,
+        rng_seed=cfg.seed + 11,
+        data_seed=cfg.train_data_seed + 900,
+        desc="encoder",
+        progress=progress,
+        log=log,
+    )
 
 
 def pretrain_sam(ref, cfg: TrainConfig, *, progress: bool = True, log=None):
@@ -67,16 +76,17 @@ def pretrain_sam(ref, cfg: TrainConfig, *, progress: bool = True, log=None):
     prompt = AttributePrompt(model.sam.hidden_dim, model.sam.sam_prompt_encoder.pe_layer if cfg.locate else None)
     # built only when used: its random init shifts every later random draw
     dense = DenseAttributeHead(model.sam.hidden_dim) if cfg.dense_weight > 0 or cfg.encoder_steps else None
-    encoder_history = (pretrain_encoder(model, dense, cfg, progress=progress, log=log)
-                       if cfg.encoder_steps else [])
+    encoder_history = pretrain_encoder(model, dense, cfg, progress=progress, log=log) if cfg.encoder_steps else []
     if cfg.dense_weight == 0:
         dense = None  # stage 0 only
     aux_params = list(prompt.parameters()) + (list(dense.parameters()) if dense is not None else [])
-    params = [p for n, p in trainable_parameters(model)
-              if n.startswith("sam.") and not n.startswith(UNUSED_PREFIXES)]
-    opt = torch.optim.AdamW([{"params": params, "peak": cfg.sam_lr},
-                             {"params": aux_params, "peak": cfg.llm_lr}],
-                            lr=cfg.sam_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    params = [p for n, p in trainable_parameters(model) if n.startswith("sam.") and not n.startswith(UNUSED_PREFIXES)]
+    opt = torch.optim.AdamW(
+        [{"params": params, "peak": cfg.sam_lr}, {"params": aux_params, "peak": cfg.llm_lr}],
+        lr=cfg.sam_lr,
+        betas=(0.9, 0.95),
+        weight_decay=cfg.weight_decay,
+    )
     rng = np.random.default_rng(cfg.seed + 7)
     bar = Progress(cfg.sam_steps, "sam2", progress, log)
     history = []
@@ -112,9 +122,11 @@ def sample_stage1_expressions(rng: np.random.Generator, video, k: int, hard_weig
     w = np.array([1.0 if video.needs(i) == "colour" else hard_weight for i in range(n)])
     return [int(i) for i in rng.choice(n, size=min(k, n), replace=False, p=w / w.sum())]
 
+
 @dataclass
 class _PreStage2:
     """What stages 0b, 1b, 1c, 0 and 1 hand to stage 2 (besides the model's weights)."""
+
     prompt: AttributePrompt | None
     ground_head: GroundingHead | None
     clip_history: list
@@ -128,12 +140,16 @@ class _PreStage2:
     sam_seconds: float = 0.0
 
     def save(self, path: Path, model) -> None:
-        torch.save({"model": model.state_dict(),
-                    "prompt": None if self.prompt is None else self.prompt.state_dict(),
-                    "ground_head": None if self.ground_head is None else self.ground_head.state_dict(),
-                    "motion_head": None if self.motion_head is None else self.motion_head.state_dict(),
-                    "pointer": None if self.pointer is None else self.pointer.state_dict()},
-                   path)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "prompt": None if self.prompt is None else self.prompt.state_dict(),
+                "ground_head": None if self.ground_head is None else self.ground_head.state_dict(),
+                "motion_head": None if self.motion_head is None else self.motion_head.state_dict(),
+                "pointer": None if self.pointer is None else self.pointer.state_dict(),
+            },
+            path,
+        )
 
     @classmethod
     def load(cls, path, ref, cfg: TrainConfig) -> _PreStage2:
@@ -142,8 +158,9 @@ class _PreStage2:
         model.load_state_dict(state["model"])
         prompt = ground_head = None
         if state["prompt"] is not None:
-            prompt = AttributePrompt(model.sam.hidden_dim,
-                                     model.sam.sam_prompt_encoder.pe_layer if cfg.locate else None)
+            prompt = AttributePrompt(
+                model.sam.hidden_dim, model.sam.sam_prompt_encoder.pe_layer if cfg.locate else None
+            )
             prompt.load_state_dict(state["prompt"])
             prompt.requires_grad_(False)
         if cfg.ground_weight or cfg.ground_mix or state["ground_head"] is not None:
@@ -185,27 +202,63 @@ def _pretrain(ref, cfg: TrainConfig, *, progress: bool, log) -> _PreStage2:
     model = ref.model
     t_pre = time.time()
     clip_history = pretrain_clip(ref, cfg, progress=progress, log=log) if cfg.clip_steps else []
-    ground_head = (GroundingHead(model.llm.config.hidden_size)
-                   if cfg.ground_steps or cfg.ground_weight or cfg.ground_mix or cfg.motion_steps else None)
-    ground_history = (pretrain_grounding(ref, cfg, ground_head, progress=progress, log=log)
-                      if cfg.ground_steps else [])
-    motion_head = (MotionTokenHead(model.llm.config.hidden_size)
-                   if cfg.motion_steps or cfg.motion_stage2_weight else None)
+    ground_head = (
+        GroundingHead(model.llm.config.hidden_size)
+        if cfg.ground_steps or cfg.ground_weight or cfg.ground_mix or cfg.motion_steps
+        else None
+    )
+    ground_history = pretrain_grounding(ref, cfg, ground_head, progress=progress, log=log) if cfg.ground_steps else []
+    motion_head = (
+        MotionTokenHead(model.llm.config.hidden_size) if cfg.motion_steps or cfg.motion_stage2_weight else None
+    )
     # created only when asked, so runs without it keep their random draws
-    pointer = (PointerHead(model.llm.config.hidden_size)
-               if (cfg.motion_steps and cfg.pointer_weight) or cfg.pointer_stage2_weight else None)
-    motion_history = (pretrain_motion(ref, cfg, ground_head, motion_head, progress=progress, log=log,
-                                      pointer=pointer if cfg.pointer_weight else None)
-                      if cfg.motion_steps else [])
+    pointer = (
+        PointerHead(model.llm.config.hidden_size)
+        if (cfg.motion_steps and cfg.pointer_weight) or cfg.pointer_stage2_weight
+        else None
+    )
+    motion_history = (
+        pretrain_motion(
+            ref,
+            cfg,
+            ground_head,
+            motion_head,
+            progress=progress,
+            log=log,
+            pointer=pointer if cfg.pointer_weight else None,
+        )
+        if cfg.motion_steps
+        else []
+    )
     t0 = time.time()
-    prompt, sam_history, encoder_history = (pretrain_sam(ref, cfg, progress=progress, log=log)
-                                            if cfg.sam_steps else (None, [], []))
-    return _PreStage2(prompt, ground_head, clip_history, ground_history, sam_history, encoder_history,
-                      motion_head, motion_history, pointer, pre_seconds=t0 - t_pre, sam_seconds=time.time() - t0)
+    prompt, sam_history, encoder_history = (
+        pretrain_sam(ref, cfg, progress=progress, log=log) if cfg.sam_steps else (None, [], [])
+    )
+    return _PreStage2(
+        prompt,
+        ground_head,
+        clip_history,
+        ground_history,
+        sam_history,
+        encoder_history,
+        motion_head,
+        motion_history,
+        pointer,
+        pre_seconds=t0 - t_pre,
+        sam_seconds=time.time() - t0,
+    )
 
 
-def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None, eval_fn=None,
-          vision_tower: str | None = None, from_stage1: str | Path | None = None):
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    log=None,
+    eval_fn=None,
+    vision_tower: str | None = None,
+    from_stage1: str | Path | None = None,
+):
     """Train from a seeded random init; returns (ref, history). Saves OUT/glus + OUT/clip.
 
     Stage 1 (cfg.sam_steps): SAM2 pretraining (attribute prompts). Stage 2 (cfg.steps): GLUS training,
@@ -256,8 +309,10 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     groups = [{"params": sam_params, "peak": cfg.lr}]
     if cfg.stage2_llm_scale != 1.0:
         body = {id(p) for n, p in named if n.startswith(("llm.", "mm_projector", "clip."))}
-        groups += [{"params": [p for p in other if id(p) in body], "peak": cfg.llm_lr * cfg.stage2_llm_scale},
-                   {"params": [p for p in other if id(p) not in body], "peak": cfg.llm_lr}]
+        groups += [
+            {"params": [p for p in other if id(p) in body], "peak": cfg.llm_lr * cfg.stage2_llm_scale},
+            {"params": [p for p in other if id(p) not in body], "peak": cfg.llm_lr},
+        ]
     else:
         groups.append({"params": other, "peak": cfg.llm_lr})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -279,15 +334,34 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
         if (warm or step < cfg.point_until) and cfg.contrastive:
             step_cfg = replace(cfg, contrastive_weight=cfg.contrastive_weight_warmup)
         pw = cfg.point_weight * max(0.0, 1 - step / cfg.point_until) if cfg.point_until else 0.0
-        res = forward_sample(ref, prompts, sample, step_cfg, bank, py_rng, masks_on=not warm,
-                             point_weight=pw, prompt=prompt,
-                             ground_head=ground_head if cfg.ground_weight else None,
-                             motion_head=motion_head, pointer=pointer)
+        res = forward_sample(
+            ref,
+            prompts,
+            sample,
+            step_cfg,
+            bank,
+            py_rng,
+            masks_on=not warm,
+            point_weight=pw,
+            prompt=prompt,
+            ground_head=ground_head if cfg.ground_weight else None,
+            motion_head=motion_head,
+            pointer=pointer,
+        )
         loss = res.loss
         mix_parts = {}
         if cfg.ground_mix:
-            out_mix = grounding_step_loss(ref, cfg, ground_head, mix_rng, mix_answers, kmax=1, n_videos=4,
-                                          video_index=10_000_000 + 4 * step, batch=cfg.ground_mix_batch)
+            out_mix = grounding_step_loss(
+                ref,
+                cfg,
+                ground_head,
+                mix_rng,
+                mix_answers,
+                kmax=1,
+                n_videos=4,
+                video_index=10_000_000 + 4 * step,
+                batch=cfg.ground_mix_batch,
+            )
             if out_mix is not None:
                 loss = loss + cfg.ground_mix * out_mix[0]
                 mix_parts = {"m_" + k.removeprefix("g_"): v for k, v in out_mix[1].items()}
@@ -298,8 +372,14 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
                 p.grad = None  # AdamW leaves parameters without a gradient untouched
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        parts = dict(res.parts, **mix_parts, gnorm=float(gn), lr=opt.param_groups[0]["lr"], step=step,
-                     t=round(time.time() - t0, 1))
+        parts = dict(
+            res.parts,
+            **mix_parts,
+            gnorm=float(gn),
+            lr=opt.param_groups[0]["lr"],
+            step=step,
+            t=round(time.time() - t0, 1),
+        )
         history.append(parts)
         bar.update(step, parts)
         if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
@@ -316,17 +396,29 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, log=None,
     save_checkpoint(ref, out, cfg.shape, cfg.weights_dtype, vision_tower)
     shutil.rmtree(work, ignore_errors=True)
     log_path = out / "train_log.json"
-    log_path.write_text(json.dumps({
-        "config": asdict(cfg), **({"from_stage1": str(from_stage1)} if from_stage1 is not None else {}),
-        **({"stage1_sha256": stage1_sha256} if stage1_sha256 is not None else {}),
-        "sam_steps_done": len(sam_history), "steps_done": step + 1,
-        "sam_seconds": round(sam_seconds, 1), "train_seconds": round(wall, 1),
-        "sam_history": sam_history, "history": history,
-        **({"encoder_history": encoder_history} if cfg.encoder_steps else {}),
-        **({"clip_history": clip_history, "pre_seconds": round(pre_seconds, 1)}
-           if cfg.clip_steps or cfg.ground_steps else {}),
-        **({"ground_history": ground_history} if cfg.ground_steps else {}),
-        **({"motion_history": pre.motion_history} if cfg.motion_steps else {})}))
+    log_path.write_text(
+        json.dumps(
+            {
+                "config": asdict(cfg),
+                **({"from_stage1": str(from_stage1)} if from_stage1 is not None else {}),
+                **({"stage1_sha256": stage1_sha256} if stage1_sha256 is not None else {}),
+                "sam_steps_done": len(sam_history),
+                "steps_done": step + 1,
+                "sam_seconds": round(sam_seconds, 1),
+                "train_seconds": round(wall, 1),
+                "sam_history": sam_history,
+                "history": history,
+                **({"encoder_history": encoder_history} if cfg.encoder_steps else {}),
+                **(
+                    {"clip_history": clip_history, "pre_seconds": round(pre_seconds, 1)}
+                    if cfg.clip_steps or cfg.ground_steps
+                    else {}
+                ),
+                **({"ground_history": ground_history} if cfg.ground_steps else {}),
+                **({"motion_history": pre.motion_history} if cfg.motion_steps else {}),
+            }
+        )
+    )
     if cfg.finetune_steps:
         ref, ft_history, ft_seconds = finetune(cfg, out, out, progress=progress, log=log, vision_tower=vision_tower)
         add_finetune_log(log_path, ft_history, ft_seconds)

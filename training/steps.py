@@ -40,6 +40,7 @@ def clip_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
     """= GlusModel.encode_clip, without running the CLIP layers after the selected one."""
     return model.mm_projector(clip_pooled(model, pixels))
 
+
 def decode_all(model, feats: ImageFeatures, conditioned: torch.Tensor, seg: torch.Tensor):
     """GlusModel.decode, returning all four mask outputs and IoU predictions. `seg`: [B, 256]
     ([SEG] embeddings, one sparse token each) or [B, N, 256] (other sparse prompts)."""
@@ -53,11 +54,15 @@ def decode_all(model, feats: ImageFeatures, conditioned: torch.Tensor, seg: torc
     h, w = feats.sizes[-1]
     dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
     masks, iou, _, _ = sam.sam_mask_decoder.predict_masks(
-        image_embeddings=image_embed, image_pe=pe.get_dense_pe(),
-        sparse_prompt_embeddings=seg, dense_prompt_embeddings=dense,
-        repeat_image=False, high_res_features=high_res,
+        image_embeddings=image_embed,
+        image_pe=pe.get_dense_pe(),
+        sparse_prompt_embeddings=seg,
+        dense_prompt_embeddings=dense,
+        repeat_image=False,
+        high_res_features=high_res,
     )
     return masks, iou
+
 
 @dataclass
 class StepOut:
@@ -65,12 +70,20 @@ class StepOut:
     parts: dict = field(default_factory=dict)
 
 
-def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
-                   bank: SegBank | None, rng: random.Random, masks_on: bool = True,
-                   point_weight: float = 0.0, prompt: AttributePrompt | None = None,
-                   ground_head: GroundingHead | None = None,
-                   motion_head: MotionTokenHead | None = None,
-                   pointer: PointerHead | None = None) -> StepOut:
+def forward_sample(
+    ref,
+    prompts: PromptCache,
+    sample: Sample,
+    cfg: TrainConfig,
+    bank: SegBank | None,
+    rng: random.Random,
+    masks_on: bool = True,
+    point_weight: float = 0.0,
+    prompt: AttributePrompt | None = None,
+    ground_head: GroundingHead | None = None,
+    motion_head: MotionTokenHead | None = None,
+    pointer: PointerHead | None = None,
+) -> StepOut:
     model = ref.model
     video = sample.video
     exprs = [video.expressions[i] for i in sample.exprs]
@@ -118,16 +131,23 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
         loss = loss + sam_losses(ref, sample, exprs, seg, cfg, parts)
     if token_motion:  # training.motion: each query-frame token says how its object moves
         labs = motion_token_labels(video, needed)
-        tl, tparts = stage2_token_loss(model, motion_head, llm_out.hidden_states, rest_ids,
-                                       [w for _ in exprs for w in windows], lambda f: labs[row[f]])
+        tl, tparts = stage2_token_loss(
+            model,
+            motion_head,
+            llm_out.hidden_states,
+            rest_ids,
+            [w for _ in exprs for w in windows],
+            lambda f: labs[row[f]],
+        )
         loss = loss + cfg.motion_stage2_weight * tl
         parts.update(tparts, t_ce=tl.item())
     if pointing:  # the [SEG] position points at the target's tokens
         owners = token_owners(video, sample.query)  # each window ends on its query frame
         masks = [pointer_masks(video, owners[j], tuple(ids)) for _, ids in exprs for j in range(q)]
         needs = [video.needs(i) for i in sample.exprs for _ in windows]
-        pl, pparts = point_at(pointer, llm_out, cfg.pointer_below, lengths,
-                              [image_offsets(ids)[-1] for ids in rest_ids], masks, needs)
+        pl, pparts = point_at(
+            pointer, llm_out, cfg.pointer_below, lengths, [image_offsets(ids)[-1] for ids in rest_ids], masks, needs
+        )
         loss = loss + cfg.pointer_stage2_weight * pl
         parts.update(pparts)
     if ground_head is not None:  # training.grounding: the [SEG] position says where the target is
@@ -162,8 +182,7 @@ def forward_sample(ref, prompts: PromptCache, sample: Sample, cfg: TrainConfig,
     return StepOut(loss, parts)
 
 
-def memory_run(model, feats: ImageFeatures, k: int, prompt_at, memory: bool, on_frame,
-               on_cond=None) -> None:
+def memory_run(model, feats: ImageFeatures, k: int, prompt_at, memory: bool, on_frame, on_cond=None) -> None:
     """SAM2 over the q query frames of `feats` in order, K prompts each (`prompt_at(j)`), with
     GLUS's memory rule and the memory bank inside the autograd graph. `on_frame(j, masks, iou)`
     sees each frame's decoder outputs before the next frame's memory is encoded; `on_cond(j,
@@ -172,8 +191,8 @@ def memory_run(model, feats: ImageFeatures, k: int, prompt_at, memory: bool, on_
     mem: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for j in range(q):
         fj = ImageFeatures(
-            tokens=[t[:, j:j + 1].expand(-1, k, -1) for t in feats.tokens],
-            pos=[p[:, j:j + 1].expand(-1, k, -1) for p in feats.pos],
+            tokens=[t[:, j : j + 1].expand(-1, k, -1) for t in feats.tokens],
+            pos=[p[:, j : j + 1].expand(-1, k, -1) for p in feats.pos],
             sizes=feats.sizes,
         )
         keys = [m for m in rules.memory_frame_indices(j) if m in mem] if memory else []
@@ -206,6 +225,7 @@ def sam_losses(ref, sample: Sample, exprs, seg: torch.Tensor, cfg: TrainConfig, 
     parts.update(bce=bce.item(), dice=dice.item(), aux=aux.item(), iou=il.item())
     return loss + cfg.iou_weight * il
 
+
 class AttributePrompt(torch.nn.Module):
     """Stage-1 scaffold (not part of GLUS, not saved): a prompt token for SAM2's decoder built
     from an expression's attributes (sum of learned colour / shape / motion / plural vectors)
@@ -218,8 +238,12 @@ class AttributePrompt(torch.nn.Module):
 
     def __init__(self, dim: int = 256, pe_layer=None):
         super().__init__()
-        names = (["base", "plural"] + [f"colour:{c}" for c in synth.COLOURS]
-                 + [f"shape:{s}" for s in synth.SHAPES] + [f"motion:{m}" for m in synth.MOTIONS])
+        names = (
+            ["base", "plural"]
+            + [f"colour:{c}" for c in synth.COLOURS]
+            + [f"shape:{s}" for s in synth.SHAPES]
+            + [f"motion:{m}" for m in synth.MOTIONS]
+        )
         self.index = {n: i for i, n in enumerate(names)}
         self.table = torch.nn.Embedding(len(names), dim)
         torch.nn.init.normal_(self.table.weight, std=1.0)
@@ -231,8 +255,9 @@ class AttributePrompt(torch.nn.Module):
             torch.nn.init.normal_(self.where.weight, std=1.0)
             self.loc_gain = torch.nn.Parameter(torch.tensor(2.0))
 
-    def forward(self, attrs: list[dict], centres: np.ndarray | None = None,
-                drop: np.ndarray | None = None) -> torch.Tensor:
+    def forward(
+        self, attrs: list[dict], centres: np.ndarray | None = None, drop: np.ndarray | None = None
+    ) -> torch.Tensor:
         """[K, dim] (attributes only) or, with centres [K, Q, O, 2], [K, Q, dim]; `drop` [K, Q]
         bool: leave the location out there."""
         rows = []
@@ -265,15 +290,21 @@ def noisy_locations(rng: np.random.Generator, centres: np.ndarray, jitter: float
     return noisy, drop
 
 
-def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainConfig,
-                     prompt: AttributePrompt, rng: np.random.Generator | None = None,
-                     dense=None) -> StepOut:
+def forward_sam_attr(
+    ref,
+    video,
+    query: list[int],
+    exprs: list[int],
+    cfg: TrainConfig,
+    prompt: AttributePrompt,
+    rng: np.random.Generator | None = None,
+    dense=None,
+) -> StepOut:
     """Stage 1: SAM2 (image encoder, memory, decoder) segments expressions prompted by
     AttributePrompt tokens, over a run of query frames with the memory bank in the graph."""
     model = ref.model
     k = len(exprs)
-    feats = model.encode_image(torch.stack([sam_pixels(video.frames[f], model.sam_image_size)
-                                            for f in query]))
+    feats = model.encode_image(torch.stack([sam_pixels(video.frames[f], model.sam_image_size) for f in query]))
     gt = torch.from_numpy(np.stack([video.target(video.expressions[i][1])[query] for i in exprs])).float()
     h, w = gt.shape[-2:]
     attrs = [video.attributes[i] for i in exprs]
@@ -306,8 +337,9 @@ def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainC
         auxs.append(a)
         ious.append(il)
 
-    memory_run(model, feats, k, (lambda j: tok[:, j]) if tok.dim() == 3 else (lambda j: tok),
-               cfg.memory, on_frame, on_cond)
+    memory_run(
+        model, feats, k, (lambda j: tok[:, j]) if tok.dim() == 3 else (lambda j: tok), cfg.memory, on_frame, on_cond
+    )
     bce, dice = torch.cat(bces).mean(), torch.cat(dices).mean()
     aux, il = torch.cat(auxs).mean(), torch.cat(ious).mean()
     loss = cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.aux_mask_weight * aux + cfg.iou_weight * il
@@ -317,8 +349,15 @@ def forward_sam_attr(ref, video, query: list[int], exprs: list[int], cfg: TrainC
             dense_parts["d_vel"] = float(np.nanmean(vel_acc))
     per_expr = torch.stack(hit).mean(0)  # [K]
     needs = [video.needs(i) for i in exprs]
-    parts = {"loss": loss.item(), "bce": bce.item(), "dice": dice.item(), "aux": aux.item(),
-             "iou": il.item(), "IoU": float(per_expr.mean()), **dense_parts}
+    parts = {
+        "loss": loss.item(),
+        "bce": bce.item(),
+        "dice": dice.item(),
+        "aux": aux.item(),
+        "iou": il.item(),
+        "IoU": float(per_expr.mean()),
+        **dense_parts,
+    }
     for need in ("colour", "shape", "motion"):  # IoU by what the expression needs
         mine = torch.tensor([n == need for n in needs])
         if mine.any():

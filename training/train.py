@@ -99,21 +99,34 @@ def main(argv=None) -> None:
         if not cfg.finetune_steps:
             raise SystemExit("--finetune-from needs --finetune-steps N (N > 0)")
         try:
-            _, hist, seconds = finetune(cfg, src, out, progress=not a.no_progress, vision_tower=a.vision_tower,
-                                          log=print if a.no_progress else None)
+            _, hist, seconds = finetune(
+                cfg,
+                src,
+                out,
+                progress=not a.no_progress,
+                vision_tower=a.vision_tower,
+                log=print if a.no_progress else None,
+            )
         except CheckpointError as e:
             raise SystemExit(f"--finetune-from {src}: {e}") from None
         if (src / "train_log.json").is_file() and src.resolve() != out.resolve():
             shutil.copy2(src / "train_log.json", out / "train_log.json")
         add_finetune_log(out / "train_log.json", hist, seconds, str(src))
     else:
-        _, hist = train(cfg, out, progress=not a.no_progress, vision_tower=a.vision_tower,
-                          log=print if a.no_progress else None, from_stage1=a.from_stage1)
+        _, hist = train(
+            cfg,
+            out,
+            progress=not a.no_progress,
+            vision_tower=a.vision_tower,
+            log=print if a.no_progress else None,
+            from_stage1=a.from_stage1,
+        )
     print(f"trained {len(hist)} steps in {time.time() - t0:.0f} s → {out / 'glus'}, {out / 'clip'}")
     if a.eval:
         eh, _, ew = a.eval_size.partition("x")
-        data_dir = (Path(a.eval_data) if a.eval_data else
-                    cache_dir() / f"heldout-{a.eval_videos}x{a.eval_frames}-{a.eval_size}")
+        data_dir = (
+            Path(a.eval_data) if a.eval_data else cache_dir() / f"heldout-{a.eval_videos}x{a.eval_frames}-{a.eval_size}"
+        )
         data = write_heldout(data_dir, a.eval_videos, a.eval_frames, (int(eh), int(ew)))
         results = {}
         for name, mem in (("offline", True), ("no_memory", False)):
@@ -121,13 +134,16 @@ def main(argv=None) -> None:
             r = evaluate_checkpoint(out / "glus", out / "clip", data, use_memory=mem, threads=cfg.threads)
             r["seconds"] = round(time.time() - t1, 1)
             results[name] = r
-            print(f"held-out {name}: J {r['J']:.4f} F {r['F']:.4f} J&F {r['JF']:.4f} "
-                  f"({r['n_expressions']} expressions, [SEG] rate {r['seg_token_rate']:.3f})")
+            print(
+                f"held-out {name}: J {r['J']:.4f} F {r['F']:.4f} J&F {r['JF']:.4f} "
+                f"({r['n_expressions']} expressions, [SEG] rate {r['seg_token_rate']:.3f})"
+            )
         (out / "eval.json").write_text(json.dumps(results, indent=1))
 
 
 def _pair(sep: str, what: str):
     """argparse type: "A{sep}B" (or "A": A twice) → (int A, int B)."""
+
     def parse(text: str) -> tuple[int, int]:
         a, _, b = text.partition(sep)
         try:
@@ -187,23 +203,41 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     """The command line → (its namespace, the TrainConfig it asks for)."""
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output directory (gets glus/ and clip/)")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="a shipped model's settings (glus-tiny-v5: the default model; training.config.RECIPES); "
-                        "flags given explicitly win over them")
-    p.add_argument("--vision-tower", default=None,
-                   help="value written to config.json's vision_tower (default: the CLIP dir, relative to the "
-                        "working directory when below it)")
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=None,
+        help="a shipped model's settings (glus-tiny-v5: the default model; training.config.RECIPES); "
+        "flags given explicitly win over them",
+    )
+    p.add_argument(
+        "--vision-tower",
+        default=None,
+        help="value written to config.json's vision_tower (default: the CLIP dir, relative to the "
+        "working directory when below it)",
+    )
     p.add_argument("--eval", action="store_true", help="score the result on the held-out set")
     p.add_argument("--eval-videos", type=int, default=24)
     p.add_argument("--eval-frames", type=int, default=12)
     p.add_argument("--eval-size", type=str, default="128x128")
-    p.add_argument("--eval-data", default=None,
-                   help="where the held-out set is written (default: the cache, shared with benchmarks.heldout)")
-    p.add_argument("--from-stage1", default=None, metavar="STAGE1_PT",
-                   help="development: skip stages 0b/1b/1c/0/1 and start stage 2 from a --keep-stage1 snapshot "
-                        "(the same stage flags must be given)")
-    p.add_argument("--finetune-from", default=None, metavar="DIR",
-                   help="run stage 3 alone on DIR/glus + DIR/clip (give the recipe's flags too)")
+    p.add_argument(
+        "--eval-data",
+        default=None,
+        help="where the held-out set is written (default: the cache, shared with benchmarks.heldout)",
+    )
+    p.add_argument(
+        "--from-stage1",
+        default=None,
+        metavar="STAGE1_PT",
+        help="development: skip stages 0b/1b/1c/0/1 and start stage 2 from a --keep-stage1 snapshot "
+        "(the same stage flags must be given)",
+    )
+    p.add_argument(
+        "--finetune-from",
+        default=None,
+        metavar="DIR",
+        help="run stage 3 alone on DIR/glus + DIR/clip (give the recipe's flags too)",
+    )
     p.add_argument("--no-progress", action="store_true")
     add_config_flags(p)
     a = p.parse_args(sys.argv[1:] if argv is None else list(argv))

@@ -101,7 +101,6 @@ def write_davis(root: Path, split: str, videos: Sequence[VideoAnnotation], expre
             w.add_video(v, [e for e in expressions if e.video == v.name])
 
 
-
 def write_davis_mask_dict(
     root: Path, split: str, videos: Sequence[VideoAnnotation], expressions: Sequence[Expression]
 ) -> None:

@@ -40,6 +40,8 @@ def decode_rle(rle: dict, where: str) -> np.ndarray:
     """Bool HxW mask of a COCO RLE dict; `where` names it in errors."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise FormatError(f"{where}: expected a COCO RLE dict with 'size' and 'counts', got {type(rle).__name__}")
+    from pycocotools import mask as mask_api
+
     try:
         with warnings.catch_warnings():
             # pycocotools' numpy-2 __array__ DeprecationWarning, harmless and once per mask
@@ -87,9 +89,7 @@ class MaskDictDataset(Dataset):
                     anno_ids = int_list(exp["anno_id"], f"anno_id of {vid}/{exp_id}", self.meta_path)
                     self._check_annos(anno_ids, len(frames), f"{vid}/{exp_id}")
                 subset = subset_of(exp, vid, exp_id) if subset_of is not None else None
-                self.expressions.append(
-                    Expression(vid, str(exp_id), text, obj_ids, tuple(frames), anno_ids, subset)
-                )
+                self.expressions.append(Expression(vid, str(exp_id), text, obj_ids, tuple(frames), anno_ids, subset))
 
     def _check_annos(self, anno_ids: Sequence[int], n_frames: int, name: str) -> None:
         for a in anno_ids:
@@ -181,7 +181,9 @@ class MaskDictWriter:
             entry = {"exp": e.text, "obj_id": list(e.obj_ids), "anno_id": [anno_of[o] for o in e.obj_ids]}
             if self.type_ids is not None:
                 if e.subset not in self.type_ids:
-                    raise ValueError(f"expression {e.video}/{e.exp_id}: subset {e.subset!r} not in {sorted(self.type_ids)}")
+                    raise ValueError(
+                        f"expression {e.video}/{e.exp_id}: subset {e.subset!r} not in {sorted(self.type_ids)}"
+                    )
                 entry["type_id"] = self.type_ids[e.subset]
             exps[e.exp_id] = entry
         self._videos[video.name] = {"expressions": exps, "frames": list(video.frames)}

@@ -135,7 +135,9 @@ def label_map(video: VideoAnnotation, frame_index: int) -> np.ndarray:
             continue
         m = np.asarray(m, dtype=bool)
         if np.any(labels[m]):
-            raise ValueError(f"video {video.name} frame {video.frames[frame_index]}: object {obj_id} overlaps another object")
+            raise ValueError(
+                f"video {video.name} frame {video.frames[frame_index]}: object {obj_id} overlaps another object"
+            )
         labels[m] = obj_id
     return labels
 
@@ -160,7 +162,9 @@ class PaletteWriter:
             if e.video != video.name:
                 raise ValueError(f"expression {e.video}/{e.exp_id} added with video {video.name}")
             if len(e.obj_ids) != 1:
-                raise ValueError(f"expression {e.video}/{e.exp_id}: this layout holds one object an expression, got {list(e.obj_ids)}")
+                raise ValueError(
+                    f"expression {e.video}/{e.exp_id}: this layout holds one object an expression, got {list(e.obj_ids)}"
+                )
             if e.obj_ids[0] not in video.objects:
                 raise ValueError(f"expression {e.video}/{e.exp_id} refers to unknown object {e.obj_ids[0]}")
             exps[e.exp_id] = {"exp": e.text, "obj_id": str(e.obj_ids[0])}
