@@ -21,7 +21,7 @@ TORCH_PRELOADED = "torch" in sys.modules  # then the setting came too late for t
 import pytest  # noqa: E402
 
 from . import harness  # noqa: E402
-from .machine import load_average, machine_info, machine_slug, matmul_peak
+from .machine import load_average, machine_info, machine_slug, matmul_peak  # noqa: E402
 from .results import RESULTS_DIR, Results  # noqa: E402
 
 RESULTS_KEY = pytest.StashKey[Results]()

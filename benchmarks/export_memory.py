@@ -4,11 +4,12 @@
 
 For each depth N: `make_tiny --shape glus-7b --llm-layers N` (bf16, sharded, random weights),
 then, in a fresh process, the real `export.build.build(...)` while a sampler thread reads the
-resident set of the build and its child processes every 20 ms. Each step of the build (reference.load, each graph's export and its
-parity check, each quantization and its cosine check, the rest) is wrapped so that the peak is
-kept per step. An int8 build makes every fp32 graph first, so its fp32 steps are also the fp32
-build's. A fit over N (peak = a + b·N) per step gives the bytes per layer; the extrapolation to
-32 layers is written out with its arithmetic. Writes `export-memory-glus-7b.{json,md}`.
+resident set of the build and its child processes every 20 ms. Each step of the build
+(reference.load, each graph's export and its parity check, each quantization and its cosine
+check, the rest) is wrapped so that the peak is kept per step. An int8 build makes every fp32
+graph first, so its fp32 steps are also the fp32 build's. A fit over N (peak = a + b·N) per step
+gives the bytes per layer; the extrapolation to 32 layers is written out with its arithmetic.
+Writes `export-memory-glus-7b.{json,md}`.
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ def markdown(data: dict) -> str:
         " (bf16 checkpoint) then the real export.build in a fresh process, the resident set"
         " sampled every 20 ms and its peak kept per build step.",
         "",
-        "| layers | checkpoint GB (bf16) | fp32 LLM weights GB | build peak GB | peak / LLM weights | step at the peak | engine GB | wall s |",
+        "| layers | checkpoint GB (bf16) | fp32 LLM weights GB | build peak GB | peak / LLM weights"
+        " | step at the peak | engine GB | wall s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

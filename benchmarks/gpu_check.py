@@ -138,8 +138,8 @@ def component_times(ref, frames, expression: str, device: str) -> dict:
     """Seconds of each part of one reference-loop frame, alone (median of 3 after a warm-up)."""
     import torch
 
-    from runtime import rules
     from reference.preprocess import clip_pixels, sam_pixels
+    from runtime import rules
 
     model, tok = ref.model, ref.tokenizer
     p = next(model.parameters())

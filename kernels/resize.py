@@ -31,7 +31,7 @@ import operator
 
 import numpy as np
 
-__all__ = ["resize_weights", "resize_bilinear"]
+__all__ = ["resize_bilinear", "resize_weights"]
 
 
 def positive_int(name: str, value) -> int:
@@ -85,7 +85,7 @@ def _antialias_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndar
     else:
         support = f32(1.0)  # interp_size / 2
         invscale = f32(1.0)
-    taps = int(math.ceil(float(support))) * 2 + 1
+    taps = math.ceil(float(support)) * 2 + 1
 
     f64 = np.float64
     # C++ promotion as in ATen: ``i + 0.5`` and ``... + 0.5`` are double, the stored values float

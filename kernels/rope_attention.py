@@ -22,27 +22,26 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from sam2.modeling.memory_attention import MemoryAttention, MemoryAttentionLayer
 from sam2.modeling.sam.transformer import RoPEAttention
+from torch import Tensor, nn
 
 __all__ = [
-    "axial_rope_tables",
-    "RealRoPEAttention",
-    "slot_mask_to_key_bias",
-    "RealMemoryAttentionLayer",
-    "RealMemoryAttention",
-    "patch_memory_attention",
     "MemoryAttentionForExport",
+    "RealMemoryAttention",
+    "RealMemoryAttentionLayer",
+    "RealRoPEAttention",
+    "axial_rope_tables",
+    "patch_memory_attention",
+    "slot_mask_to_key_bias",
 ]
 
 
-def axial_rope_tables(head_dim: int, end_x: int, end_y: int, theta: float = 10000.0) -> Tuple[Tensor, Tensor]:
+def axial_rope_tables(head_dim: int, end_x: int, end_y: int, theta: float = 10000.0) -> tuple[Tensor, Tensor]:
     """cos/sin of sam2's axial angles, each [end_x * end_y, head_dim // 2] float32.
 
     Token t sits at column t % end_x, row t // end_x (row-major grid). The first
@@ -83,7 +82,7 @@ class RealRoPEAttention(nn.Module):
         num_heads: int,
         downsample_rate: int = 1,
         dropout: float = 0.0,
-        kv_in_dim: Optional[int] = None,
+        kv_in_dim: int | None = None,
         rope_theta: float = 10000.0,
         rope_k_repeat: bool = False,
         feat_sizes: Sequence[int] = (64, 64),
@@ -113,9 +112,9 @@ class RealRoPEAttention(nn.Module):
     def from_sam2(
         cls,
         module: RoPEAttention,
-        feat_sizes: Optional[Sequence[int]] = None,
+        feat_sizes: Sequence[int] | None = None,
         copy_weights: bool = False,
-    ) -> "RealRoPEAttention":
+    ) -> RealRoPEAttention:
         """Build from a sam2 RoPEAttention, sharing (or copying) its four projections.
 
         feat_sizes=None reads the grid off module.freqs_cis (assumed square, as sam2's
@@ -158,7 +157,7 @@ class RealRoPEAttention(nn.Module):
         # [B, N, C] -> [B, heads, N, C/heads]
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def _tables(self, n: int) -> Tuple[Tensor, Tensor]:
+    def _tables(self, n: int) -> tuple[Tensor, Tensor]:
         if n == self.rope_cos.shape[0]:
             return self.rope_cos, self.rope_sin
         # sam2 recomputes for a square grid of the query length; n is a static
@@ -183,7 +182,7 @@ class RealRoPEAttention(nn.Module):
         k: Tensor,
         v: Tensor,
         num_k_exclude_rope: int = 0,
-        attn_bias: Optional[Tensor] = None,
+        attn_bias: Tensor | None = None,
     ) -> Tensor:
         """q [B, Nq, C], k/v [B, Nk, kv_in_dim] -> [B, Nq, C].
 
@@ -270,9 +269,9 @@ class RealMemoryAttention(MemoryAttention):
         curr,
         memory: Tensor,
         curr_pos=None,
-        memory_pos: Optional[Tensor] = None,
+        memory_pos: Tensor | None = None,
         num_obj_ptr_tokens: int = 0,
-        memory_key_bias: Optional[Tensor] = None,
+        memory_key_bias: Tensor | None = None,
     ) -> Tensor:
         if isinstance(curr, (list, tuple)):  # sam2/GLUS pass one-element lists
             assert len(curr) == 1 and len(curr_pos) == 1
@@ -301,7 +300,7 @@ class RealMemoryAttention(MemoryAttention):
 
 
 def patch_memory_attention(
-    memory_attention: MemoryAttention, feat_sizes: Optional[Sequence[int]] = None
+    memory_attention: MemoryAttention, feat_sizes: Sequence[int] | None = None
 ) -> RealMemoryAttention:
     """Deep copy of a sam2 MemoryAttention with every RoPEAttention (self_attn and
     cross_attn_image of each layer) replaced by RealRoPEAttention. The original is
@@ -347,7 +346,7 @@ class MemoryAttentionForExport(nn.Module):
         curr_pos: Tensor,
         memory: Tensor,
         memory_pos: Tensor,
-        memory_mask: Optional[Tensor] = None,
+        memory_mask: Tensor | None = None,
     ) -> Tensor:
         bias = None
         if memory_mask is not None:

@@ -62,7 +62,7 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or truncated file: say which
+    except Exception as e:  # noqa: BLE001 (a corrupt or truncated file, whatever the reader raises: say which)
         raise CheckpointError(f"cannot read weight file {path}: {e}") from None
 
 
@@ -92,7 +92,7 @@ class WeightFile:
                 self._shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
         except CheckpointError:
             raise
-        except Exception as e:  # corrupt or truncated file: say which
+        except Exception as e:  # noqa: BLE001 (a corrupt or truncated file: say which)
             raise CheckpointError(f"cannot read weight file {path}: {e}") from None
 
     def keys(self):
@@ -104,7 +104,7 @@ class WeightFile:
     def tensor(self, key: str) -> torch.Tensor:
         try:
             return self._st.get_tensor(key) if self._st is not None else self._tensors[key]
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (a truncated file: say which tensor)
             raise CheckpointError(f"cannot read {key} from weight file {self.path}: {e}") from None
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from runtime import rules
+
 from .loader import GlusReference
 from .preprocess import check_frame, clip_pixels, sam_pixels, upsample_logits
 

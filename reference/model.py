@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime import rules
+
 from .config import GlusConfig
 from .sam import build_sam2_model
 

@@ -14,7 +14,7 @@ only kernels and evalkit; the reference, export, training and benchmarks stand o
 
 from .errors import BackendError, EngineDirError, GlusError, InputError
 
-__all__ = ["GlusEngine", "GlusError", "EngineDirError", "BackendError", "InputError"]
+__all__ = ["BackendError", "EngineDirError", "GlusEngine", "GlusError", "InputError"]
 
 
 def __getattr__(name):  # keep `import runtime` light (no onnxruntime until an engine is loaded)

@@ -53,7 +53,7 @@ class GlusEngine:
         verify: bool = True,
         spin: bool = False,
         io_binding: bool | None = None,
-    ) -> "GlusEngine":
+    ) -> GlusEngine:
         """Open an engine directory built by `python -m export.build`.
 
         io_binding (default: on for CUDA, off for the CPU) keeps the LLM's prefix KV cache on
@@ -234,4 +234,4 @@ class GlusEngine:
         )
 
 
-__all__ = ["GlusEngine", "ExpressionResult", "StepInfo", "BackendError", "EngineDirError", "InputError"]
+__all__ = ["BackendError", "EngineDirError", "ExpressionResult", "GlusEngine", "InputError", "StepInfo"]

@@ -28,11 +28,11 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "check_frame",
-    "clip_resize_shape",
     "clip_preprocess",
+    "clip_resize_shape",
+    "logits_to_masks",
     "sam_preprocess",
     "upsample_logits",
-    "logits_to_masks",
 ]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

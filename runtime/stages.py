@@ -32,7 +32,7 @@ class Prefix:
     """The shared prompt prefix and its LLM KV cache, for one set of context frames."""
 
     ids: list[int]
-    kv: "np.ndarray | object"  # [L, 2, 1, KVH, P, HD]; an OrtValue on the GPU with I/O binding
+    kv: np.ndarray | object  # [L, 2, 1, KVH, P, HD]; an OrtValue on the GPU with I/O binding
     length: int  # P: positions taken by the prefix (text tokens + 64 per image)
 
     @property
@@ -70,7 +70,7 @@ class Stages:
         verify: bool = True,
         spin: bool = False,
         io_binding: bool | None = None,
-    ) -> "Stages":
+    ) -> Stages:
         """Open an engine directory (GlusEngine.load documents the options)."""
         manifest = read_manifest(engine_dir, verify_hashes=verify)
         unknown = manifest.unknown_files()

@@ -58,7 +58,7 @@ class RuntimeTokenizer(rules.PromptEncoder):
         seg_id: int | None = None,
         im_start_id: int | None = None,
         im_end_id: int | None = None,
-    ) -> "RuntimeTokenizer":
+    ) -> RuntimeTokenizer:
         """Load ``tokenizer.json``. Ids left as None are looked up by token text; given ids
         are checked against the file (ValueError on a mismatch)."""
         path = Path(path)

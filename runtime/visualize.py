@@ -126,7 +126,7 @@ def pick_evenly(n: int, k: int) -> list[int]:
     """k (or n, if fewer) indices evenly spread over 0..n-1, first and last included."""
     if n <= 0 or k <= 0:
         return []
-    return sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, k))})
+    return sorted({round(x) for x in np.linspace(0, n - 1, min(n, k))})
 
 
 class EvenSampler:
@@ -218,7 +218,7 @@ def contact_sheet(
         tile = _letterbox(frame[..., :3], th, tw, background)
         if captions is not None:
             text = _fit(str(captions[k]), tw - 8, scale, thick)
-            (cw, ch), base = cv2.getTextSize(text, FONT, scale, thick)
+            (_cw, ch), base = cv2.getTextSize(text, FONT, scale, thick)
             strip = tile[max(0, th - ch - base - 6) :]
             strip[:] = (strip.astype(np.float32) * 0.4).astype(np.uint8)
             cv2.putText(tile, text, (4, th - base - 3), FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)

@@ -11,8 +11,7 @@ import pytest
 import reference
 from export import build as build_mod
 from export.build import BuildError, build, main
-from runtime import rules
-from runtime import EngineDirError, GlusEngine
+from runtime import EngineDirError, GlusEngine, rules
 from runtime.manifest import (
     REQUIRED_ARRAYS,
     REQUIRED_GRAPHS,

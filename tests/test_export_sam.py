@@ -54,7 +54,7 @@ def graphs(model, tmp_path_factory):
 
 def to_map(tokens: torch.Tensor, size) -> np.ndarray:
     """(HW, B, C) tokens -> [B, C, h, w], written out here rather than borrowed from the model."""
-    hw, b, c = tokens.shape
+    _hw, b, c = tokens.shape
     return tokens.detach().permute(1, 2, 0).reshape(b, c, *size).numpy()
 
 
@@ -134,7 +134,7 @@ def test_constants_are_the_models_position_encodings(model, frames):
     f = frames.feats[1]
     np.testing.assert_allclose(consts["image_pos"], to_map(f.pos[-1], f.sizes[-1]), rtol=0, atol=1e-6)
     # The memory encoder's pos enc must not depend on its input: compare two different memories.
-    for features, pos in frames.memories[:2]:
+    for _features, pos in frames.memories[:2]:
         assert pos.shape[0] == 1
         np.testing.assert_allclose(consts["memory_pos"], pos.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_array_equal(consts["image_pe"], model.sam.sam_prompt_encoder.get_dense_pe().detach().numpy())

@@ -101,11 +101,10 @@ def test_needs_split_from_stored_per_expression_scores(data):
 def test_benchmark_cli_writes_and_rewrites_its_report(data, tmp_path, monkeypatch):
     """python -m benchmarks.heldout: a fresh run writes .json/.md with the colour / shape split;
     --report-only rewrites them from the stored results and keeps the measurement date."""
-    from pathlib import Path
 
     import benchmarks.heldout as H
 
-    root, split = data[0]
+    root, _split = data[0]
     import training.data as TD
 
     monkeypatch.setattr(TD, "write_heldout", lambda *a, **k: data)

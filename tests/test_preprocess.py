@@ -332,5 +332,7 @@ def test_runtime_imports_without_torch():
         "assert not bad, bad\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, check=False, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import reference
-from runtime import rules
 from reference.checkpoint import glus_state_dict, read_state_dict, save_glus_weights
 from reference.errors import CheckpointError
+from runtime import rules
 
 META_FILES = (
     "config.json",

@@ -8,11 +8,10 @@ import importlib.resources
 import os
 import secrets
 
+import hydra.utils
 import numpy as np
 import pytest
 import torch
-
-import hydra.utils
 from omegaconf import OmegaConf
 from sam2.modeling.memory_attention import MemoryAttention
 from sam2.modeling.position_encoding import compute_axial_cis

@@ -325,5 +325,5 @@ def test_rules_and_runtime_tokenizer_do_not_import_torch():
         "bad = [m for m in ('torch', 'transformers', 'sentencepiece') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, check=False, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 import reference
-from runtime import rules
-from runtime import BackendError, EngineDirError, GlusEngine, InputError
+from runtime import BackendError, EngineDirError, GlusEngine, InputError, rules
 from runtime.memory import MemoryBank
 
 from .conftest import mask_iou, moving_square_video

@@ -17,12 +17,12 @@ import sentencepiece as spm
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from runtime import rules
 from reference.tokenizer import (
     load_tokenizer,
     save_fast_tokenizer,
     train_tiny_tokenizer,
 )
+from runtime import rules
 from runtime.tokenizer import RuntimeTokenizer
 
 STRIPPED = ("[SEG]", "<im_start>", "<im_end>")

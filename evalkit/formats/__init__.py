@@ -34,8 +34,8 @@ def load_dataset(fmt: str, root: str | Path, split: str | None = None) -> Datase
 
 
 __all__ = [
-    "FORMATS",
     "DEFAULT_SPLITS",
+    "FORMATS",
     "Dataset",
     "DavisDataset",
     "DavisWriter",

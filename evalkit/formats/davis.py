@@ -12,12 +12,12 @@ Annotations folder is absent and <root>/<split>/mask_dict.json exists, that is u
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
-from .common import Expression, FormatError, VideoAnnotation, read_json, write_json, write_jpegs
+from .common import Expression, FormatError, VideoAnnotation, read_json, write_jpegs, write_json
 from .maskdict import decode_rle, encode_rle
 from .ytvos import PaletteDataset, PaletteWriter, palette_paths
 

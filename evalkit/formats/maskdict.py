@@ -8,8 +8,8 @@ RLEs are pycocotools' Fortran-order encoding with `counts` as a str.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -23,8 +23,8 @@ from .common import (
     read_json,
     video_entry,
     videos_section,
-    write_json,
     write_jpegs,
+    write_json,
 )
 
 
@@ -47,7 +47,7 @@ def decode_rle(rle: dict, where: str) -> np.ndarray:
             # pycocotools' numpy-2 __array__ DeprecationWarning, harmless and once per mask
             warnings.simplefilter("ignore", DeprecationWarning)
             return mask_api.decode(rle).astype(bool)
-    except Exception as e:  # pycocotools raises bare Exceptions/TypeErrors on bad counts
+    except Exception as e:  # noqa: BLE001 (pycocotools raises bare Exceptions/TypeErrors on bad counts)
         raise FormatError(f"{where}: undecodable RLE ({e})") from None
 
 
@@ -99,7 +99,8 @@ class MaskDictDataset(Dataset):
             if not isinstance(entry, list) or len(entry) != n_frames:
                 got = len(entry) if isinstance(entry, list) else type(entry).__name__
                 raise FormatError(
-                    f"{self.mask_dict_path}: anno_id {a} of expression {name} has {got} entries, video has {n_frames} frames"
+                    f"{self.mask_dict_path}: anno_id {a} of expression {name} has {got} entries,"
+                    f" video has {n_frames} frames"
                 )
 
     @property
@@ -194,7 +195,7 @@ class MaskDictWriter:
         write_json(self.meta_path, {"videos": self._videos})
         write_json(self.mask_dict_path, self._mask_dict)
 
-    def __enter__(self) -> "MaskDictWriter":
+    def __enter__(self) -> MaskDictWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

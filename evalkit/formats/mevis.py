@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .common import Expression, VideoAnnotation
 from .maskdict import MaskDictDataset, MaskDictWriter

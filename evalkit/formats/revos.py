@@ -9,8 +9,8 @@ The overall score is the mean of the referring and reasoning subsets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .common import Expression, FormatError, VideoAnnotation
 from .maskdict import MaskDictDataset, MaskDictWriter

@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -26,8 +26,8 @@ from .common import (
     read_json,
     video_entry,
     videos_section,
-    write_json,
     write_jpegs,
+    write_json,
 )
 
 DEFAULT_SPLIT = "valid"
@@ -163,7 +163,8 @@ class PaletteWriter:
                 raise ValueError(f"expression {e.video}/{e.exp_id} added with video {video.name}")
             if len(e.obj_ids) != 1:
                 raise ValueError(
-                    f"expression {e.video}/{e.exp_id}: this layout holds one object an expression, got {list(e.obj_ids)}"
+                    f"expression {e.video}/{e.exp_id}: this layout holds one object an expression,"
+                    f" got {list(e.obj_ids)}"
                 )
             if e.obj_ids[0] not in video.objects:
                 raise ValueError(f"expression {e.video}/{e.exp_id} refers to unknown object {e.obj_ids[0]}")
@@ -181,7 +182,7 @@ class PaletteWriter:
     def close(self) -> None:
         write_json(self.meta_path, {"videos": self._videos})
 
-    def __enter__(self) -> "PaletteWriter":
+    def __enter__(self) -> PaletteWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
