@@ -69,8 +69,12 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
 class WeightFile:
     """One weight file read one tensor at a time: its keys and shapes from the header, each
     tensor's bytes only when asked for, so that loading a 7B never holds the whole checkpoint
-    (14 GB in bf16) beside the model. .safetensors: safe_open; .bin: torch.load with mmap (a
-    zip-format file; an old pickle-only file is read whole)."""
+    (14 GB in bf16) beside the model. .safetensors: safe_open, opened for each tensor and closed
+    again, because the file stays mapped while it is open and every page read through the map
+    stays in the process's resident set until it is unmapped. .bin: torch.load with mmap (a
+    zip-format file; an old pickle-only file is read whole), mapped until its last tensor is
+    taken: at most one shard's pages (clean, file-backed: the kernel can drop them) beside the
+    model."""
 
     def __init__(self, path: Path):
         if not path.is_file():
@@ -80,8 +84,9 @@ class WeightFile:
             if path.suffix == ".safetensors":
                 from safetensors import safe_open
 
-                self._st = safe_open(str(path), framework="pt")
-                self._shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
+                with safe_open(str(path), framework="pt") as st:
+                    self._shapes = {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}
+                self._st = True
                 self._tensors = None
             else:
                 self._st = None
@@ -103,7 +108,12 @@ class WeightFile:
 
     def tensor(self, key: str) -> torch.Tensor:
         try:
-            return self._st.get_tensor(key) if self._st is not None else self._tensors[key]
+            if self._st is None:
+                return self._tensors[key]
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt") as st:
+                return st.get_tensor(key)
         except Exception as e:  # noqa: BLE001 (a truncated file: say which tensor)
             raise CheckpointError(f"cannot read {key} from weight file {self.path}: {e}") from None
 
