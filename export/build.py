@@ -13,13 +13,16 @@ versions, precision) and file hash are unchanged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +36,12 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # cached (medium model, CPU: LLM window and SAM2 image encoder); the mask decoder, memory
 # attention/encoder and CLIP stay fp32.
 INT8_GRAPHS = ("llm", "sam_image")
-SAM_INT8_COSINE_MIN = 0.999
-LLM_INT8_COSINE_MIN = 0.99
+# Every threshold a build checks, in one place; a graph that misses one is not written into
+# the engine (BuildError names it and its figure).
+FP32_PARITY_MAX = 1e-4  # max relative error of each fp32 graph against PyTorch, fresh inputs
+FP16_PARITY_MAX = 5e-2  # the same for fp16 graphs, measured on CUDA
+SAM_INT8_COSINE_MIN = 0.999  # int8 SAM2 image encoder: every output's cosine to fp32
+LLM_INT8_COSINE_MIN = 0.99  # int8 LLM: [SEG] embedding cosine to fp32 on the model's own prompts
 # --int8-method auto: dynamic int8 (MatMulInteger, per-tensor activations) is the fastest on x86
 # CPUs and passes on the small models; at LLaMA-7B's width (4096) its per-tensor activation
 # quantization drifts ([SEG] cosine 0.988 at glus-7b --llm-layers 2, random weights), while
@@ -439,6 +446,257 @@ def check_backend(precision: str, backend: str) -> str | None:
     return None
 
 
+# ---- the passes of a build ---------------------------------------------------------------
+@dataclass
+class Pass:
+    """What the passes of one build share; each pass adds its graphs, figures and files."""
+
+    b: Builder
+    ref: object
+    specs: list
+    recipe: str
+    checkpoint: Path
+    precision: str
+    int8_graphs: tuple[str, ...]
+    int8_method: str
+    accuracy_level: int
+    llm_process: str
+    graphs: dict = field(default_factory=dict)
+    parity: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)
+    tokenizer: Path | None = None
+
+    @property
+    def replaced(self) -> set[str]:
+        return self.b.replaced
+
+    def spec(self, name: str):
+        return next(s for s in self.specs if s.name == name)
+
+
+def graph_entry(out: Path, file: str, entry: dict, precision: str, quantization) -> dict:
+    """A graph's manifest entry: its file, hash, precision, how it was quantized, its side
+    files and its input/output signature."""
+    return {
+        "file": file,
+        "sha256": entry["sha256"],
+        "precision": precision,
+        "quantization": quantization,
+        "external_data": external_files(out / file),
+        **io_signature(out / file),
+    }
+
+
+def fresh_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def export_pass(ctx: Pass) -> None:
+    """Every graph: trace to ONNX, check against PyTorch on fresh inputs, record. The fp32
+    graphs an int8 or fp16 engine replaces go to OUT/.build/ and are skipped altogether when
+    what was made from them is unchanged."""
+    from tqdm import tqdm
+
+    from .onnx_utils import export_graph
+
+    b, ref, out = ctx.b, ctx.ref, ctx.b.out
+    bar = tqdm(ctx.specs, desc="export", unit="graph", disable=not b.progress)
+    for spec in bar:
+        bar.set_postfix_str(spec.name)
+        key = hashlib.sha256(f"{ctx.recipe}:{spec.name}:fp32".encode()).hexdigest()
+        file = f"{spec.name}.onnx"
+        t = time.perf_counter()
+        # An fp16 build re-runs each PyTorch graph for its CUDA parity; every other build is done
+        # with the LLM's PyTorch weights once llm.onnx is checked.
+        release = (lambda: release_llm_weights(ref.model)) if spec.name == "llm" and ctx.precision != "fp16" else None
+        where = b.dir_for(spec.name)
+        final_cached = (
+            ctx.precision == "int8"
+            and spec.name in ctx.replaced
+            and int8_result_cached(
+                b,
+                ctx.recipe,
+                spec.name,
+                llm_int8_candidates(ctx.int8_method, ref.model.cfg.hidden_size),
+                ctx.accuracy_level,
+            )
+        )
+        if b.cached(spec.name, key) or (final_cached and b.known(spec.name, key)):
+            entry = b.state[spec.name]  # (final_cached: the int8 graph made from it is unchanged)
+            reused = True
+        else:
+            seed = fresh_seed()
+            if spec.name == "llm" and ctx.llm_process == "child":
+                from .llm_process import LlmProcessError, export_llm_in_child
+
+                try:
+                    inputs, want = export_llm_in_child(ctx.checkpoint, Path(ref.clip_dir), where / file, seed)
+                except LlmProcessError as e:
+                    raise BuildError(str(e)) from None
+                check = ort_parity(spec.outputs, where / file, inputs, want)
+            else:
+                export_graph(spec, where / file)
+                check = graph_parity(spec, where / file, seed=seed, release=release)
+            entry = b.record(spec.name, key, file, where, parity=check)
+            reused = False
+        if release is not None:
+            release()  # (again, when reused or exported in a child: a no-op after the first)
+        b.timings[spec.name] = time.perf_counter() - t
+        ctx.parity[spec.name] = entry["parity"]
+        if spec.name not in ctx.replaced:
+            ctx.graphs[spec.name] = graph_entry(out, file, entry, "fp32", None)
+        err = entry["parity"]["max_rel_error"]
+        how = "reused" if reused else "exported"
+        b.log(f"[{spec.name}] {how} in {b.timings[spec.name]:.1f}s, max rel error {err:.2e}")
+        if err > FP32_PARITY_MAX:
+            raise BuildError(
+                f"{spec.name}: ONNX output differs from PyTorch by {err:.2e} (> {FP32_PARITY_MAX}); engine not written"
+            )
+
+
+def fp16_pass(ctx: Pass) -> None:
+    """GPU only (check_backend): every graph converted to fp16, its parity measured on CUDA."""
+    from .fp16 import convert_fp16
+
+    b, out = ctx.b, ctx.b.out
+    for spec in ctx.specs:
+        t = time.perf_counter()
+        key = hashlib.sha256(f"{ctx.recipe}:{spec.name}:fp16".encode()).hexdigest()
+        file = f"{spec.name}.fp16.onnx"
+        if not b.cached(f"{spec.name}_fp16", key):
+            report = convert_fp16(b.path_of(spec.name), out / file)
+            check = graph_parity(
+                spec, out / file, seed=fresh_seed(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+            )
+            b.record(f"{spec.name}_fp16", key, file, parity=check, report=report)
+        entry = b.state[f"{spec.name}_fp16"]
+        ctx.parity[f"{spec.name}_fp16"] = entry["parity"]
+        ctx.graphs[spec.name] = graph_entry(out, file, entry, "fp16", entry["report"])
+        b.timings[f"{spec.name}_fp16"] = time.perf_counter() - t
+        err = entry["parity"]["max_rel_error"]
+        b.log(f"[fp16] {spec.name}: max rel error on CUDA {err:.2e}")
+        if err > FP16_PARITY_MAX:
+            raise BuildError(f"{spec.name} in fp16 is off by {err:.2e} (> {FP16_PARITY_MAX})")
+
+
+def sam_int8_pass(ctx: Pass) -> None:
+    """SAM2's image encoder in dynamic int8; every output's cosine to the fp32 graph's."""
+    from .quantize import quantize_graph
+
+    b, out = ctx.b, ctx.b.out
+    t = time.perf_counter()
+    key = sam_int8_key(ctx.recipe)
+    file = "sam_image.int8.onnx"
+    fp32_path = b.path_of("sam_image")
+    if not b.cached("sam_image_int8", key):
+        with quiet_quantizer():
+            report = quantize_graph(fp32_path, out / file, method="dynamic-int8")
+        cos = int8_output_cosines(ctx.spec("sam_image"), fp32_path, out / file, seed=fresh_seed())
+        b.record("sam_image_int8", key, file, report=report, cosines=cos)
+    entry = b.state["sam_image_int8"]
+    b.timings["quantize_sam_image"] = time.perf_counter() - t
+    cmin = min(entry["cosines"].values())
+    ctx.parity["sam_image_int8"] = {"feature_cosine_min": cmin, "cosines": entry["cosines"]}
+    ctx.graphs["sam_image"] = graph_entry(out, file, entry, "int8", entry["report"])
+    b.log(
+        f"[quantize] sam_image dynamic-int8 in {b.timings['quantize_sam_image']:.1f}s,"
+        f" feature cosine to fp32 >= {cmin:.5f}"
+    )
+    if cmin < SAM_INT8_COSINE_MIN:
+        raise BuildError(f"int8 SAM2 image encoder feature cosine {cmin:.5f} < {SAM_INT8_COSINE_MIN}")
+
+
+def llm_int8_pass(ctx: Pass) -> None:
+    """The LLM in int8: "auto" takes the fastest method whose [SEG] cosine passes, tried in
+    order of CPU speed (llm_int8_candidates); a method on record as refused is not retried."""
+    from .quantize import quantize_graph
+
+    b, out = ctx.b, ctx.b.out
+    t = time.perf_counter()
+    methods = llm_int8_candidates(ctx.int8_method, ctx.ref.model.cfg.hidden_size)
+    fp32_path = b.path_of("llm")
+    tried = {}
+    file = "llm.int8.onnx"
+    for method in methods:
+        key = llm_int8_key(ctx.recipe, method, ctx.accuracy_level)
+        name = f"llm_int8_{method}"
+        refused = b.known(name, key) and min(b.state[name]["seg_cosines"]) < LLM_INT8_COSINE_MIN
+        if not (refused or b.cached(name, key)):
+            with quiet_quantizer():
+                report = quantize_graph(
+                    fp32_path,
+                    out / file,
+                    method=method,
+                    **({"accuracy_level": ctx.accuracy_level} if method == "nbits8" else {}),
+                )
+            cos = llm_seg_cosines(ctx.ref, fp32_path, out / file)
+            b.record(name, key, file, report=report, seg_cosines=cos)
+        entry = b.state[name]
+        tried[method] = min(entry["seg_cosines"])
+        b.log(f"[quantize] llm {method}: [SEG] cosine to fp32 >= {tried[method]:.5f}")
+        if tried[method] >= LLM_INT8_COSINE_MIN:
+            break
+    b.timings["quantize"] = time.perf_counter() - t
+    cmin = min(entry["seg_cosines"])
+    ctx.parity["llm_int8"] = {
+        "seg_cosine_min": cmin,
+        "seg_cosines": entry["seg_cosines"],
+        "method": method,
+        "tried": tried,
+        "not_tried": [m for m in LLM_INT8_AUTO if ctx.int8_method == "auto" and m not in methods],
+    }
+    ctx.graphs["llm"] = graph_entry(out, file, entry, "int8", entry["report"])
+    b.log(f"[quantize] llm {method} in {b.timings['quantize']:.1f}s, [SEG] cosine to fp32 >= {cmin:.5f}")
+    if cmin < LLM_INT8_COSINE_MIN:
+        raise BuildError(
+            f"int8 LLM [SEG] cosine {cmin:.4f} < {LLM_INT8_COSINE_MIN}"
+            f" ({', '.join(f'{k} {v:.4f}' for k, v in tried.items())})"
+        )
+
+
+def arrays_pass(ctx: Pass) -> None:
+    """The constant arrays (token embeddings, SAM2's position encodings, no-memory embedding)
+    and tokenizer.json."""
+    from reference.tokenizer import save_fast_tokenizer
+
+    from .llm import embedding_table
+    from .sam_graphs import sam_constants
+
+    b, out, model = ctx.b, ctx.b.out, ctx.ref.model
+    t = time.perf_counter()
+    for name, arr in {"embed_tokens": embedding_table(model), **sam_constants(model)}.items():
+        file = f"{name}.npy"
+        np.save(out / file, np.ascontiguousarray(arr, dtype=np.float32))
+        ctx.arrays[name] = {
+            "file": file,
+            "sha256": sha256_file(out / file),
+            "shape": list(arr.shape),
+            "dtype": "float32",
+        }
+    ctx.tokenizer = save_fast_tokenizer(ctx.ref.tokenizer, out)
+    b.timings["arrays+tokenizer"] = time.perf_counter() - t
+
+
+@contextlib.contextmanager
+def quiet_quantizer():
+    """onnxruntime.quantization logs every node at INFO."""
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+# The build, pass by pass: (name, function, whether this build runs it).
+PASSES = (
+    ("export", export_pass, lambda c: True),
+    ("fp16", fp16_pass, lambda c: c.precision == "fp16"),
+    ("quantize sam_image", sam_int8_pass, lambda c: c.precision == "int8" and "sam_image" in c.int8_graphs),
+    ("quantize llm", llm_int8_pass, lambda c: c.precision == "int8" and "llm" in c.int8_graphs),
+    ("arrays", arrays_pass, lambda c: True),
+)
+
+
 def build(checkpoint=None, clip=None, *, verbose: bool = False, **kw) -> dict:
     """checkpoint → engine directory (keyword options: _build's). verbose: let the third-party
     messages export/quiet.py filters through."""
@@ -533,9 +791,8 @@ def _build(
     recipe = hashlib.sha256((source_key + code_hash()).encode()).hexdigest()
     b.log(f"[load] {checkpoint} + {ref.clip_dir} in {b.timings['load']:.1f}s")
 
-    from .llm import embedding_table, llm_spec
-    from .onnx_utils import export_graph
-    from .sam_graphs import sam_constants, sam_specs
+    from .llm import llm_spec
+    from .sam_graphs import sam_specs
     from .vision import vision_spec
 
     specs = [vision_spec(ref.model), llm_spec(ref.model), *sam_specs(ref.model)]
@@ -546,210 +803,22 @@ def _build(
     llm_process = resolve_llm_process(llm_process, precision, llm_weight_bytes(ref.model))
     if llm_process == "child":
         release_llm_weights(ref.model)
-    graphs, parity = {}, {}
-    from tqdm import tqdm
-
-    bar = tqdm(specs, desc="export", unit="graph", disable=not progress)
-    for _k, spec in enumerate(bar):
-        bar.set_postfix_str(spec.name)
-        key = hashlib.sha256(f"{recipe}:{spec.name}:fp32".encode()).hexdigest()
-        file = f"{spec.name}.onnx"
-        t = time.perf_counter()
-        # An fp16 build re-runs each PyTorch graph for its CUDA parity; every other build is done
-        # with the LLM's PyTorch weights once llm.onnx is checked.
-        release = (lambda: release_llm_weights(ref.model)) if spec.name == "llm" and precision != "fp16" else None
-        where = b.dir_for(spec.name)
-        final_cached = (
-            precision == "int8"
-            and spec.name in replaced
-            and int8_result_cached(
-                b, recipe, spec.name, llm_int8_candidates(int8_method, ref.model.cfg.hidden_size), accuracy_level
-            )
-        )
-        if b.cached(spec.name, key) or (final_cached and b.known(spec.name, key)):
-            entry = b.state[spec.name]  # (final_cached: the int8 graph made from it is unchanged)
-            reused = True
-        else:
-            seed = int.from_bytes(os.urandom(4), "little")
-            if spec.name == "llm" and llm_process == "child":
-                from .llm_process import LlmProcessError, export_llm_in_child
-
-                try:
-                    inputs, want = export_llm_in_child(checkpoint, Path(ref.clip_dir), where / file, seed)
-                except LlmProcessError as e:
-                    raise BuildError(str(e)) from None
-                check = ort_parity(spec.outputs, where / file, inputs, want)
-            else:
-                export_graph(spec, where / file)
-                check = graph_parity(spec, where / file, seed=seed, release=release)
-            entry = b.record(spec.name, key, file, where, parity=check)
-            reused = False
-        if release is not None:
-            release()  # (again, when reused or exported in a child: a no-op after the first)
-        b.timings[spec.name] = time.perf_counter() - t
-        parity[spec.name] = entry["parity"]
-        if spec.name not in replaced:
-            graphs[spec.name] = {
-                "file": file,
-                "sha256": entry["sha256"],
-                "precision": "fp32",
-                "quantization": None,
-                "external_data": external_files(out / file),
-                **io_signature(out / file),
-            }
-        b.log(
-            f"[{spec.name}] {'reused' if reused else 'exported'} in {b.timings[spec.name]:.1f}s,"
-            f" max rel error {entry['parity']['max_rel_error']:.2e}"
-        )
-        if entry["parity"]["max_rel_error"] > 1e-4:
-            raise BuildError(
-                f"{spec.name}: ONNX output differs from PyTorch by "
-                f"{entry['parity']['max_rel_error']:.2e} (> 1e-4); engine not written"
-            )
-
-    if precision == "fp16":  # GPU only (check_backend): parity measured on CUDA
-        from .fp16 import convert_fp16
-
-        for spec in specs:
-            t = time.perf_counter()
-            key = hashlib.sha256(f"{recipe}:{spec.name}:fp16".encode()).hexdigest()
-            file = f"{spec.name}.fp16.onnx"
-            if not b.cached(f"{spec.name}_fp16", key):
-                report = convert_fp16(b.path_of(spec.name), out / file)
-                check = graph_parity(
-                    spec,
-                    out / file,
-                    seed=int.from_bytes(os.urandom(4), "little"),
-                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-                )
-                b.record(f"{spec.name}_fp16", key, file, parity=check, report=report)
-            entry = b.state[f"{spec.name}_fp16"]
-            parity[f"{spec.name}_fp16"] = entry["parity"]
-            graphs[spec.name] = {
-                "file": file,
-                "sha256": entry["sha256"],
-                "precision": "fp16",
-                "quantization": entry["report"],
-                "external_data": external_files(out / file),
-                **io_signature(out / file),
-            }
-            b.timings[f"{spec.name}_fp16"] = time.perf_counter() - t
-            b.log(f"[fp16] {spec.name}: max rel error on CUDA {entry['parity']['max_rel_error']:.2e}")
-            if entry["parity"]["max_rel_error"] > 5e-2:
-                raise BuildError(f"{spec.name} in fp16 is off by {entry['parity']['max_rel_error']:.2e}")
-
-    if precision == "int8" and "sam_image" in int8_graphs:
-        import logging
-
-        from .quantize import quantize_graph
-
-        t = time.perf_counter()
-        spec = next(s for s in specs if s.name == "sam_image")
-        key = sam_int8_key(recipe)
-        file = "sam_image.int8.onnx"
-        fp32_path = b.path_of("sam_image")
-        if not b.cached("sam_image_int8", key):
-            logging.disable(logging.INFO)
-            try:
-                report = quantize_graph(fp32_path, out / file, method="dynamic-int8")
-            finally:
-                logging.disable(logging.NOTSET)
-            cos = int8_output_cosines(spec, fp32_path, out / file, seed=int.from_bytes(os.urandom(4), "little"))
-            b.record("sam_image_int8", key, file, report=report, cosines=cos)
-        entry = b.state["sam_image_int8"]
-        b.timings["quantize_sam_image"] = time.perf_counter() - t
-        cmin = min(entry["cosines"].values())
-        parity["sam_image_int8"] = {"feature_cosine_min": cmin, "cosines": entry["cosines"]}
-        graphs["sam_image"] = {
-            "file": file,
-            "sha256": entry["sha256"],
-            "precision": "int8",
-            "quantization": entry["report"],
-            "external_data": external_files(out / file),
-            **io_signature(out / file),
-        }
-        b.log(
-            f"[quantize] sam_image dynamic-int8 in {b.timings['quantize_sam_image']:.1f}s,"
-            f" feature cosine to fp32 >= {cmin:.5f}"
-        )
-        if cmin < SAM_INT8_COSINE_MIN:
-            raise BuildError(f"int8 SAM2 image encoder feature cosine {cmin:.5f} < {SAM_INT8_COSINE_MIN}")
-
-    if precision == "int8" and "llm" in int8_graphs:
-        import logging
-
-        from .quantize import quantize_graph
-
-        t = time.perf_counter()
-        # "auto": the fastest method whose [SEG] cosine passes, tried in order of CPU speed.
-        methods = llm_int8_candidates(int8_method, ref.model.cfg.hidden_size)
-        fp32_path = b.path_of("llm")
-        tried = {}
-        for method in methods:
-            key = llm_int8_key(recipe, method, accuracy_level)
-            name = f"llm_int8_{method}"
-            file = "llm.int8.onnx"
-            refused = b.known(name, key) and min(b.state[name]["seg_cosines"]) < LLM_INT8_COSINE_MIN
-            if not (refused or b.cached(name, key)):
-                logging.disable(logging.INFO)  # onnxruntime.quantization logs every node at INFO
-                try:
-                    report = quantize_graph(
-                        fp32_path,
-                        out / file,
-                        method=method,
-                        **({"accuracy_level": accuracy_level} if method == "nbits8" else {}),
-                    )
-                finally:
-                    logging.disable(logging.NOTSET)
-                cos = llm_seg_cosines(ref, fp32_path, out / file)
-                b.record(name, key, file, report=report, seg_cosines=cos)
-            entry = b.state[name]
-            tried[method] = min(entry["seg_cosines"])
-            b.log(f"[quantize] llm {method}: [SEG] cosine to fp32 >= {tried[method]:.5f}")
-            if tried[method] >= LLM_INT8_COSINE_MIN:
-                break
-        b.timings["quantize"] = time.perf_counter() - t
-        parity["llm_int8"] = {
-            "seg_cosine_min": min(entry["seg_cosines"]),
-            "seg_cosines": entry["seg_cosines"],
-            "method": method,
-            "tried": tried,
-            "not_tried": [m for m in LLM_INT8_AUTO if int8_method == "auto" and m not in methods],
-        }
-        graphs["llm"] = {
-            "file": file,
-            "sha256": entry["sha256"],
-            "precision": "int8",
-            "quantization": entry["report"],
-            "external_data": external_files(out / file),
-            **io_signature(out / file),
-        }
-        b.log(
-            f"[quantize] llm {method} in {b.timings['quantize']:.1f}s,"
-            f" [SEG] cosine to fp32 >= {parity['llm_int8']['seg_cosine_min']:.5f}"
-        )
-        if parity["llm_int8"]["seg_cosine_min"] < LLM_INT8_COSINE_MIN:
-            raise BuildError(
-                f"int8 LLM [SEG] cosine {parity['llm_int8']['seg_cosine_min']:.4f} < {LLM_INT8_COSINE_MIN}"
-                f" ({', '.join(f'{k} {v:.4f}' for k, v in tried.items())})"
-            )
-
-    t = time.perf_counter()
-    arrays = {"embed_tokens": embedding_table(ref.model), **sam_constants(ref.model)}
-    array_entries = {}
-    for name, arr in arrays.items():
-        file = f"{name}.npy"
-        np.save(out / file, np.ascontiguousarray(arr, dtype=np.float32))
-        array_entries[name] = {
-            "file": file,
-            "sha256": sha256_file(out / file),
-            "shape": list(arr.shape),
-            "dtype": "float32",
-        }
-    from reference.tokenizer import save_fast_tokenizer
-
-    tok_path = save_fast_tokenizer(ref.tokenizer, out)
-    b.timings["arrays+tokenizer"] = time.perf_counter() - t
+    ctx = Pass(
+        b=b,
+        ref=ref,
+        specs=specs,
+        recipe=recipe,
+        checkpoint=checkpoint,
+        precision=precision,
+        int8_graphs=tuple(int8_graphs),
+        int8_method=int8_method,
+        accuracy_level=accuracy_level,
+        llm_process=llm_process,
+    )
+    for _name, run, wanted in PASSES:
+        if wanted(ctx):
+            run(ctx)
+    graphs, parity, array_entries, tok_path = ctx.graphs, ctx.parity, ctx.arrays, ctx.tokenizer
 
     trt = None
     if backend == "tensorrt":

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.rope_attention import patch_memory_attention
+from reference.sam import seg_prompted_decode
 
 from .onnx_utils import GraphSpec
 
@@ -152,15 +153,8 @@ class MaskDecoderGraph(nn.Module):
 
     def forward(self, conditioned, high_res0, high_res1, seg_embedding):
         seg = seg_embedding.reshape(-1, 1, self.dim)
-        dense = self.no_mask_embed.expand(conditioned.shape[0], -1, *conditioned.shape[-2:])
-        low_res, iou, _, object_score = self.decoder(
-            image_embeddings=conditioned,
-            image_pe=self.image_pe,
-            sparse_prompt_embeddings=seg,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-            repeat_image=False,
-            high_res_features=[high_res0, high_res1],
+        low_res, iou, _, object_score = seg_prompted_decode(
+            self.decoder, conditioned, self.image_pe, [high_res0, high_res1], seg, self.no_mask_embed
         )
         return low_res, iou, object_score
 

@@ -16,7 +16,7 @@ from torch import nn
 from runtime import rules
 
 from .config import GlusConfig
-from .sam import build_sam2_model
+from .sam import build_sam2_model, seg_prompted_decode
 
 POOL = 4  # AvgPool1d(kernel=4, stride=4) over CLIP's patch tokens: 256 → 64 per frame
 
@@ -167,20 +167,11 @@ class GlusModel(nn.Module):
     def decode(self, feats: ImageFeatures, conditioned: torch.Tensor, seg_embedding: torch.Tensor) -> DecoderOutput:
         """SAM2 mask decoder prompted by the [SEG] embedding (one sparse token, no-mask dense)."""
         seg = seg_embedding.reshape(-1, 1, self.sam.hidden_dim)
-        b = seg.shape[0]
         image_embed = self._to_map(conditioned, feats.sizes[-1])
         high_res = [self._to_map(t, s) for t, s in zip(feats.tokens[:-1], feats.sizes[:-1])]
         pe = self.sam.sam_prompt_encoder
-        h, w = feats.sizes[-1]
-        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
-        low_res, iou, _, object_score = self.sam.sam_mask_decoder(
-            image_embeddings=image_embed,
-            image_pe=pe.get_dense_pe(),
-            sparse_prompt_embeddings=seg,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-            repeat_image=False,
-            high_res_features=high_res,
+        low_res, iou, _, object_score = seg_prompted_decode(
+            self.sam.sam_mask_decoder, image_embed, pe.get_dense_pe(), high_res, seg, pe.no_mask_embed.weight
         )
         return DecoderOutput(low_res_logits=low_res, iou=iou, object_score=object_score)
 

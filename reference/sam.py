@@ -37,3 +37,30 @@ def build_sam2_model(yaml_path: str | Path):
     cfg = load_sam2_cfg(yaml_path)
     model = instantiate(cfg.model, _recursive_=True)
     return model.eval()
+
+
+def seg_prompted_decode(
+    decoder, image_embed, image_pe, high_res: list, sparse, no_mask_embed, *, all_masks: bool = False
+):
+    """SAM2's mask decoder with GLUS's prompt: the [SEG] embedding as the sparse prompt ([B, N,
+    C]: one token each for GLUS), the prompt encoder's no-mask embedding as the dense prompt,
+    one image per row (repeat_image=False). The one place the decoder is called: the reference
+    (GlusModel.decode), its ONNX graph (export/sam_graphs.py) and training (all four masks).
+
+    Returns sam2's (low_res_masks, iou, sam_tokens, object_score) with multimask_output=False
+    (the decoder's dynamic multimask-via-stability choice included); all_masks=True returns
+    predict_masks' (masks, iou, mask_tokens, object_score), all four outputs before selection.
+    """
+    b = sparse.shape[0]
+    dense = no_mask_embed.reshape(1, -1, 1, 1).expand(b, -1, *image_embed.shape[-2:])
+    kwargs = dict(
+        image_embeddings=image_embed,
+        image_pe=image_pe,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        repeat_image=False,
+        high_res_features=high_res,
+    )
+    if all_masks:
+        return decoder.predict_masks(**kwargs)
+    return decoder(**kwargs, multimask_output=False)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from evalkit import synth
 from reference.model import ImageFeatures
 from reference.preprocess import clip_pixels, sam_pixels
+from reference.sam import seg_prompted_decode
 from runtime import rules
 
 from .config import TrainConfig
@@ -44,22 +45,19 @@ def clip_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
 def decode_all(model, feats: ImageFeatures, conditioned: torch.Tensor, seg: torch.Tensor):
     """GlusModel.decode, returning all four mask outputs and IoU predictions. `seg`: [B, 256]
     ([SEG] embeddings, one sparse token each) or [B, N, 256] (other sparse prompts)."""
-    sam = model.sam
-    pe = sam.sam_prompt_encoder
-    b = seg.shape[0]
+    pe = model.sam.sam_prompt_encoder
     if seg.dim() == 2:
         seg = seg[:, None]
     image_embed = model._to_map(conditioned, feats.sizes[-1])
     high_res = [model._to_map(t, s) for t, s in zip(feats.tokens[:-1], feats.sizes[:-1])]
-    h, w = feats.sizes[-1]
-    dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
-    masks, iou, _, _ = sam.sam_mask_decoder.predict_masks(
-        image_embeddings=image_embed,
-        image_pe=pe.get_dense_pe(),
-        sparse_prompt_embeddings=seg,
-        dense_prompt_embeddings=dense,
-        repeat_image=False,
-        high_res_features=high_res,
+    masks, iou, _, _ = seg_prompted_decode(
+        model.sam.sam_mask_decoder,
+        image_embed,
+        pe.get_dense_pe(),
+        high_res,
+        seg,
+        pe.no_mask_embed.weight,
+        all_masks=True,
     )
     return masks, iou
 
