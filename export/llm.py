@@ -14,7 +14,7 @@ from torch import nn
 
 from .onnx_utils import GraphSpec
 
-# Example sizes of the dynamic axes: both >= 2 or the exporter bakes them in (FINDINGS).
+# Example sizes of the dynamic axes: both >= 2 or the exporter bakes them in as constants.
 EXAMPLE_T = 5
 EXAMPLE_P = 3
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from .onnx_utils import GraphSpec
 
-EXAMPLE_BATCH = 2  # >= 2, or the exporter bakes the batch size in (FINDINGS)
+EXAMPLE_BATCH = 2  # >= 2, or the exporter bakes the batch size in as a constant
 
 
 class VisionGraph(nn.Module):

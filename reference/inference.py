@@ -3,7 +3,7 @@
 For every query frame the whole prompt (system, 4 context frames, a window of up to 4 query
 rounds) is rebuilt, every image in it re-encoded by CLIP and the LLM re-run from scratch; the
 [SEG] embedding at the last prompt position prompts SAM2's decoder; SAM2's memory bank carries
-the object from frame to frame. See ../shared/GLUS_INFERENCE.md.
+the object from frame to frame (runtime/rules.py restates each rule of GLUS's code it follows).
 """
 
 from __future__ import annotations

@@ -88,7 +88,8 @@ def load_tokenizer(path) -> GlusTokenizer:
         raise ValueError(f"added_tokens.json {added} is not the GLUS layout {expected}")
     # Not AutoTokenizer: next to GLUS's config.json (model_type "llava") transformers 5.23
     # picks a generic TokenizersBackend whose conversion drops the dummy prefix. Not
-    # LlamaTokenizer(vocab_file=...) either (FINDINGS.md: broken added tokens).
+    # LlamaTokenizer(vocab_file=...) either: in transformers 5.23 it builds a broken tokenizer
+    # (the added tokens get tiny ids, text becomes one token).
     # LlamaTokenizer.from_pretrained(dir) converts tokenizer.model correctly.
     hf = LlamaTokenizer.from_pretrained(str(path))
     hf.pad_token = hf.unk_token  # GLUS: pad = unk

@@ -2,8 +2,8 @@
 
 Shared by the PyTorch reference and the torch-free runtime, so this module imports nothing
 beyond the standard library. Every rule restates what GLUS's published inference code
-(``inference_iter.py``, ``model/GLUS.py``, ``model/llava``; transformers 4.31) does; see
-/work/shared/GLUS_INFERENCE.md. Where GLUS would crash on a bad input we raise ValueError.
+(``inference_iter.py``, ``model/GLUS.py``, ``model/llava``; transformers 4.31) does, stated at
+the constant or function that restates it. Where GLUS would crash on a bad input we raise ValueError.
 """
 
 from __future__ import annotations

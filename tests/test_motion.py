@@ -251,7 +251,7 @@ def test_motion_context_asks_context_frames_2_to_4_at_the_lower_layer(tmp_path, 
     assert found_at(cont_hs, seen["t"][first_query], 2) and not found_at(cont_hs, seen["t"][first_query], 1)
 
 
-# --- the pointer (session 10): the pick as a CE over the current frame's tokens ---------------
+# --- the pointer: the pick as a CE over the current frame's tokens ---------------
 def test_pointer_loss_is_minus_log_of_the_targets_summed_probability():
     logits = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.0, 3.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
     tm = torch.tensor([[True, False, True, False], [True, False, False, False], [False] * 4])

@@ -208,7 +208,7 @@ def test_train_video_needs_match_the_evaluation_split(tmp_path):
 
 
 def test_recipe_stands_for_the_shipped_models_flags():
-    """--recipe glus-tiny-v4 = R1's command line (TRAINING.md, session 12); explicit flags win."""
+    """--recipe glus-tiny-v4 = R1's command line (TRAINING.md); explicit flags win."""
     _, cfg = cli.parse_args(["--out", "x", "--recipe", "glus-tiny-v4"])
     assert (cfg.shape, cfg.locate, cfg.clip_steps, cfg.clip_fine_weight) == ("small4", True, 12000, 20)
     assert (cfg.ground_steps, cfg.ground_single_steps, cfg.ground_weight, cfg.ground_mix) == (1200, 1200, 20, 10)

@@ -7,7 +7,7 @@ the target in 25 % of frame 0's frames, 34 % / 47 % at frames 1 / 2, ~70 % in mi
 (benchmarks/results/failmodes-glus-tiny-v4.md). This stage trains every part with GLUS's losses
 (token CE with [SEG], mask BCE + Dice through the memory bank, the object contrastive loss),
 the run starting at frame 0 with probability `finetune_early`, at `finetune_lr_scale` times
-stage 2's rates, on videos no earlier stage drew. Measured (session 15, models/glus-tiny/TRAINING.md):
+stage 2's rates, on videos no earlier stage drew. Measured (models/glus-tiny/TRAINING.md):
 on v4, 600 steps give held-out J&F 0.7953 -> 0.8071 and 1200 steps (v5) 0.8176; a control with
 uniform starts did as well as the early ones, and the twins' early-frame merges the early starts
 were aimed at did not go away.

@@ -1,7 +1,7 @@
 """Stand-ins for the pretraining GLUS inherits (not GLUS; training stages 0b and 1b).
 
 GLUS starts from CLIP ViT-L, whose patch features say what is where, and from LLaVA/LISA, whose
-LLM can say where a described object is. Ours start from scratch, and session 6 measured what
+LLM can say where a described object is. Ours start from scratch, and a probe measured what
 that costs (models/glus-tiny/TRAINING.md): the pooled CLIP tokens of the v3 model hold almost
 no position (a linear probe recovers a token's row with R^2 0.04), and its LLM never learns to
 say where even a colour-named object is. Two cheap stages teach those skills before GLUS training:
@@ -162,8 +162,8 @@ def grounding_loss(xy: torch.Tensor, target: torch.Tensor, other: torch.Tensor |
 def question_ids(tok, expr: str, n_frames: int) -> list[int]:
     """The grounding prompt: BOS, n_frames images, GLUS's question, then "ASSISTANT: " and GLUS's
     answer prefix, ending where stage 2 and inference read the [SEG] embedding (the last prompt
-    position, which predicts [SEG]). Session 7: a head trained at "ASSISTANT:" read MSE 0.020
-    there but 0.085 at the [SEG] position, so run G's stage 2 started without the skill."""
+    position, which predicts [SEG]): a head trained at "ASSISTANT:" read MSE 0.020 there but
+    0.085 at the [SEG] position, so a stage 2 built on it starts without the skill."""
     text = (
         rules.IMAGE_TEXT * n_frames
         + "\n"

@@ -26,13 +26,13 @@ time, so a query token cannot tell which context frames are earlier than its own
 direction estimate is a guess (0.67 on a video's first frame, 0.32-0.46 on the others). The
 context frames are in time order: each of their tokens sees its object's earlier positions in
 causal order and can compute the direction; a query token above that layer only has to fetch it
-from the context token of its own object. Measured (session 9, `--shape small4`): the query
+from the context token of its own object. Measured (`--shape small4`, TRAINING.md): the query
 tokens reach 0.742 on videos of an unseen seed, 0.72-0.75 at every window length, where the
 2-layer head plateaued at 0.40 (0.38 on the unseen seed).
 
 With a PointerHead (`pointer_weight`, `pointer_stage2_weight`, `pointer_below`), the [SEG]
 position is also asked which of the current frame's tokens are the target's (a CE over them).
-Measured (session 10): the pick among look-alikes reaches 0.89 on training batches pointing from
+Measured (TRAINING.md): the pick among look-alikes reaches 0.89 on training batches pointing from
 below the last layer, but SAM2 only sees the [SEG] state, and the place follows it only when the
 centre regression is weighted up (`motion_ground_weight` 20: look-alike pick 0.57 -> 0.69).
 """
@@ -132,12 +132,12 @@ class MotionTokenHead(torch.nn.Module):
 
 
 class PointerHead(torch.nn.Module):
-    """The pick as attention (session 9's probe): logits over the current query frame's 64 image
+    """The pick as attention: logits over the current query frame's 64 image
     tokens, (W_q h_seg) . (W_k h_token) / sqrt(D), at the LLM's last layer; the answer is the
     target's tokens. Regressing the target's (x, y) from [SEG] left the motion pick at chance in
-    every run (sessions 5-9): the gradient of one point says little about which token to read.
+    every run (TRAINING.md): the gradient of one point says little about which token to read.
     A CE over tokens says it directly. It does not by itself put the target's place into the
-    [SEG] state that prompts SAM2 (session 10: held-out J&F unchanged); with the centre regression
+    [SEG] state that prompts SAM2 (held-out J&F unchanged); with the centre regression
     weighted up (`motion_ground_weight`) the place starts to follow."""
 
     def __init__(self, dim: int):
@@ -357,7 +357,7 @@ def pretrain_motion(
     pointer head, the pick over the current frame's tokens). With `pointer_from` K > 0 the stage
     runs in two phases, each with its own warm-up and cosine: K steps without the pointer and the
     centre x1 (the token skill first, as run H), then the rest with the pointer and the centre x
-    `motion_ground_weight` (sessions 10-11: the place follows the pick once the tokens know
+    `motion_ground_weight` (measured: the place follows the pick once the tokens know
     their motion)."""
     model = ref.model
     params = list(model.llm.parameters()) + list(model.mm_projector.parameters())

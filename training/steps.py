@@ -95,7 +95,8 @@ def forward_sample(
     tokens = clip_tokens(model, pixels)
     row = {f: i for i, f in enumerate(needed)}
     # The prefix (system, context frames, context sentence) is the same for every prompt of the
-    # sample: one prefill, its keys/values shared by all continuations (exact: FINDINGS.md).
+    # sample: one prefill, its keys/values shared by all continuations (exact: the causal mask
+    # over a cache equals a full prefill's, tests/test_export_llm.py checks it).
     prefix_ids = prompts.prefix_ids()
     prefix = model.embed_prompt(prefix_ids, tokens[[row[f] for f in sample.context]])
     n_pre = prefix.shape[1]
