@@ -46,6 +46,13 @@ def check_kv_policy(kv_policy: str, rope_type: str = "default") -> str:
     return kv_policy
 
 
+def check_llm_every(llm_every) -> int:
+    """segment_video's and stream's llm_every: a positive int (1: GLUS, the LLM on every frame)."""
+    if isinstance(llm_every, bool) or not isinstance(llm_every, (int, np.integer)) or llm_every < 1:
+        raise InputError(f"llm_every must be a positive integer (1: every frame), got {llm_every!r}")
+    return int(llm_every)
+
+
 def check_key_frames(key_frames, n_expressions: int, n_frames: int):
     """segment_video's key_frames: None (every expression from frame 0, GLUS's default), "auto"
     (self-refined), one int for every expression, or one int-or-None per expression. Returns

@@ -14,19 +14,18 @@ step runtime/tracking.py's; this module plans the passes of a video.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import rules
-from .checks import check_frame, check_key_frames
+from .checks import check_frame, check_key_frames, check_llm_every
 from .errors import BackendError, EngineDirError, InputError
 from .manifest import Manifest
 from .stages import Stages
 from .stream import Stream
-from .tracking import FrameEncodings, StepInfo, Track, frame_step
+from .tracking import FrameEncodings, StepInfo, Track, frame_step, llm_schedule
 
 
 @dataclass
@@ -105,6 +104,7 @@ class GlusEngine:
         kv_policy: str = "exact",
         details: bool = False,
         progress=None,
+        llm_every: int = 1,
     ) -> list[ExpressionResult]:
         """Masks for every frame and every expression, as the reference loop computes them.
 
@@ -116,6 +116,10 @@ class GlusEngine:
         probability and the best frame becomes the key frame. A frame read by several passes
         is encoded once and its features kept until the last of them (with key frames, up to
         the whole video's SAM2 features at once).
+        llm_every: 1 (default: GLUS, the LLM answers on every frame, the reference's masks) or k:
+        the LLM answers on every k-th query frame of a pass (its first included); between, SAM2
+        alone carries the object (tracking.frame_step), and a frame the LLM does not see is not
+        CLIP-encoded. StepInfo.llm_ran says which frames the LLM saw.
         kv_policy: "exact" (default: the reference's results) or "incremental" (approximate,
         faster: see tracking.incremental_llm_step). progress: called with no argument after
         every query-frame step (all expressions of a pass advance together).
@@ -132,11 +136,19 @@ class GlusEngine:
         if n == 0:
             raise InputError("the video has no frames")
         ks = check_key_frames(key_frames, len(exprs), n)
+        llm_every = check_llm_every(llm_every)
 
         context = rules.context_frame_indices(n)
         context_tokens = st.clip_tokens([frames[i] for i in context])
         prefix = st.prefix(context_tokens)
-        opts = dict(prefix=prefix, force_seg=force_seg, use_memory=use_memory, kv_policy=kv_policy, progress=progress)
+        opts = dict(
+            prefix=prefix,
+            force_seg=force_seg,
+            use_memory=use_memory,
+            kv_policy=kv_policy,
+            progress=progress,
+            llm_every=llm_every,
+        )
         enc = FrameEncodings(st, frames, dict(zip(context, context_tokens)))
         auto = ks == "auto"
         if auto:
@@ -183,24 +195,27 @@ class GlusEngine:
         details: bool,
         kv_policy: str,
         progress,
+        llm_every: int = 1,
     ):
         st = self._stages
         tracks = [Track(e, st.new_bank(use_memory), pass_name) for e in exprs]
-        window: deque = deque(maxlen=rules.NUM_QUERY)  # CLIP tokens of the window's frames
         results = [dict() for _ in exprs]
+        why = "every frame" if llm_every == 1 else f"every {llm_every} frames"
         for idx in order:
-            window.append(enc.clip(idx))
+            ask = [llm_schedule(llm_every, tr.t) for tr in tracks]
             steps = frame_step(
                 st,
                 tracks,
                 idx,
                 enc.frames[idx],
                 lambda idx=idx: enc.sam(idx),
+                lambda idx=idx: enc.clip(idx),
                 prefix,
-                list(window),
                 force_seg,
                 details,
                 kv_policy,
+                ask=ask,
+                why=why,
             )
             enc.done(idx)
             for j, (mask, info) in enumerate(steps):
@@ -220,6 +235,7 @@ class GlusEngine:
         force_seg: bool = False,
         use_memory: bool = True,
         kv_policy: str = "exact",
+        llm_every: int = 1,
     ) -> Stream:
         """A Stream (runtime/stream.py): push a camera's frames one by one, get each frame's masks."""
         return Stream(
@@ -231,6 +247,7 @@ class GlusEngine:
             force_seg=force_seg,
             use_memory=use_memory,
             kv_policy=kv_policy,
+            llm_every=llm_every,
         )
 
 

@@ -18,15 +18,13 @@ and one 7-slot memory bank per expression.
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 
 from . import rules
-from .checks import check_frame
+from .checks import check_frame, check_llm_every
 from .errors import InputError
 from .stages import Stages
-from .tracking import Track, frame_step
+from .tracking import Track, frame_step, llm_schedule
 
 
 class Stream:
@@ -44,8 +42,10 @@ class Stream:
         force_seg: bool = False,
         use_memory: bool = True,
         kv_policy: str = "exact",
+        llm_every: int = 1,
     ):
         stages.check_kv_policy(kv_policy)
+        self.llm_every = check_llm_every(llm_every)
         if refresh_every < 1:
             raise InputError(f"refresh_every must be >= 1, got {refresh_every}")
         if pool_size < rules.NUM_CONTEXT:
@@ -57,7 +57,6 @@ class Stream:
         self.use_memory = use_memory
         self.kv_policy = kv_policy
         self.tracks: dict = {}
-        self.window: deque = deque(maxlen=rules.NUM_QUERY)
         self.pool: list[tuple[int, np.ndarray]] = []
         self.stride = 1
         self.frames_seen = 0
@@ -97,9 +96,9 @@ class Stream:
         del self.tracks[expression]
 
     # ---- context -------------------------------------------------------------------------
-    def _update_context(self, index: int, tokens: np.ndarray) -> None:
+    def _update_context(self, index: int, tokens_fn) -> None:
         if index % self.stride == 0:
-            self.pool.append((index, tokens))
+            self.pool.append((index, tokens_fn()))
             if len(self.pool) > self.pool_size:
                 self.stride *= 2
                 self.pool = [(i, t) for i, t in self.pool if i % self.stride == 0]
@@ -121,49 +120,52 @@ class Stream:
         hw = frame.shape[:2]
         if self.hw is not None and hw != self.hw:
             raise InputError(f"frame size changed mid-stream from {self.hw} to {hw}")
-        tokens = stages.clip_tokens([frame])[0]
         self.hw = hw
         index = self.frames_seen
         self.frames_seen += 1
-        if not self.fixed_context:
-            self._update_context(index, tokens)
-        self.window.append(tokens)
-        cache: list = []
+        cache: dict = {}
+
+        def tokens_fn():
+            if "clip" not in cache:
+                cache["clip"] = stages.clip_tokens([frame])[0]
+            return cache["clip"]
 
         def feats_fn():
-            if not cache:
-                cache.append(stages.sam_features(frame))
-            return cache[0]
+            if "sam" not in cache:
+                cache["sam"] = stages.sam_features(frame)
+            return cache["sam"]
 
-        # Tracks added at different times have windows of different lengths: one call each.
-        by_len: dict[int, list] = {}
-        for name, tr in self.tracks.items():
-            by_len.setdefault(min(tr.t + 1, rules.NUM_QUERY), []).append(name)
+        # A frame's CLIP tokens are computed only when read: for the context pool (every
+        # stride-th frame) or by a track whose LLM answers on it.
+        if not self.fixed_context:
+            self._update_context(index, tokens_fn)
+        tracks = list(self.tracks.values())
+        ask = [llm_schedule(self.llm_every, tr.t) for tr in tracks]
+        steps = frame_step(
+            stages,
+            tracks,
+            index,
+            frame,
+            feats_fn,
+            tokens_fn,
+            self.prefix,
+            self.force_seg,
+            details=False,
+            kv_policy=self.kv_policy,
+            ask=ask,
+            why="every frame" if self.llm_every == 1 else f"every {self.llm_every} frames",
+        )
         masks, self.last_steps = {}, {}
-        for n, names in by_len.items():
-            window = list(self.window)[-n:]
-            steps = frame_step(
-                stages,
-                [self.tracks[k] for k in names],
-                index,
-                frame,
-                feats_fn,
-                self.prefix,
-                window,
-                self.force_seg,
-                details=False,
-                kv_policy=self.kv_policy,
-            )
-            for name, (mask, info) in zip(names, steps):
-                masks[name] = mask
-                self.last_steps[name] = info
+        for name, (mask, info) in zip(self.tracks, steps):
+            masks[name] = mask
+            self.last_steps[name] = info
         return masks
 
     def state_nbytes(self) -> dict[str, int]:
         """Bytes held per kind of state: flat over a stream of any length."""
         return {
             "prefix_kv": 0 if self.prefix is None else self.prefix.nbytes,
-            "window": int(sum(t.nbytes for t in self.window)),
+            "window": int(sum(t.nbytes for tr in self.tracks.values() for t in tr.window)),
             "pool": int(sum(t.nbytes for _, t in self.pool)),
             "memory": int(sum(tr.bank.nbytes for tr in self.tracks.values() if tr.bank is not None)),
             "track_kv": int(sum(tr.kv.nbytes for tr in self.tracks.values() if tr.kv is not None)),

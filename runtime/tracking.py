@@ -39,6 +39,10 @@ class StepInfo:
     object_score: float | None = None
     memories: list[int] = field(default_factory=list)
     pass_name: str = "forward"
+    # Whether the LLM answered on this frame; if not (llm_every > 1), the mask came from SAM2
+    # alone, prompted by the track's last [SEG] (next_token, is_seg, seg_embedding: that answer's).
+    llm_ran: bool = True
+    why: str = "every frame"
 
     @property
     def score(self) -> float:
@@ -58,7 +62,12 @@ class Track:
         self.answers: deque = deque(maxlen=rules.NUM_QUERY - 1)
         self.t = 0  # position of the next query frame in this pass (its memory key)
         self.pass_name = pass_name
+        # The LLM's rounds: the CLIP tokens of the frames it saw (the window shows the last Q)
+        # and how many rounds there were (GLUS's window rule counts rounds, not frames).
+        self.window: deque = deque(maxlen=rules.NUM_QUERY)
+        self.rounds = 0
         self.last_seg: np.ndarray | None = None  # the LLM's latest [SEG] embedding
+        self.last_token: int | None = None  # and the token it answered with
         # kv_policy="incremental": this track's own KV cache (prefix + window rounds), the
         # prefix it was built on, and where each round's <im_start> sits in it.
         self.kv: np.ndarray | None = None
@@ -122,33 +131,57 @@ def frame_step(
     frame_index: int,
     frame: np.ndarray,
     feats_fn,
+    tokens_fn,
     prefix: Prefix,
-    window_tokens: list[np.ndarray],
     force_seg: bool,
     details: bool,
     kv_policy: str = "exact",
+    ask: list[bool] | None = None,
+    why: str = "every frame",
 ) -> list[tuple[np.ndarray, StepInfo]]:
-    """Advance every track by one query frame: (mask, StepInfo) per track. feats_fn() gives the
-    frame's SAM2 features; it is called only if some track answers [SEG] (or force_seg)."""
+    """Advance every track by one query frame: (mask, StepInfo) per track.
+
+    feats_fn() gives the frame's SAM2 features, tokens_fn() its CLIP tokens; each is called only
+    if some track needs it. ask[j] (default: all) says whether track j's LLM answers on this frame:
+    its window gains the frame and GLUS's step runs on it. A track that does not ask keeps its
+    last answer: after a [SEG] (or with force_seg) its mask comes from SAM2 alone, memory
+    attention over its bank and the decoder prompted with its last [SEG] embedding, stored in the
+    bank like any frame's; after "no [SEG]", GLUS's empty mask, nothing stored."""
     h, w = frame.shape[:2]
     out: list = [None] * len(tracks)
     seg_rows, seg_tracks = [], []
     for j, tr in enumerate(tracks):
-        i = tr.t + 1
-        if kv_policy == "incremental":
-            seg, tok = incremental_llm_step(stages, tr, prefix, tr.past_answers(i), window_tokens)
+        asks = ask is None or ask[j] or tr.last_seg is None
+        if asks:
+            tr.window.append(tokens_fn())
+            i = tr.rounds + 1  # the window's round: GLUS's rules count the LLM's rounds
+            window = list(tr.window)
+            if kv_policy == "incremental":
+                seg, tok = incremental_llm_step(stages, tr, prefix, tr.past_answers(i), window)
+            else:
+                seg, tok = stages.llm_step(prefix, tr.expression, tr.past_answers(i), window)
+            tr.rounds += 1
+            tr.last_seg, tr.last_token = seg, tok
         else:
-            seg, tok = stages.llm_step(prefix, tr.expression, tr.past_answers(i), window_tokens)
-        tr.last_seg = seg
+            seg, tok = tr.last_seg, tr.last_token
         is_seg = tok == stages.seg_id
-        info = StepInfo(frame_index, i, tok, is_seg, seg, pass_name=tr.pass_name)
-        if is_seg or force_seg:
+        info = StepInfo(
+            frame_index,
+            tr.t + 1,
+            tok,
+            is_seg,
+            seg,
+            pass_name=tr.pass_name,
+            llm_ran=asks,
+            why=why if asks else "skipped: SAM2 alone on the last answer",
+        )
+        if asks:
             tr.record(rules.ANSWER_SEG if is_seg else rules.ANSWER_NO_SEG)
+        if is_seg or force_seg:
             seg_rows.append(j)
             seg_tracks.append((tr, info))
         else:
-            tr.record(rules.ANSWER_NO_SEG)  # GLUS: empty mask, nothing stored
-            out[j] = (np.zeros((h, w), bool), info)
+            out[j] = (np.zeros((h, w), bool), info)  # GLUS: empty mask, nothing stored
     if seg_rows:
         feats = feats_fn()
         conds = []
@@ -172,6 +205,12 @@ def frame_step(
     for tr in tracks:
         tr.t += 1
     return out
+
+
+def llm_schedule(llm_every: int, position: int) -> bool:
+    """Whether the LLM answers at a track's query frame `position` (0 = its first) with
+    llm_every=k: on every k-th frame, starting with the first."""
+    return position % llm_every == 0
 
 
 class FrameEncodings:

@@ -103,7 +103,7 @@ def test_stream_causal_add_remove_and_flat_state(tiny_engine):
         assert len(stream.pool) <= 6
     for key in ("prefix_kv", "window", "memory"):
         assert all(s[key] == sizes[0][key] for s in sizes), f"stream {key} must not grow"
-    per_frame = stream.window[0].nbytes
+    per_frame = next(iter(stream.tracks.values())).window[0].nbytes
     assert all(s["pool"] <= 6 * per_frame for s in sizes)  # the pool is bounded, not growing
     assert stream.context_indices == sorted(stream.context_indices)
     assert max(stream.context_indices) > 20  # the context follows the stream
@@ -272,7 +272,7 @@ def test_stream_state_is_flat_over_2000_frames(tiny_engine):
         assert all(len(tr.bank) <= rules.NUM_MASKMEM for tr in stream.tracks.values())
     for key in ("prefix_kv", "window", "memory"):
         assert len({s[key] for s in sizes}) == 1, key
-    assert max(s["pool"] for s in sizes) <= 8 * stream.window[0].nbytes
+    assert max(s["pool"] for s in sizes) <= 8 * next(iter(stream.tracks.values())).window[0].nbytes
     assert rss[-1] - rss[0] < 50_000  # KiB: no growth beyond allocator noise
 
 
