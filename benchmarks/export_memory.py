@@ -181,15 +181,22 @@ def summarize(rows: list[dict]) -> dict:
             fits[f"step {k}"] = fit_line(xs, [r["peaks"][k] for r in rows])
     full = {k: a + b * FULL_DEPTH for k, (a, b) in fits.items()}
     top_step = max((k for k in full if k.startswith("step ")), key=lambda k: full[k])
-    a, b = fits["build"]
+    # The step at the peak can change with depth (at few layers the LLM export's child, at 32
+    # a step whose growth per layer is larger): the extrapolated peak is the highest step line,
+    # never below the line through each depth's own peak.
+    peak_key = top_step if full[top_step] >= full["build"] else "build"
+    a, b = fits[peak_key]
     wa, wb = fits["llm_weights_fp32"]
+    what = f"step {top_step[5:]}" if peak_key == top_step else "the build's peak"
     return {
         "fit": fits,
         "extrapolated_32": full,
         "top_step_32": top_step,
-        "peak_over_llm_weights_32": full["build"] / full["llm_weights_fp32"],
+        "peak_32": full[peak_key],
+        "peak_over_llm_weights_32": full[peak_key] / full["llm_weights_fp32"],
         "arithmetic": (
-            f"peak(32) = {a / 1e9:.2f} GB + 32 x {b / 1e9:.3f} GB = {full['build'] / 1e9:.1f} GB;"
+            f"peak(32) = {what}: {a / 1e9:.2f} GB + 32 x {b / 1e9:.3f} GB = {full[peak_key] / 1e9:.1f} GB"
+            f" (the line through each depth's own peak: {full['build'] / 1e9:.1f} GB);"
             f" fp32 LLM weights(32) = {wa / 1e9:.2f} GB + 32 x {wb / 1e9:.3f} GB ="
             f" {full['llm_weights_fp32'] / 1e9:.1f} GB"
         ),

@@ -186,25 +186,31 @@ def llm_seg_cosines(ref, fp32_path: Path, int8_path: Path, steps: int = 5) -> li
     from .onnx_utils import cosine, ort_session
 
     m, tok = ref.model, ref.tokenizer
-    a, b = ort_session(fp32_path), ort_session(int8_path)
     cfg = m.llm.config
     kvh = cfg.num_key_value_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     g = torch.Generator().manual_seed(7)
-    out = []
+    feeds = []
     for step in range(1, steps + 1):
         past = [rules.ANSWER_SEG] * min(step - 1, rules.NUM_QUERY - 1)
         ids = tok.encode_prompt(rules.prompt_text("the red circle moving left", past))
         n_img = ids.count(rules.IMAGE_TOKEN_INDEX)
         with torch.no_grad():
             emb = m.embed_prompt(ids, torch.randn(n_img, 64, cfg.hidden_size, generator=g) * 0.5)
-        feeds = {
-            "inputs_embeds": emb.numpy(),
-            "position_ids": np.arange(emb.shape[1], dtype=np.int64)[None],
-            "past_kv": np.zeros((cfg.num_hidden_layers, 2, 1, kvh, 0, hd), np.float32),
-        }
-        out.append(cosine(a.run(["seg_embedding"], feeds)[0], b.run(["seg_embedding"], feeds)[0]))
-    return out
+        feeds.append(
+            {
+                "inputs_embeds": emb.numpy(),
+                "position_ids": np.arange(emb.shape[1], dtype=np.int64)[None],
+                "past_kv": np.zeros((cfg.num_hidden_layers, 2, 1, kvh, 0, hd), np.float32),
+            }
+        )
+    # One session at a time: a 7B's fp32 and int8 sessions together would hold 1.25x its weights.
+    outputs = []
+    for path in (fp32_path, int8_path):
+        session = ort_session(path)
+        outputs.append([session.run(["seg_embedding"], f)[0] for f in feeds])
+        del session
+    return [cosine(a, b) for a, b in zip(*outputs)]
 
 
 # ---- the build ---------------------------------------------------------------------------
