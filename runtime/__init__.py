@@ -12,9 +12,9 @@ step), engine (GlusEngine: offline passes), stream (a camera), the CLI (segment)
 only kernels and evalkit; the reference, export, training and benchmarks stand on it.
 """
 
-from .errors import BackendError, EngineDirError, GlusError, InputError
+from .errors import BackendError, EngineDirError, GlusError, InputError, InvariantError
 
-__all__ = ["BackendError", "EngineDirError", "GlusEngine", "GlusError", "InputError"]
+__all__ = ["BackendError", "EngineDirError", "GlusEngine", "GlusError", "InputError", "InvariantError"]
 
 
 def __getattr__(name):  # keep `import runtime` light (no onnxruntime until an engine is loaded)

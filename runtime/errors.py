@@ -17,5 +17,9 @@ class InputError(GlusError, ValueError):
     """A bad frame, expression or argument; the stream stays usable after it."""
 
 
+class InvariantError(GlusError, RuntimeError):
+    """Something the runtime guarantees did not hold (a bug, not a bad input): please report it."""
+
+
 class UnknownFilesWarning(UserWarning):
     """The engine directory holds files its manifest does not name (they are not used)."""

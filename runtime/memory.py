@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import rules
+from .errors import InvariantError
 
 
 class MemoryBank:
@@ -51,7 +52,7 @@ class MemoryBank:
                 self.keys[s] = -1
         free = np.flatnonzero(self.keys < 0)
         if not len(free):  # cannot happen: at most num_maskmem keys are ever reachable
-            raise RuntimeError(f"memory bank full at frame {t}: keys {self.keys.tolist()}")
+            raise InvariantError(f"memory bank full at frame {t}: keys {self.keys.tolist()}")
         s = int(free[0])
         self.slots[s] = memory
         self.keys[s] = t

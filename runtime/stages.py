@@ -19,7 +19,7 @@ import numpy as np
 from . import preprocess, rules
 from .backends import nbytes, open_graph, resolve_backend, to_host
 from .checks import check_expression, check_kv_policy
-from .errors import EngineDirError, UnknownFilesWarning
+from .errors import EngineDirError, InvariantError, UnknownFilesWarning
 from .manifest import Manifest, read_manifest
 from .memory import MemoryBank
 from .tokenizer import RuntimeTokenizer
@@ -183,7 +183,7 @@ class Stages:
         ids = self.tokenizer.encode_prompt(rules.prompt_text(expression, past))
         n = len(prefix.ids)
         if ids[:n] != prefix.ids:  # guaranteed by rules.split_prefix
-            raise RuntimeError("prompt does not start with the cached prefix tokens")
+            raise InvariantError("prompt does not start with the cached prefix tokens")
         return ids[n:]
 
     def llm_step(

@@ -112,3 +112,13 @@ def test_public_surface_fits_on_a_screen(tiny_engine):
         "device",
         "io_binding",
     }
+
+
+def test_every_runtime_error_is_a_glus_error():
+    """Bad input, a bad engine directory, a missing backend, a video source that cannot be
+    read and a broken invariant: each a GlusError, so one except clause catches them all."""
+    import runtime.errors as E
+    from runtime.video import VideoSourceError
+
+    for cls in (E.InputError, E.EngineDirError, E.BackendError, E.InvariantError, VideoSourceError):
+        assert issubclass(cls, E.GlusError)
