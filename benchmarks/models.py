@@ -19,9 +19,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SEED = 0
 # What the checkpoint depends on, and what the engine depends on besides the checkpoint.
-_REFERENCE_MODEL = tuple(
-    f"reference/{f}.py"
-    for f in ("make_tiny", "model", "sam", "config", "checkpoint", "loader", "tokenizer", "rules", "preprocess")
+_REFERENCE_MODEL = (
+    *(
+        f"reference/{f}.py"
+        for f in ("make_tiny", "model", "sam", "config", "checkpoint", "loader", "tokenizer", "preprocess")
+    ),
+    "runtime/rules.py",
 )
 CHECKPOINT_SOURCES = (*_REFERENCE_MODEL, "benchmarks/models.py")
 ENGINE_SOURCES = (*_REFERENCE_MODEL, "export", "kernels", "runtime/manifest.py")

@@ -9,7 +9,7 @@ project's own LLM graph (export/llm.py: inputs_embeds, position_ids, stacked KV 
 state), quantizes it with every method export/quantize.py offers and compares each variant
 with the fp32 graph on GLUS-style prompts:
 
-- prompts: reference/rules.py's llava_v1 prompt (4 context frames, a window of 1..4 query
+- prompts: runtime/rules.py's llava_v1 prompt (4 context frames, a window of 1..4 query
   rounds, past answers ANSWER_SEG) for real referring expressions, tokenized by SmolLM2's own
   tokenizer; GLUS's added tokens (<im_start>, <im_end>, [SEG]) do not exist in it and are
   tokenized as plain SmolLM2 text, while every <image> is cut out as in GLUS
@@ -719,7 +719,7 @@ def main(argv=None) -> int:
         "fp32_top1": [r["top1"] for r in fp32_ref],
         "image_embeddings": "64 rows per <image>: token embeddings of random non-special SmolLM2 tokens + "
         "Gaussian noise (std = embedding table element std), fixed per (video, frame)",
-        "text": "reference/rules.py llava_v1 prompt, no BOS; <im_start>/<im_end>/[SEG] tokenized as plain "
+        "text": "runtime/rules.py llava_v1 prompt, no BOS; <im_start>/<im_end>/[SEG] tokenized as plain "
         "SmolLM2 text; <image> cut out as in GLUS (tokenize_with_images)",
         "grid_note": GRID_NOTE,
         "seconds": time.time() - t_start,

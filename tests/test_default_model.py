@@ -4,6 +4,7 @@ build says so with the mend instead of building an engine from anything else."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,21 @@ def test_the_source_tree_has_the_trained_model():
 
 
 def test_a_non_editable_install_refuses_to_build_a_default_engine(tmp_path):
+    # Built from a copy of the project (its packages and pyproject.toml): setuptools writes its
+    # build/ and egg-info beside the sources it builds.
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", "models", "build", "*.egg-info", "__pycache__", ".ruff_cache", ".gpu-wheels", "shared"
+        ),
+    )
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
     r = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--no-deps", str(REPO)], capture_output=True, text=True, check=False
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", str(src)], capture_output=True, text=True, check=False
     )
     if r.returncode:
         pytest.skip(f"pip could not build the project here (no build backend reachable): {r.stderr[-300:]}")

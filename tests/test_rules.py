@@ -1,4 +1,4 @@
-"""GLUS's frame/memory/prompt rules against hand-computed values (reference/rules.py)."""
+"""GLUS's frame/memory/prompt rules against hand-computed values (runtime/rules.py)."""
 
 from __future__ import annotations
 
