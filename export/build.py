@@ -821,9 +821,17 @@ def _build(
         accuracy_level=accuracy_level,
         llm_process=llm_process,
     )
-    for _name, run, wanted in PASSES:
-        if wanted(ctx):
+    from tqdm import tqdm
+
+    for name, run, wanted in PASSES:
+        if not wanted(ctx):
+            continue
+        if run is export_pass:  # a bar of its own, one step per graph
             run(ctx)
+            continue
+        with tqdm(total=1, desc=name, unit="pass", disable=not progress) as bar:
+            run(ctx)
+            bar.update(1)
     graphs, parity, array_entries, tok_path = ctx.graphs, ctx.parity, ctx.arrays, ctx.tokenizer
 
     trt = None
