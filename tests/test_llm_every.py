@@ -100,3 +100,14 @@ def test_llm_every_is_checked(tiny_engine, bad):
         tiny_engine.segment_video(moving_square_video(2), EXPR, llm_every=bad)
     with pytest.raises(InputError, match="llm_every"):
         tiny_engine.stream([EXPR], llm_every=bad)
+
+
+def test_incremental_window_counts_the_llm_rounds(tiny_engine):
+    """kv_policy="incremental" keeps its own cache of the LLM's rounds: with llm_every=2 over 7
+    frames the LLM runs 4 rounds, the window never slides, so it equals the exact window."""
+    frames = moving_square_video(7)
+    exact = tiny_engine.segment_video(frames, EXPR, llm_every=2)[0]
+    inc = tiny_engine.segment_video(frames, EXPR, llm_every=2, kv_policy="incremental")[0]
+    for a, b in zip(exact.steps, inc.steps):
+        np.testing.assert_allclose(a.seg_embedding, b.seg_embedding, rtol=1e-4, atol=1e-5)
+    assert [s.llm_ran for s in inc.steps] == [True, False] * 3 + [True]
