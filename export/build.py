@@ -69,10 +69,15 @@ def resolve_llm_process(llm_process: str, precision: str, weight_bytes: int) -> 
     return "child" if precision != "fp16" and weight_bytes >= LLM_CHILD_FROM_BYTES else "same"
 
 
+def llm_graph_modules(model) -> tuple:
+    """What the "llm" graph holds of the PyTorch model: decoder layers, final norm, lm_head and
+    the [SEG] head (embed_tokens stays outside: the engine keeps it as an array)."""
+    return (model.llm.model.layers, model.llm.model.norm, model.llm.lm_head, model.text_hidden_fcs)
+
+
 def llm_weight_bytes(model) -> int:
-    """fp32 bytes of what the "llm" graph holds (decoder layers, final norm, lm_head, [SEG] head)."""
-    mods = (model.llm.model.layers, model.llm.model.norm, model.llm.lm_head, model.text_hidden_fcs)
-    return sum(4 * p.numel() for mod in mods for p in mod.parameters())
+    """fp32 bytes of what the "llm" graph holds."""
+    return sum(4 * p.numel() for mod in llm_graph_modules(model) for p in mod.parameters())
 
 
 def llm_int8_candidates(int8_method: str, hidden_size: int) -> tuple[str, ...]:
@@ -160,7 +165,7 @@ def release_llm_weights(model) -> int:
     process (export/llm_process.py). What the build still reads stays: embed_tokens (the
     embedding array, the int8 check's prompts) and the configs."""
     freed = 0
-    for mod in (model.llm.model.layers, model.llm.model.norm, model.llm.lm_head, model.text_hidden_fcs):
+    for mod in llm_graph_modules(model):
         freed += sum(p.numel() * p.element_size() for p in mod.parameters() if not p.is_meta)
         mod.to("meta")
     gc.collect()  # what only a reference cycle still held

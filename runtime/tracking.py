@@ -82,10 +82,6 @@ class Track:
     def record(self, answer: str) -> None:
         self.answers.append(answer)
 
-    @property
-    def nbytes(self) -> int:
-        return (self.bank.nbytes if self.bank is not None else 0) + (self.kv.nbytes if self.kv is not None else 0)
-
 
 def incremental_llm_step(
     stages: Stages, tr: Track, prefix: Prefix, past: list[str], window_tokens: list[np.ndarray]
@@ -223,7 +219,6 @@ class FrameEncodings:
         self.reads = [0] * len(frames)
         self.tokens: dict[int, np.ndarray] = dict(known_tokens or {})
         self.feats: dict[int, list[np.ndarray]] = {}
-        self.encodes = {"clip": 0, "sam": 0}
 
     def plan(self, order) -> None:
         for i in order:
@@ -232,13 +227,11 @@ class FrameEncodings:
     def clip(self, i: int) -> np.ndarray:
         if i not in self.tokens:
             self.tokens[i] = self.stages.clip_tokens([self.frames[i]])[0]
-            self.encodes["clip"] += 1
         return self.tokens[i]
 
     def sam(self, i: int) -> list[np.ndarray]:
         if i not in self.feats:
             self.feats[i] = self.stages.sam_features(self.frames[i])
-            self.encodes["sam"] += 1
         return self.feats[i]
 
     def done(self, i: int) -> None:
