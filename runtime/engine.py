@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from . import rules
-from .checks import check_frame, check_key_frames, check_llm_every
+from .checks import check_frame, check_key_frames
 from .errors import BackendError, EngineDirError, InputError
+from .llm_policy import AutoTrigger, llm_policy
 from .manifest import Manifest
 from .stages import Stages
 from .stream import Stream
-from .tracking import FrameEncodings, StepInfo, Track, frame_step, llm_schedule
+from .tracking import FrameEncodings, StepInfo, Track, frame_step
 
 
 @dataclass
@@ -104,7 +105,8 @@ class GlusEngine:
         kv_policy: str = "exact",
         details: bool = False,
         progress=None,
-        llm_every: int = 1,
+        llm_every=1,
+        sticky_seg: bool = False,
     ) -> list[ExpressionResult]:
         """Masks for every frame and every expression, as the reference loop computes them.
 
@@ -116,10 +118,14 @@ class GlusEngine:
         probability and the best frame becomes the key frame. A frame read by several passes
         is encoded once and its features kept until the last of them (with key frames, up to
         the whole video's SAM2 features at once).
-        llm_every: 1 (default: GLUS, the LLM answers on every frame, the reference's masks) or k:
-        the LLM answers on every k-th query frame of a pass (its first included); between, SAM2
+        llm_every: 1 (default: GLUS, the LLM answers on every frame, the reference's masks), k:
+        the LLM answers on every k-th query frame of a pass (its first included), or "auto" (or
+        an llm_policy.AutoTrigger with its own thresholds): the LLM answers when SAM2's own
+        mask loses confidence, the scene changes or too many frames went by. Between, SAM2
         alone carries the object (tracking.frame_step), and a frame the LLM does not see is not
-        CLIP-encoded. StepInfo.llm_ran says which frames the LLM saw.
+        CLIP-encoded. StepInfo.llm_ran and StepInfo.why say which frames the LLM saw and why.
+        sticky_seg: where the LLM answers "no [SEG]" (GLUS: an empty mask), prompt SAM2 with
+        the last [SEG] instead while its object score says the object is there (off: GLUS).
         kv_policy: "exact" (default: the reference's results) or "incremental" (approximate,
         faster: see tracking.incremental_llm_step). progress: called with no argument after
         every query-frame step (all expressions of a pass advance together).
@@ -136,7 +142,7 @@ class GlusEngine:
         if n == 0:
             raise InputError("the video has no frames")
         ks = check_key_frames(key_frames, len(exprs), n)
-        llm_every = check_llm_every(llm_every)
+        policy = llm_policy(llm_every)
 
         context = rules.context_frame_indices(n)
         context_tokens = st.clip_tokens([frames[i] for i in context])
@@ -147,7 +153,8 @@ class GlusEngine:
             use_memory=use_memory,
             kv_policy=kv_policy,
             progress=progress,
-            llm_every=llm_every,
+            policy=policy,
+            sticky_seg=sticky_seg,
         )
         enc = FrameEncodings(st, frames, dict(zip(context, context_tokens)))
         auto = ks == "auto"
@@ -195,14 +202,13 @@ class GlusEngine:
         details: bool,
         kv_policy: str,
         progress,
-        llm_every: int = 1,
+        policy=None,
+        sticky_seg: bool = False,
     ):
         st = self._stages
         tracks = [Track(e, st.new_bank(use_memory), pass_name) for e in exprs]
         results = [dict() for _ in exprs]
-        why = "every frame" if llm_every == 1 else f"every {llm_every} frames"
         for idx in order:
-            ask = [llm_schedule(llm_every, tr.t) for tr in tracks]
             steps = frame_step(
                 st,
                 tracks,
@@ -214,8 +220,8 @@ class GlusEngine:
                 force_seg,
                 details,
                 kv_policy,
-                ask=ask,
-                why=why,
+                policy=policy,
+                sticky_seg=sticky_seg,
             )
             enc.done(idx)
             for j, (mask, info) in enumerate(steps):
@@ -235,7 +241,8 @@ class GlusEngine:
         force_seg: bool = False,
         use_memory: bool = True,
         kv_policy: str = "exact",
-        llm_every: int = 1,
+        llm_every=1,
+        sticky_seg: bool = False,
     ) -> Stream:
         """A Stream (runtime/stream.py): push a camera's frames one by one, get each frame's masks."""
         return Stream(
@@ -248,7 +255,8 @@ class GlusEngine:
             use_memory=use_memory,
             kv_policy=kv_policy,
             llm_every=llm_every,
+            sticky_seg=sticky_seg,
         )
 
 
-__all__ = ["BackendError", "EngineDirError", "ExpressionResult", "GlusEngine", "InputError", "StepInfo"]
+__all__ = ["AutoTrigger", "BackendError", "EngineDirError", "ExpressionResult", "GlusEngine", "InputError", "StepInfo"]

@@ -89,10 +89,15 @@ def parse_args(argv):
     p.add_argument("--kf", choices=("auto",), help="self-refined key frames (offline only)")
     p.add_argument(
         "--llm-every",
-        type=int,
-        default=1,
-        metavar="K",
-        help="the LLM answers on every K-th frame, SAM2's memory carries the frames between (default 1: GLUS)",
+        default="1",
+        metavar="K|auto",
+        help="the LLM answers on every K-th frame, SAM2's memory carries the frames between (default 1: GLUS);"
+        " auto: when SAM2's confidence drops, the scene changes or 4 frames went by",
+    )
+    p.add_argument(
+        "--sticky-seg",
+        action="store_true",
+        help="where the LLM answers 'no [SEG]', keep prompting SAM2 with the last [SEG] while the object is seen",
     )
     p.add_argument("--stream", action="store_true", help="causal frame-by-frame mode")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
@@ -106,8 +111,15 @@ def parse_args(argv):
         raise CliError(f"--threads must be >= 1, got {a.threads}", EXIT_USAGE)
     if a.max_frames is not None and a.max_frames < 1:
         raise CliError(f"--max-frames must be >= 1, got {a.max_frames}", EXIT_USAGE)
-    if a.llm_every < 1:
-        raise CliError(f"--llm-every must be >= 1, got {a.llm_every}", EXIT_USAGE)
+    if a.llm_every != "auto":
+        try:
+            a.llm_every = int(a.llm_every)
+        except ValueError:
+            raise CliError(
+                f"--llm-every must be a positive integer or 'auto', got {a.llm_every!r}", EXIT_USAGE
+            ) from None
+        if a.llm_every < 1:
+            raise CliError(f"--llm-every must be >= 1, got {a.llm_every}", EXIT_USAGE)
     if not a.timeout > 0:
         raise CliError(f"--timeout must be > 0, got {a.timeout}", EXIT_USAGE)
     if a.name is not None and (not a.name or a.name in (".", "..") or "/" in a.name or "\\" in a.name):
@@ -294,7 +306,12 @@ def run_offline(engine, source, outputs: Outputs, args) -> None:
     total = None if args.kf else len(frames)  # kf=auto: a scoring pass, then passes from each key frame
     with _bar(total, "segmenting") as bar:
         results = engine.segment_video(
-            frames, outputs.expressions, key_frames=args.kf, llm_every=args.llm_every, progress=lambda: bar.update(1)
+            frames,
+            outputs.expressions,
+            key_frames=args.kf,
+            llm_every=args.llm_every,
+            sticky_seg=args.sticky_seg,
+            progress=lambda: bar.update(1),
         )
     outputs.expect(len(frames))
     with _bar(len(frames), "writing") as bar:
@@ -306,7 +323,7 @@ def run_offline(engine, source, outputs: Outputs, args) -> None:
 def run_stream(engine, source, outputs: Outputs, args) -> None:
     from runtime import InputError
 
-    stream = engine.stream(outputs.expressions, llm_every=args.llm_every)
+    stream = engine.stream(outputs.expressions, llm_every=args.llm_every, sticky_seg=args.sticky_seg)
     total = args.max_frames or source.expected
     with _bar(total, "segmenting") as bar:
         for name, frame in source:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import rules
-from .checks import check_frame, check_llm_every
+from .checks import check_frame
 from .errors import InputError
+from .llm_policy import llm_policy
 from .stages import Stages
-from .tracking import Track, frame_step, llm_schedule
+from .tracking import Track, frame_step
 
 
 class Stream:
@@ -42,10 +43,12 @@ class Stream:
         force_seg: bool = False,
         use_memory: bool = True,
         kv_policy: str = "exact",
-        llm_every: int = 1,
+        llm_every=1,
+        sticky_seg: bool = False,
     ):
         stages.check_kv_policy(kv_policy)
-        self.llm_every = check_llm_every(llm_every)
+        self.policy = llm_policy(llm_every)
+        self.sticky_seg = bool(sticky_seg)
         if refresh_every < 1:
             raise InputError(f"refresh_every must be >= 1, got {refresh_every}")
         if pool_size < rules.NUM_CONTEXT:
@@ -140,7 +143,6 @@ class Stream:
         if not self.fixed_context:
             self._update_context(index, tokens_fn)
         tracks = list(self.tracks.values())
-        ask = [llm_schedule(self.llm_every, tr.t) for tr in tracks]
         steps = frame_step(
             stages,
             tracks,
@@ -152,8 +154,8 @@ class Stream:
             self.force_seg,
             details=False,
             kv_policy=self.kv_policy,
-            ask=ask,
-            why="every frame" if self.llm_every == 1 else f"every {self.llm_every} frames",
+            policy=self.policy,
+            sticky_seg=self.sticky_seg,
         )
         masks, self.last_steps = {}, {}
         for name, (mask, info) in zip(self.tracks, steps):

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import preprocess, rules
+from .llm_policy import EveryK, scene_signature
 from .memory import MemoryBank
 from .stages import Prefix, Stages
+
+EVERY_FRAME = EveryK(1)  # GLUS: the LLM answers on every frame
 
 
 def _sigmoid(x):
@@ -39,17 +42,25 @@ class StepInfo:
     object_score: float | None = None
     memories: list[int] = field(default_factory=list)
     pass_name: str = "forward"
-    # Whether the LLM answered on this frame; if not (llm_every > 1), the mask came from SAM2
-    # alone, prompted by the track's last [SEG] (next_token, is_seg, seg_embedding: that answer's).
+    # Whether the LLM answered on this frame and why (runtime/llm_policy.py); if not, the mask
+    # came from SAM2 alone, prompted by the track's last [SEG] (next_token, is_seg,
+    # seg_embedding: that answer's).
     llm_ran: bool = True
     why: str = "every frame"
 
+    @staticmethod
+    def confidence(iou, object_score) -> float:
+        """Predicted IoU x object presence probability."""
+        iou, obj = (float(np.asarray(v).reshape(-1)[0]) for v in (iou, object_score))
+        return iou * float(_sigmoid(obj))
+
     @property
     def score(self) -> float:
-        """Confidence used by key_frames="auto": predicted IoU x object presence probability."""
+        """The decoder's confidence in this mask (used by key_frames="auto" and llm_every="auto"),
+        -1 where nothing was decoded."""
         if self.iou is None:
             return -1.0
-        return float(self.iou) * float(_sigmoid(self.object_score))
+        return self.confidence(self.iou, self.object_score)
 
 
 class Track:
@@ -68,6 +79,12 @@ class Track:
         self.rounds = 0
         self.last_seg: np.ndarray | None = None  # the LLM's latest [SEG] embedding
         self.last_token: int | None = None  # and the token it answered with
+        self.last_seg_answer: np.ndarray | None = None  # the embedding of its latest [SEG] answer
+        # The last frame the LLM saw: its position, the decoder's confidence there (None if
+        # nothing was decoded) and its scene signature (llm_every="auto"'s yardsticks).
+        self.llm_t = -1
+        self.llm_score: float | None = None
+        self.llm_scene: np.ndarray | None = None
         # kv_policy="incremental": this track's own KV cache (prefix + window rounds), the
         # prefix it was built on, and where each round's <im_start> sits in it.
         self.kv: np.ndarray | None = None
@@ -132,81 +149,136 @@ def frame_step(
     force_seg: bool,
     details: bool,
     kv_policy: str = "exact",
-    ask: list[bool] | None = None,
-    why: str = "every frame",
+    policy=None,
+    sticky_seg: bool = False,
 ) -> list[tuple[np.ndarray, StepInfo]]:
     """Advance every track by one query frame: (mask, StepInfo) per track.
 
     feats_fn() gives the frame's SAM2 features, tokens_fn() its CLIP tokens; each is called only
-    if some track needs it. ask[j] (default: all) says whether track j's LLM answers on this frame:
-    its window gains the frame and GLUS's step runs on it. A track that does not ask keeps its
-    last answer: after a [SEG] (or with force_seg) its mask comes from SAM2 alone, memory
-    attention over its bank and the decoder prompted with its last [SEG] embedding, stored in the
-    bank like any frame's; after "no [SEG]", GLUS's empty mask, nothing stored."""
+    if some track needs it. policy (runtime/llm_policy.py; default: every frame, GLUS) says
+    whether a track's LLM answers on this frame: its window gains the frame and GLUS's step runs
+    on it. A track that does not ask keeps its last answer: after a [SEG] (or with force_seg) its
+    mask comes from SAM2 alone, memory attention over its bank and the decoder prompted with its
+    last [SEG] embedding, stored in the bank like any frame's; after "no [SEG]", GLUS's empty
+    mask, nothing stored. A verifying policy (llm_every="auto") first decodes that SAM2-alone
+    mask and may then ask the LLM after all (the mask is then the LLM's, as on any asked frame).
+
+    sticky_seg: where the answer is "no [SEG]", prompt the decoder with the track's last [SEG]
+    embedding instead (if it has one) and keep the mask if the decoder's object score says the
+    object is present (> 0); else GLUS's empty mask, nothing stored."""
+    policy = policy or EVERY_FRAME
     h, w = frame.shape[:2]
-    out: list = [None] * len(tracks)
-    seg_rows, seg_tracks = [], []
-    for j, tr in enumerate(tracks):
-        asks = ask is None or ask[j] or tr.last_seg is None
-        if asks:
-            tr.window.append(tokens_fn())
-            i = tr.rounds + 1  # the window's round: GLUS's rules count the LLM's rounds
-            window = list(tr.window)
-            if kv_policy == "incremental":
-                seg, tok = incremental_llm_step(stages, tr, prefix, tr.past_answers(i), window)
-            else:
-                seg, tok = stages.llm_step(prefix, tr.expression, tr.past_answers(i), window)
-            tr.rounds += 1
-            tr.last_seg, tr.last_token = seg, tok
+    scene = scene_signature(feats_fn()[2]) if policy.needs_scene else None
+    infos: list[StepInfo | None] = [None] * len(tracks)
+    prompts: list[np.ndarray | None] = [None] * len(tracks)  # the [SEG] the decoder reads, per track
+    reasons = [policy.before(tr, scene) for tr in tracks]
+
+    def answer(j: int, why: str) -> None:  # GLUS's LLM step for track j on this frame
+        tr = tracks[j]
+        tr.window.append(tokens_fn())
+        i = tr.rounds + 1  # the window's round: GLUS's rules count the LLM's rounds
+        window = list(tr.window)
+        if kv_policy == "incremental":
+            seg, tok = incremental_llm_step(stages, tr, prefix, tr.past_answers(i), window)
         else:
-            seg, tok = tr.last_seg, tr.last_token
+            seg, tok = stages.llm_step(prefix, tr.expression, tr.past_answers(i), window)
+        tr.rounds += 1
+        tr.last_seg, tr.last_token = seg, tok
         is_seg = tok == stages.seg_id
-        info = StepInfo(
+        if is_seg:
+            tr.last_seg_answer = seg
+        tr.record(rules.ANSWER_SEG if is_seg else rules.ANSWER_NO_SEG)
+        infos[j] = StepInfo(frame_index, tr.t + 1, tok, is_seg, seg, pass_name=tr.pass_name, llm_ran=True, why=why)
+
+    def keep(j: int) -> None:  # track j keeps its last answer on this frame
+        tr = tracks[j]
+        infos[j] = StepInfo(
             frame_index,
             tr.t + 1,
-            tok,
-            is_seg,
-            seg,
+            tr.last_token,
+            tr.last_token == stages.seg_id,
+            tr.last_seg,
             pass_name=tr.pass_name,
-            llm_ran=asks,
-            why=why if asks else "skipped: SAM2 alone on the last answer",
+            llm_ran=False,
+            why="skipped: SAM2 alone on the last answer",
         )
-        if asks:
-            tr.record(rules.ANSWER_SEG if is_seg else rules.ANSWER_NO_SEG)
-        if is_seg or force_seg:
-            seg_rows.append(j)
-            seg_tracks.append((tr, info))
+
+    def prompt(j: int) -> np.ndarray | None:
+        info = infos[j]
+        if info.is_seg or force_seg:
+            return info.seg_embedding
+        if sticky_seg and tracks[j].last_seg_answer is not None:
+            return tracks[j].last_seg_answer
+        return None
+
+    for j, why in enumerate(reasons):
+        if why is not None:
+            answer(j, why)
         else:
+            keep(j)
+    decoded: dict[int, tuple] = {}  # j -> (cond, low, iou, obj): this frame's SAM2 output
+    feats = None
+    if policy.verifies:  # SAM2 alone first, for the tracks that skipped; then the LLM where it must
+        rows = [j for j in range(len(tracks)) if reasons[j] is None and prompt(j) is not None]
+        if rows:
+            feats = feats_fn()
+            decoded.update(_decode_rows(stages, tracks, infos, rows, [prompt(j) for j in rows], feats))
+        for j in rows:
+            score = StepInfo.confidence(decoded[j][2], decoded[j][3])
+            why = policy.after(tracks[j], score)
+            if why is not None:
+                del decoded[j]
+                answer(j, why)
+    rows = [j for j in range(len(tracks)) if j not in decoded]
+    prompts = [prompt(j) for j in rows]
+    rows, prompts = [j for j, p in zip(rows, prompts) if p is not None], [p for p in prompts if p is not None]
+    if rows:
+        feats = feats if feats is not None else feats_fn()
+        decoded.update(_decode_rows(stages, tracks, infos, rows, prompts, feats))
+    out: list = [None] * len(tracks)
+    stored = []  # tracks whose mask goes into their bank, in track order
+    for j, tr in enumerate(tracks):
+        info = infos[j]
+        if j not in decoded:
             out[j] = (np.zeros((h, w), bool), info)  # GLUS: empty mask, nothing stored
-    if seg_rows:
-        feats = feats_fn()
-        conds = []
-        for tr, info in seg_tracks:
-            keys, mem = tr.bank.read(tr.t) if tr.bank is not None else ([], None)
-            info.memories = keys
-            conds.append(stages.condition(feats, mem))
-        cond = np.concatenate(conds, 0)
-        segs = np.stack([info.seg_embedding for _, info in seg_tracks])
-        low, iou, obj = stages.decode(cond, feats, segs)
-        masks = preprocess.logits_to_masks(low, (h, w))[:, 0]  # [B, H, W]
-        if any(tr.bank is not None for tr, _ in seg_tracks):
-            mems = stages.encode_memory(cond, low)
-        for r, (j, (tr, info)) in enumerate(zip(seg_rows, seg_tracks)):
-            if tr.bank is not None:
-                tr.bank.store(tr.t, mems[r])
-            if details:
-                info.low_res_logits = low[r]
-            info.iou, info.object_score = float(iou[r, 0]), float(obj[r, 0])
-            out[j] = (masks[r], info)
-    for tr in tracks:
+            continue
+        _, low, iou, obj = decoded[j]
+        info.iou, info.object_score = float(iou[0]), float(obj[0])
+        if details:
+            info.low_res_logits = low
+        if not (info.is_seg or force_seg) and info.object_score <= 0:  # sticky [SEG]: object gone
+            out[j] = (np.zeros((h, w), bool), info)
+            continue
+        out[j] = (preprocess.logits_to_masks(low[None], (h, w))[0, 0], info)
+        if tr.bank is not None:
+            stored.append(j)
+    if stored:
+        mems = stages.encode_memory(
+            np.concatenate([decoded[j][0] for j in stored], 0), np.stack([decoded[j][1] for j in stored])
+        )
+        for r, j in enumerate(stored):
+            tracks[j].bank.store(tracks[j].t, mems[r])
+    for j, tr in enumerate(tracks):
+        if infos[j].llm_ran:
+            tr.llm_t = tr.t
+            if j in decoded:
+                tr.llm_score = infos[j].score
+            tr.llm_scene = scene
         tr.t += 1
     return out
 
 
-def llm_schedule(llm_every: int, position: int) -> bool:
-    """Whether the LLM answers at a track's query frame `position` (0 = its first) with
-    llm_every=k: on every k-th frame, starting with the first."""
-    return position % llm_every == 0
+def _decode_rows(stages: Stages, tracks: list[Track], infos, rows: list[int], prompts, feats) -> dict[int, tuple]:
+    """Memory attention per track over its bank, then one mask-decoder call for all rows."""
+    conds = []
+    for j in rows:
+        tr = tracks[j]
+        keys, mem = tr.bank.read(tr.t) if tr.bank is not None else ([], None)
+        infos[j].memories = keys
+        conds.append(stages.condition(feats, mem))
+    cond = np.concatenate(conds, 0)
+    low, iou, obj = stages.decode(cond, feats, np.stack(prompts))
+    return {j: (cond[r : r + 1], low[r], iou[r], obj[r]) for r, j in enumerate(rows)}
 
 
 class FrameEncodings:
