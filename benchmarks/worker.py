@@ -7,7 +7,8 @@ to run, and its peak RSS is its own. Thread pools wait without spinning: benchma
     python -m benchmarks.worker FRAMES.npy EXPRESSION OUT.npz reference GLUS_DIR CLIP_DIR
     python -m benchmarks.worker FRAMES.npy EXPRESSION OUT.npz engine ENGINE_DIR
 
-Commands on stdin, one JSON line back each: "run [exact|incremental]" -> {"seconds": ...};
+Commands on stdin, one JSON line back each: "run [exact|incremental] [LLM_EVERY]" -> {"seconds": ...,
+"llm_rate": ...} (LLM_EVERY: k or auto, the engine's llm_every; the reference ignores it);
 "quit" -> writes the last masks and [SEG] embeddings per policy to OUT.npz and answers
 {"peak_rss_bytes": ..., "imports_torch": ...}.
 """
@@ -44,8 +45,11 @@ class Worker:
     def wait_ready(self) -> None:
         self._ask("ping")
 
-    def run(self, policy: str = "exact") -> float:
-        return self._ask(f"run {policy}")["seconds"]
+    def run(self, policy: str = "exact", llm_every="1") -> float:
+        return self._ask(f"run {policy} {llm_every}")["seconds"]
+
+    def run_info(self, policy: str = "exact", llm_every="1") -> dict:
+        return self._ask(f"run {policy} {llm_every}")
 
     def finish(self) -> tuple[dict, dict]:
         """(its final report, its outputs {policy: (masks, segs)})."""
@@ -71,18 +75,19 @@ def _segmenter(kind: list[str], expression: str):
 
         ref = reference.load(kind[1], kind[2])
 
-        def run(frames, policy):
+        def run(frames, policy, llm_every):
             r = reference.segment_video(ref, frames, expression)
-            return r.masks, [f.seg_embedding for f in r.frames]
+            return r.masks, [f.seg_embedding for f in r.frames], 1.0
 
         return run
     from runtime import GlusEngine
 
     engine = GlusEngine.load(kind[1])  # spin=False: benchmarks/threads.py
 
-    def run(frames, policy):
-        r = engine.segment_video(frames, [expression], kv_policy=policy)[0]
-        return r.masks, [s.seg_embedding for s in r.steps]
+    def run(frames, policy, llm_every):
+        every = llm_every if llm_every == "auto" else int(llm_every)
+        r = engine.segment_video(frames, [expression], kv_policy=policy, llm_every=every)[0]
+        return r.masks, [s.seg_embedding for s in r.steps], sum(s.llm_ran for s in r.steps) / len(r.steps)
 
     return run
 
@@ -99,9 +104,13 @@ def main(argv=None) -> int:
             print(json.dumps({"ok": True}), flush=True)
         elif cmd[0] == "run":
             policy = cmd[1] if len(cmd) > 1 else "exact"
+            every = cmd[2] if len(cmd) > 2 else "1"
             t = time.perf_counter()
-            last[policy] = run(frames, policy)
-            print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
+            masks, segs, rate = run(frames, policy, every)
+            seconds = time.perf_counter() - t
+            if every == "1":  # the outputs compared with the reference: GLUS's own loop
+                last[policy] = (masks, segs)
+            print(json.dumps({"seconds": seconds, "llm_rate": rate}), flush=True)
         elif cmd[0] == "quit":
             from .machine import peak_rss_bytes
 
