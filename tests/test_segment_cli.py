@@ -180,6 +180,30 @@ def test_folder_offline_kf_auto_matches_engine(tiny_engine, tiny_engine_dir, fol
             np.testing.assert_array_equal(g, w)
 
 
+def test_llm_every_auto_with_sticky_seg_matches_engine(
+    tiny_engine, tiny_engine_dir, folder, folder_clip, tmp_path, capsys
+):
+    code, _, err = run(
+        capsys,
+        folder,
+        "-e",
+        EXPRS[0],
+        "--engine",
+        tiny_engine_dir,
+        "--out",
+        tmp_path,
+        "--llm-every",
+        "auto",
+        "--sticky-seg",
+    )
+    assert code == 0, err
+    masks = check_outputs(tmp_path, "square_frames", FOLDER_NAMES, exprs=EXPRS[:1])
+    want = tiny_engine.segment_video(folder_clip, EXPRS[:1], llm_every="auto", sticky_seg=True)
+    for got, res in zip(masks, want):
+        for g, w in zip(got, res.masks):
+            np.testing.assert_array_equal(g, w)
+
+
 def test_stream_mode_matches_stream_api(tiny_engine, tiny_engine_dir, folder, folder_clip, tmp_path, capsys):
     code, out, err = run(
         capsys,
@@ -450,6 +474,8 @@ def test_expression_too_long_for_the_engine(tiny_engine_dir, mp4, tmp_path, caps
         (["--kf", "auto", "--stream"], r"--kf auto needs the whole video"),
         (["--threads", "0"], r"--threads must be >= 1"),
         (["--name", "a/b"], r"--name must be a plain file name"),
+        (["--llm-every", "0"], r"--llm-every must be >= 1"),
+        (["--llm-every", "often"], r"--llm-every must be a positive integer or 'auto'"),
     ],
 )
 def test_bad_arguments(tiny_engine_dir, mp4, tmp_path, capsys, argv, pattern):
