@@ -197,7 +197,12 @@ def test_phase_sampler_keeps_the_peak_of_each_phase():
         with s.during("big"):
             x = np.ones(64 * 2**20, np.uint8)  # 64 MiB, touched
             x[::4096] = 2
-            time.sleep(0.1)  # alive for many sampling periods (a sample walks /proc for children)
+            # alive until the sampling thread has seen it (a sample walks /proc for children;
+            # on a loaded machine the thread may wait long for a core), at most 10 s
+            entry = s.peaks["big"]
+            deadline = time.monotonic() + 10
+            while s.peaks["big"] - entry <= 48 * 2**20 and time.monotonic() < deadline:
+                time.sleep(0.01)
             del x
         with s.during("small"):
             pass
