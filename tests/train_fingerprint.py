@@ -10,6 +10,10 @@ warm-up, SAM2 freeze and [SEG] distillation), smaller batches, and one thread. E
 history as train_log.json logs it (every key but the wall time `t`) is stored with float.hex,
 plus a SHA-256 of the saved weights (after stage 3).
 
+The last bits of float arithmetic depend on the CPU's kernels (an Intel Xeon and an AMD EPYC VM
+give losses 1e-7 apart from the same code), so the values are stored per CPU vendor, each file
+written from a tree whose training code matches the others'.
+
     python -m tests.train_fingerprint --write   (only when the numbers are meant to change, with a reason)
     python -m tests.train_fingerprint           (compute and print, compare nothing)
 """
@@ -22,7 +26,21 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-FINGERPRINT = Path(__file__).resolve().parent / "data" / "train_fingerprint.json"
+
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD, ...), else the machine type."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine() or "unknown"
+
+
+FINGERPRINT = Path(__file__).resolve().parent / "data" / f"train_fingerprint.{cpu_vendor()}.json"
 RECIPE = "glus-tiny-v5"
 STEPS = 3
 # stage → train_log.json's key of its history
