@@ -1,4 +1,4 @@
-"""Training computes, bit for bit, what it computed when tests/data/train_fingerprint.json was
+"""Training computes, bit for bit, what it computed when tests/data/train_fingerprint.<CPU vendor>.json was
 written (tests/train_fingerprint.py says which run and why): every logged value of the first
 steps of every stage of the v5 recipe, and the weights it saves."""
 

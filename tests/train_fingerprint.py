@@ -1,7 +1,7 @@
 """Every logged value of the first steps of each training stage of the default recipe, bit for bit.
 
 A restructuring of the training code must not change a single number it computes: the values in
-tests/data/train_fingerprint.json were written from the tree before such a change, and
+tests/data/train_fingerprint.<CPU vendor>.json were written from the tree before such a change, and
 tests/test_train_fingerprint.py recomputes them. The run is the v5 recipe (`--recipe
 glus-tiny-v5`: shape small4, --locate, the pointer, the grounding mix, stage 3 ...) with
 STEPS optimisation steps per stage, each stage's phase switches moved inside those steps
