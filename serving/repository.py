@@ -11,15 +11,18 @@ interpreter's packages, or in a container where the project is installed (docs/s
 
 Inputs (each request: one frame of one camera; the batch dimension is 1 per request):
     FRAME        uint8  [1, H, W, 3]   RGB; any size per camera, fixed within a camera's stream
-    EXPRESSIONS  string [1, N]         on START, and whenever the camera's set changes (optional
-                                       otherwise: the set stays); UTF-8
+    EXPRESSIONS  uint8  [1, B]         UTF-8 JSON list of strings; on START, and whenever the
+                                       camera's set changes (optional otherwise: the set stays)
     START, END   int32  [1, 1]         sequence controls (tritonclient: sequence_start/_end)
     CORRID       uint64 [1, 1]         the camera (tritonclient: sequence_id)
 Outputs:
     MASKS            bool    [1, N, H, W]  in the order of the camera's expressions
     SCORES           float32 [1, N]        predicted IoU x sigmoid(object score) per expression
-    EXPRESSIONS_OUT  string  [1, N]        the expressions MASKS follows, in order
     FRAME_INDEX      int64   [1, 1]        the frame's position in the camera's stream
+
+EXPRESSIONS is bytes, not a TYPE_STRING tensor: the python backend stub of the nvidia-pytriton
+0.7.0 wheel (Triton 2.51) aborts on any string input here (deserialize_bytes_tensor reads the
+first byte repeated), so the expressions travel as a UTF-8 JSON array (serving.client.encode_expressions).
 """
 
 from __future__ import annotations
@@ -94,12 +97,11 @@ backend: "python"
 max_batch_size: {batch}
 input [
   {{ name: "FRAME" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] allow_ragged_batch: true }},
-  {{ name: "EXPRESSIONS" data_type: TYPE_STRING dims: [ -1 ] allow_ragged_batch: true optional: true }}
+  {{ name: "EXPRESSIONS" data_type: TYPE_UINT8 dims: [ -1 ] allow_ragged_batch: true optional: true }}
 ]
 output [
   {{ name: "MASKS" data_type: TYPE_BOOL dims: [ -1, -1, -1 ] }},
   {{ name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ] }},
-  {{ name: "EXPRESSIONS_OUT" data_type: TYPE_STRING dims: [ -1 ] }},
   {{ name: "FRAME_INDEX" data_type: TYPE_INT64 dims: [ 1 ] }}
 ]
 sequence_batching {{

@@ -248,6 +248,12 @@ class Server:
         ]
 
     def start(self, timeout_s: float = 120.0) -> Server:
+        for what, port in (("gRPC", self.grpc_port), ("HTTP", self.http_port), ("metrics", self.metrics_port)):
+            try:  # else the readiness probe could be answered by whatever holds the port
+                with socket.socket() as s:
+                    s.bind((self.connect_host, port))
+            except OSError as e:
+                raise ServerError(f"the {what} port {self.connect_host}:{port} is taken ({e.strerror})") from None
         env = stub_environment(self.dist, numpy_site=stub_site())
         self._log = open(self.log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(

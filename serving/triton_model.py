@@ -128,13 +128,11 @@ class TritonPythonModel:
             if isinstance(out, CameraError):
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(out))))
                 continue
-            names = np.array([e.encode("utf-8") for e in out.expressions], dtype=np.object_).reshape(1, -1)
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[
                         pb_utils.Tensor("MASKS", out.masks[None]),
                         pb_utils.Tensor("SCORES", out.scores[None]),
-                        pb_utils.Tensor("EXPRESSIONS_OUT", names),
                         pb_utils.Tensor("FRAME_INDEX", np.array([[out.frame_index]], dtype=np.int64)),
                     ]
                 )
@@ -144,6 +142,17 @@ class TritonPythonModel:
     def finalize(self):
         self._stop.set()
         self.cameras.close()
+
+
+def decode_expressions(tensor: np.ndarray) -> list[str]:
+    """EXPRESSIONS: the UTF-8 bytes of a JSON array of strings (serving/repository.py says why)."""
+    try:
+        value = json.loads(np.ascontiguousarray(tensor, dtype=np.uint8).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CameraError("input", f"EXPRESSIONS is not a UTF-8 JSON array of strings: {e}") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CameraError("input", "EXPRESSIONS must be a JSON array of strings")
+    return value
 
 
 def _decode(request) -> Request:
@@ -169,5 +178,5 @@ def _decode(request) -> Request:
         start=bool(start.reshape(-1)[0]),
         end=bool(end.reshape(-1)[0]),
         frame=frame[0],
-        expressions=None if exprs is None else list(exprs.reshape(-1)),
+        expressions=None if exprs is None else decode_expressions(exprs),
     )
