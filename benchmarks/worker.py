@@ -46,7 +46,7 @@ class Worker:
         self._ask("ping")
 
     def run(self, policy: str = "exact", llm_every="1") -> float:
-        return self._ask(f"run {policy} {llm_every}")["seconds"]
+        return self.run_info(policy, llm_every)["seconds"]
 
     def run_info(self, policy: str = "exact", llm_every="1") -> dict:
         return self._ask(f"run {policy} {llm_every}")

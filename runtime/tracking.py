@@ -170,7 +170,6 @@ def frame_step(
     h, w = frame.shape[:2]
     scene = scene_signature(feats_fn()[2]) if policy.needs_scene else None
     infos: list[StepInfo | None] = [None] * len(tracks)
-    prompts: list[np.ndarray | None] = [None] * len(tracks)  # the [SEG] the decoder reads, per track
     reasons = [policy.before(tr, scene) for tr in tracks]
 
     def answer(j: int, why: str) -> None:  # GLUS's LLM step for track j on this frame
@@ -229,12 +228,11 @@ def frame_step(
             if why is not None:
                 del decoded[j]
                 answer(j, why)
-    rows = [j for j in range(len(tracks)) if j not in decoded]
-    prompts = [prompt(j) for j in rows]
-    rows, prompts = [j for j, p in zip(rows, prompts) if p is not None], [p for p in prompts if p is not None]
-    if rows:
+    todo = [(j, prompt(j)) for j in range(len(tracks)) if j not in decoded]  # the [SEG] each decode reads
+    todo = [(j, seg) for j, seg in todo if seg is not None]
+    if todo:
         feats = feats if feats is not None else feats_fn()
-        decoded.update(_decode_rows(stages, tracks, infos, rows, prompts, feats))
+        decoded.update(_decode_rows(stages, tracks, infos, [j for j, _ in todo], [seg for _, seg in todo], feats))
     out: list = [None] * len(tracks)
     stored = []  # tracks whose mask goes into their bank, in track order
     for j, tr in enumerate(tracks):
