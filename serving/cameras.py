@@ -52,7 +52,7 @@ class Reply:
     expressions: list[str]
     masks: np.ndarray  # bool N x H x W, in the order of `expressions`
     scores: np.ndarray  # float32 N: iou x sigmoid(object score) of each mask
-    frame_index: int  # the position of this frame in the camera's stream (0 after START)
+    frame_index: int  # the position of this frame in the camera's stream (0 after START); -1: END without a frame
 
 
 class Camera:
@@ -178,7 +178,7 @@ class Cameras:
                 cam.busy = False
                 cam.last_seen = now
                 results[i] = out
-                if isinstance(out, Reply):
+                if isinstance(out, Reply) and out.frame_index >= 0:
                     self.frames_served += 1
                 if r.end and self.cameras.get(r.corrid) is cam:
                     del self.cameras[r.corrid]
@@ -191,9 +191,16 @@ class Cameras:
                 results[i] = out
         return results
 
-    def _prepare(self, r: Request) -> tuple[Camera, np.ndarray]:
+    def _prepare(self, r: Request) -> tuple[Camera, np.ndarray | None]:
         """Open or find the camera and check the whole request before anything changes: a bad
-        request leaves the camera's stream exactly as it was."""
+        request leaves the camera's stream exactly as it was. An END with an empty frame (0 x 0
+        x 3) closes the camera without segmenting: a client that has sent its last frame
+        already ends its sequence that way (frame None)."""
+        if r.end and not r.start and _is_empty_frame(r.frame):
+            cam = self.cameras.get(r.corrid)
+            if cam is None:
+                raise CameraError("unknown", f"unknown camera {r.corrid}: nothing to end")
+            return cam, None
         try:
             frame = check_frame(r.frame)
             exprs = None if r.expressions is None else _check_expression_list(r.expressions)
@@ -244,8 +251,11 @@ class Cameras:
                 cam.stream.add(e)  # followed from this frame on, with a fresh memory
         cam.expressions = exprs
 
-    def _push(self, cam: Camera, frame: np.ndarray) -> Reply | CameraError:
+    def _push(self, cam: Camera, frame: np.ndarray | None) -> Reply | CameraError:
         stream = cam.stream
+        if frame is None:  # END without a frame
+            n = len(cam.expressions)
+            return Reply(list(cam.expressions), np.zeros((n, 0, 0), bool), np.zeros(n, np.float32), -1)
         try:
             masks = stream.push(frame)
         except InputError as e:  # checked in _prepare; kept so that nothing can pass silently
@@ -258,6 +268,11 @@ class Cameras:
             out[j] = masks[e]
             scores[j] = stream.last_steps[e].score
         return Reply(exprs, out, scores, stream.frames_seen - 1)
+
+
+def _is_empty_frame(frame) -> bool:
+    shape = getattr(frame, "shape", None)
+    return shape is not None and len(shape) == 3 and shape[0] * shape[1] == 0
 
 
 def stream_nbytes(cameras: Cameras) -> int:

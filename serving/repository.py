@@ -1,7 +1,7 @@
 """Write a Triton model repository that serves an engine directory's streams.
 
     python -m serving.repository ENGINE_DIR OUT [--max-cameras 8] [--idle-timeout 60]
-        [--kv-policy exact|incremental] [--llm-every K] [--workers N] [--threads N]
+        [--kv-policy exact|incremental] [--llm-every K|auto] [--workers N] [--threads N]
         [--device cpu|cuda:0] [--backend auto|onnxruntime|tensorrt] [--name glus]
 
 writes OUT/glus/config.pbtxt and OUT/glus/1/model.py: a Python-backend model whose every
@@ -35,8 +35,14 @@ MODEL_NAME = "glus"
 MODEL_PY = '''\
 """Triton python-backend entry point: the model is serving/triton_model.py (glus-edge)."""
 
-from serving.triton_model import TritonPythonModel  # noqa: F401
+import sys
+
+# the checkout that wrote this repository, for a stub whose Python has not installed it
+sys.path.append({root!r})
+
+from serving.triton_model import TritonPythonModel  # noqa: E402, F401
 '''
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _pbtxt_string(s: str) -> str:
@@ -50,7 +56,7 @@ def config_pbtxt(
     max_cameras: int = 8,
     idle_timeout_s: float = 60.0,
     kv_policy: str = "exact",
-    llm_every: int = 1,
+    llm_every: int | str = 1,
     workers: int = 1,
     threads: int | None = None,
     device: str = "cpu",
@@ -69,8 +75,10 @@ def config_pbtxt(
         raise ValueError(f"max_cameras must be >= 1, got {max_cameras}")
     if not idle_timeout_s > 0:
         raise ValueError(f"idle timeout must be > 0 s, got {idle_timeout_s}")
-    if llm_every < 1 or workers < 1 or (threads is not None and threads < 1):
-        raise ValueError("llm_every, workers and threads must be >= 1")
+    if llm_every != "auto" and not (isinstance(llm_every, int) and llm_every >= 1):
+        raise ValueError(f"llm_every must be an integer >= 1 or 'auto', got {llm_every!r}")
+    if workers < 1 or (threads is not None and threads < 1):
+        raise ValueError("workers and threads must be >= 1")
     if kv_policy not in ("exact", "incremental"):
         raise ValueError(f"kv_policy must be 'exact' or 'incremental', got {kv_policy!r}")
     batch = batch or max_cameras
@@ -131,8 +139,17 @@ def write_repository(engine_dir, out, *, name: str = MODEL_NAME, **options) -> P
     model = Path(out) / name
     (model / "1").mkdir(parents=True, exist_ok=True)
     (model / "config.pbtxt").write_text(config_pbtxt(engine_dir, name=name, **options))
-    (model / "1" / "model.py").write_text(MODEL_PY)
+    (model / "1" / "model.py").write_text(MODEL_PY.format(root=str(PROJECT_ROOT)))
     return model
+
+
+def _llm_every(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a positive integer or 'auto', got {text!r}") from None
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -145,7 +162,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="a camera that sends nothing for this long is closed and its state freed (default 60)",
     )
     p.add_argument("--kv-policy", default="exact", choices=("exact", "incremental"))
-    p.add_argument("--llm-every", type=int, default=1, metavar="K", help="the LLM answers on every K-th frame")
+    p.add_argument(
+        "--llm-every",
+        type=_llm_every,
+        default=1,
+        metavar="K|auto",
+        help="the LLM answers on every K-th frame, or when SAM2's confidence or the scene says (auto)",
+    )
     p.add_argument(
         "--workers", type=int, default=1, help="cameras of one batch run at once in threads (default 1: in turn)"
     )

@@ -10,14 +10,9 @@ backend. This launcher:
   the wheel's python backend plus the backend stub built for this Python (the wheel ships one
   per Python version and places none itself), so site-packages is never modified;
 - gives the stub this interpreter's Python: its libpython first on LD_LIBRARY_PATH (next to the
-  wheel's nvidia_pytriton.libs), PYTHONHOME, and PYTHONPATH with this project and this
-  environment's site-packages, so the model imports onnxruntime and the runtime from here;
-- except numpy: the stub (built with pybind11 against NumPy 1) reads NumPy 2's array
-  descriptors wrongly (string tensors arrive as their first byte repeated), so under NumPy 2 the
-  stub gets NumPy 1.26 from a directory of its own (~/.cache/glus-edge/triton/stub-site-py3X,
-  `pip install --target`, made once; `--prepare` makes it and exits). onnxruntime's wheels work
-  with either NumPy, and the runtime gives the same masks with both (tests/test_serving.py
-  compares the server's masks with in-process streams under NumPy 2);
+  wheel's nvidia_pytriton.libs) and PYTHONHOME, so the model imports onnxruntime and the
+  runtime from this environment (the stub reads no PYTHONPATH; model.py names this project's
+  root). Arrays cross the stub by DLPack (serving/triton_model.py says why);
 - binds 127.0.0.1 unless --host says otherwise (Triton's own default is every interface), with
   model control off (the repository's models are loaded at start, nothing can load others);
 - waits until the server is ready, prints its addresses, and on SIGINT/SIGTERM stops it cleanly.
@@ -113,42 +108,7 @@ def backend_dir(dist: TritonDist, root: Path | None = None) -> Path:
     return root
 
 
-STUB_NUMPY = "numpy>=1.26,<2"
-
-
-def stub_site_dir() -> Path:
-    return cache_dir() / "triton" / f"stub-site-py{sys.version_info.major}{sys.version_info.minor}"
-
-
-def stub_site(install: bool = True) -> Path | None:
-    """The directory with NumPy 1 for the stub, when this interpreter's NumPy is 2 (else None);
-    made with pip on first use (install=False: ServerError instead)."""
-    import numpy
-
-    if int(numpy.__version__.split(".")[0]) < 2:
-        return None
-    d = stub_site_dir()
-    if (d / "numpy" / "__init__.py").is_file():
-        return d
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(d), STUB_NUMPY]
-    if not install:
-        raise ServerError(f"the python backend stub needs NumPy 1 (have {numpy.__version__}): run {' '.join(cmd)}")
-    print(
-        f"{PROG}: the python backend stub needs NumPy 1 (this Python has {numpy.__version__}): installing it into {d}",
-        file=sys.stderr,
-    )
-    tmp = d.with_name(d.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    cmd[-2] = str(tmp)
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise ServerError(f"could not install {STUB_NUMPY} for the stub ({' '.join(cmd)}):\n{r.stderr[-2000:]}")
-    shutil.rmtree(d, ignore_errors=True)
-    os.replace(tmp, d)
-    return d
-
-
-def stub_environment(dist: TritonDist, base: dict | None = None, numpy_site: Path | None = None) -> dict:
+def stub_environment(dist: TritonDist, base: dict | None = None) -> dict:
     """Environment under which the python backend stub embeds this interpreter's Python."""
     env = dict(os.environ if base is None else base)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
@@ -160,15 +120,8 @@ def stub_environment(dist: TritonDist, base: dict | None = None, numpy_site: Pat
         lib_path.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_path)
     env["PYTHONHOME"] = sys.base_prefix
-    import site
-
-    paths = [str(REPO_ROOT), *site.getsitepackages()]
-    if numpy_site is not None:
-        paths.insert(0, str(numpy_site))
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    # .pth files (an editable install's) are not read from PYTHONPATH: the project root is named
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    # The stub's interpreter reads no PYTHONPATH: it finds this environment's site-packages from
+    # PYTHONHOME, and the project from its install or from the path model.py names.
     env.pop("PYTHONSTARTUP", None)
     return env
 
@@ -254,7 +207,7 @@ class Server:
                     s.bind((self.connect_host, port))
             except OSError as e:
                 raise ServerError(f"the {what} port {self.connect_host}:{port} is taken ({e.strerror})") from None
-        env = stub_environment(self.dist, numpy_site=stub_site())
+        env = stub_environment(self.dist)
         self._log = open(self.log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
             self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -375,7 +328,7 @@ def parse_args(argv):
         epilog=__doc__.split("\n", 2)[2],
     )
     p.add_argument("engine_dir", type=Path, nargs="?", help="engine directory (python -m export.build)")
-    p.add_argument("--prepare", action="store_true", help="make the backend directory and the stub's NumPy, then exit")
+    p.add_argument("--prepare", action="store_true", help="make the backend directory, then exit")
     p.add_argument("--repository", type=Path, help="serve this model repository instead of writing one")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0: every interface)")
     p.add_argument("--grpc-port", type=int, default=8001)
@@ -402,9 +355,7 @@ def main(argv=None) -> int:
     tmp = server = None
     try:
         if a.prepare:
-            dist = find_tritonserver()
-            numpy_dir = stub_site() or "this Python's own"
-            print(f"{PROG}: backend directory {backend_dir(dist)}; NumPy for the stub: {numpy_dir}")
+            print(f"{PROG}: backend directory {backend_dir(find_tritonserver())}")
             return EXIT_OK
         if a.engine_dir is None:
             raise ValueError("ENGINE_DIR is required (or --prepare)")

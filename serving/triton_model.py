@@ -22,6 +22,10 @@ def _param(config: dict, key: str, default=None):
     return default if p is None else p["string_value"]
 
 
+def _llm_every(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def _trim_heap() -> None:
     """Give freed stream state back to the OS (glibc keeps freed heap pages otherwise, and the
     RSS of a server whose cameras all left would stay at its peak)."""
@@ -88,7 +92,7 @@ class TritonPythonModel:
             idle_timeout_s=idle_us / 1e6,
             stream_options={
                 "kv_policy": _param(config, "kv_policy", "exact"),
-                "llm_every": int(_param(config, "llm_every", "1")),
+                "llm_every": _llm_every(_param(config, "llm_every", "1")),
             },
             workers=int(_param(config, "workers", "1")),
             on_free=_trim_heap,
@@ -128,20 +132,32 @@ class TritonPythonModel:
             if isinstance(out, CameraError):
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(out))))
                 continue
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor("MASKS", out.masks[None]),
-                        pb_utils.Tensor("SCORES", out.scores[None]),
-                        pb_utils.Tensor("FRAME_INDEX", np.array([[out.frame_index]], dtype=np.int64)),
-                    ]
-                )
-            )
+            tensors = [_tensor("FRAME_INDEX", np.array([[out.frame_index]], dtype=np.int64))]
+            if out.frame_index >= 0:  # an END without a frame has no masks (and the stub takes no empty tensor)
+                tensors += [_tensor("MASKS", out.masks[None]), _tensor("SCORES", out.scores[None])]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
 
     def finalize(self):
         self._stop.set()
         self.cameras.close()
+
+
+# Arrays cross the stub by DLPack, never by pb_utils.Tensor(name, array) or Tensor.as_numpy():
+# the wheel's stub converts through pybind11's NumPy 1 layout of array descriptors, and under
+# NumPy 2 as_numpy() returns the first byte repeated and Tensor(name, array) an empty tensor.
+# DLPack carries pointer, dtype and shape without NumPy's C structures (the stub prints
+# "PyCapsule_GetPointer called with incorrect name" for each input it exports; the data is
+# whole: tests/test_serving.py compares the server's masks with in-process streams).
+
+
+def _tensor(name: str, array: np.ndarray):
+    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
+
+
+def _array(tensor) -> np.ndarray:
+    """A copy of an input tensor (the original lives in shared memory the stub reuses)."""
+    return np.array(np.from_dlpack(tensor))
 
 
 def decode_expressions(tensor: np.ndarray) -> list[str]:
@@ -160,7 +176,7 @@ def _decode(request) -> Request:
 
     def get(name):
         t = pb_utils.get_input_tensor_by_name(request, name)
-        return None if t is None else t.as_numpy()
+        return None if t is None else _array(t)
 
     corrid = get("CORRID")
     start, end, frame = get("START"), get("END"), get("FRAME")
