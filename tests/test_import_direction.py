@@ -6,7 +6,7 @@ and no chain of imports may come back to where it started):
   0  kernels/, evalkit/                      numpy kernels, J&F and dataset formats
   1  the runtime's torch-free core           GLUS's rules, errors, checks, manifest, paths, resize
   2  the runtime                             GlusEngine, tracking, streaming, the CLI
-  3  reference/                              GLUS in PyTorch
+  3  reference/, serving/                    GLUS in PyTorch; the runtime's streams on Triton
   4  export/, training/                      checkpoint → engine; training the default model
   5  benchmarks/
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("kernels", "evalkit", "runtime", "reference", "export", "training", "benchmarks")
+PACKAGES = ("kernels", "evalkit", "runtime", "reference", "serving", "export", "training", "benchmarks")
 RUNTIME_CORE = {
     "runtime.rules",
     "runtime.errors",
@@ -36,6 +36,7 @@ FLOOR_OF_PACKAGE = {
     "evalkit": 0,
     "runtime": 2,
     "reference": 3,
+    "serving": 3,
     "export": 4,
     "training": 4,
     "benchmarks": 5,
