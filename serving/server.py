@@ -89,6 +89,29 @@ def find_tritonserver() -> TritonDist:
     return dist
 
 
+def cannot_run() -> str | None:
+    """Why the bundled tritonserver cannot run on this machine (not installed, another
+    architecture, missing system libraries), or None when it can."""
+    try:
+        dist = find_tritonserver()
+    except ServerError as e:
+        return str(e)
+    try:
+        r = subprocess.run(
+            [str(dist.binary), "--help"],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=stub_environment(dist),
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{dist.binary} cannot be executed here: {e}"
+    if "Usage: tritonserver" not in r.stdout + r.stderr:  # --help exits 1 after printing its usage
+        return f"{dist.binary} does not run here (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-500:]}"
+    return None
+
+
 def backend_dir(dist: TritonDist, root: Path | None = None) -> Path:
     """A backend directory holding the python backend with this Python's stub (copied, refreshed
     when the wheel's files change)."""
