@@ -191,7 +191,7 @@ class CameraClient:
                 self._drop()
                 raise ServerLost(f"the server at {self.url} went away: {_first_line(error)}")
             text = _first_line(error)
-            lost = "unknown camera" in text or "refused camera" in text
+            lost = any(k in text for k in ("unknown camera", "refused camera", "must specify the START flag"))
             if lost:
                 self._started = False
             raise Refused(text, camera_lost=lost)
