@@ -2,6 +2,7 @@
 
     python -m serving.client --url 127.0.0.1:8001 SOURCE [SOURCE ...] -e TEXT [-e TEXT ...]
         -o OUT [--max-frames N] [--timeout SECONDS] [--reconnect SECONDS] [--model glus]
+        [--tls [--root-cert CA.pem] [--client-key KEY.pem --client-cert CERT.pem]]
 
 SOURCE: what runtime.segment reads (a video file, a folder of frames, an image, a camera index,
 a stream URL). Each source is one camera: one sequence on the server (tritonclient's gRPC
@@ -93,7 +94,15 @@ class CameraClient:
     with the camera lost, `reconnect()` (or the next push after it) starts a new sequence.
     """
 
-    def __init__(self, url: str, expressions: list[str], *, model: str = MODEL_NAME, timeout_s: float = 60.0):
+    def __init__(
+        self,
+        url: str,
+        expressions: list[str],
+        *,
+        model: str = MODEL_NAME,
+        timeout_s: float = 60.0,
+        tls: dict | None = None,
+    ):
         import grpc
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
@@ -101,6 +110,8 @@ class CameraClient:
         self._grpc = grpcclient
         self._errors = (InferenceServerException, grpc.RpcError, OSError)
         self.url, self.model, self.timeout_s = url, model, timeout_s
+        # tritonclient's TLS options: ssl, root_certificates, private_key, certificate_chain
+        self.tls = dict(tls or {})
         self.expressions = list(expressions)
         self.sequence_id = 0
         self.sequences = 0  # sequences started (1 + reconnections)
@@ -111,7 +122,7 @@ class CameraClient:
 
     # ---- connection ------------------------------------------------------------------------
     def _connect(self) -> None:
-        client = self._grpc.InferenceServerClient(self.url)
+        client = self._grpc.InferenceServerClient(self.url, **self.tls)
         try:
             client.start_stream(callback=self._on_answer)
         except self._errors as e:
@@ -133,22 +144,31 @@ class CameraClient:
     def _on_answer(self, result, error) -> None:
         self._answers.put((time.perf_counter(), result, error))
 
+    def ready(self) -> str | None:
+        """None when the server and the model are ready, else why not (one line)."""
+        client = self._grpc.InferenceServerClient(self.url, **self.tls)
+        try:
+            if not client.is_server_ready():
+                return f"the server at {self.url} is not ready"
+            if not client.is_model_ready(self.model):
+                return f"the server at {self.url} has no ready model {self.model!r}"
+            return None
+        except self._errors as e:
+            return f"no server at {self.url}: {_first_line(e)}"
+        finally:
+            client.close()
+
     def reconnect(self, within_s: float) -> None:
         """Wait up to within_s for the server to be ready again and open a new stream (the next
         push starts a new sequence). ServerLost if it does not come back."""
         self._drop()
         deadline = time.monotonic() + within_s
-        last = "no answer"
         while True:
-            client = self._grpc.InferenceServerClient(self.url)
-            try:
-                if client.is_server_ready() and client.is_model_ready(self.model):
-                    client.close()
-                    self._connect()
-                    return
-            except self._errors as e:
-                last = str(e).splitlines()[0]
-            client.close()
+            why = self.ready()
+            if why is None:
+                self._connect()
+                return
+            last = why
             if time.monotonic() >= deadline:
                 raise ServerLost(f"the server at {self.url} did not come back within {within_s:g} s ({last})")
             time.sleep(0.5)
@@ -275,9 +295,14 @@ def run_source(run: SourceRun, args, bar_position: int = 0) -> None:
     try:
         with source:
             run.name = run.name or source.name
-            outputs = Outputs(Path(args.out), run.name, args.expression, source.fps)
-            cam = CameraClient(args.url, args.expression, model=args.model, timeout_s=args.request_timeout)
+            cam = CameraClient(
+                args.url, args.expression, model=args.model, timeout_s=args.request_timeout, tls=tls_options(args)
+            )
             try:
+                why = cam.ready()  # before any output is written
+                if why is not None:
+                    raise ServerLost(why)
+                outputs = Outputs(Path(args.out), run.name, args.expression, source.fps)
                 _stream_source(cam, source, outputs, run, args, bar_position)
             finally:
                 cam.close()
@@ -330,6 +355,8 @@ def _stream_source(cam: CameraClient, source, outputs, run: SourceRun, args, bar
                 bar.update(1)
             if args.max_frames and run.frames >= args.max_frames:
                 break
+            if args.stop.is_set():  # Ctrl-C: the outputs are finalised by the caller
+                break
     outputs.skipped.extend(run.skipped)
 
 
@@ -357,7 +384,19 @@ def parse_args(argv):
         metavar="SECONDS",
         help="how long to wait for a lost server to come back (default 60; 0: give up at once)",
     )
+    p.add_argument("--tls", action="store_true", help="gRPC over TLS (a server started with Triton's --grpc-use-ssl)")
+    p.add_argument("--root-cert", type=Path, help="CA certificate that signed the server's (PEM)")
+    p.add_argument("--client-key", type=Path, help="this client's private key, for mutual TLS (PEM)")
+    p.add_argument("--client-cert", type=Path, help="this client's certificate, for mutual TLS (PEM)")
     a = p.parse_args(argv)
+    if (a.root_cert or a.client_key or a.client_cert) and not a.tls:
+        p.error("--root-cert, --client-key and --client-cert need --tls")
+    if bool(a.client_key) != bool(a.client_cert):
+        p.error("mutual TLS needs both --client-key and --client-cert")
+    for opt in ("root_cert", "client_key", "client_cert"):
+        path = getattr(a, opt)
+        if path is not None and not path.is_file():
+            p.error(f"--{opt.replace('_', '-')}: no such file: {path}")
     if a.max_frames is not None and a.max_frames < 1:
         p.error(f"--max-frames must be >= 1, got {a.max_frames}")
     for opt in ("timeout", "request_timeout"):
@@ -366,6 +405,17 @@ def parse_args(argv):
     if a.reconnect < 0:
         p.error("--reconnect must be >= 0")
     return a
+
+
+def tls_options(args) -> dict:
+    if not args.tls:
+        return {}
+    return {
+        "ssl": True,
+        "root_certificates": str(args.root_cert) if args.root_cert else None,
+        "private_key": str(args.client_key) if args.client_key else None,
+        "certificate_chain": str(args.client_cert) if args.client_cert else None,
+    }
 
 
 def unique_names(specs: list[str]) -> list[str]:
@@ -394,6 +444,7 @@ def main(argv=None) -> int:
     except CliError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.code
+    args.stop = threading.Event()
     runs = [SourceRun(spec, name) for spec, name in zip(args.sources, unique_names(args.sources))]
     threads = [
         threading.Thread(target=run_source, args=(r, args, i), name=f"camera-{i}", daemon=True)
@@ -406,7 +457,10 @@ def main(argv=None) -> int:
             while t.is_alive():
                 t.join(0.2)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        args.stop.set()  # each source ends after its frame in flight and finalises its outputs
+        for t in threads:
+            t.join(args.request_timeout + 10)
+        print(f"{PROG}: interrupted: what was written is kept, the overlay videos are finalised", file=sys.stderr)
         return 130
     code = EXIT_OK
     for r in runs:
