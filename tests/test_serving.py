@@ -261,3 +261,38 @@ def test_the_client_gives_up_on_a_server_that_does_not_come_back(repo, tmp_path)
         assert time.monotonic() - t0 < 10
     finally:
         s.stop()
+
+
+def test_grpc_over_tls_serves_a_client_with_the_ca_and_refuses_a_plain_one(repo, tmp_path):
+    import shutil
+    import subprocess
+
+    from serving.client import CameraClient
+    from serving.server import Server
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl binary to make a test certificate")
+
+    def sh(*cmd):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+
+    sh(*"openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 -subj /CN=test-ca".split())
+    sh(*"openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1".split())
+    (tmp_path / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    sh(
+        *"openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1".split(),
+        "-extfile",
+        "ext",
+    )
+    tls = [
+        "--grpc-use-ssl=true",
+        f"--grpc-server-cert={tmp_path / 'server.crt'}",
+        f"--grpc-server-key={tmp_path / 'server.key'}",
+    ]
+    f = moving_square_video(1, seed=31)[0]
+    with Server(repo, log=tmp_path / "server.log", extra=tls) as s:
+        cam = CameraClient(s.grpc_url, EXPRS[1], tls={"ssl": True, "root_certificates": str(tmp_path / "ca.crt")})
+        assert cam.ready() is None
+        assert cam.push(f).masks.shape == (1, *f.shape[:2])
+        cam.close()
+        assert CameraClient(s.grpc_url, EXPRS[1]).ready() is not None  # plain text is not answered
