@@ -9,7 +9,8 @@ an error for that one request while the camera's stream goes on.
 
 Several cameras' frames are not stacked into one graph call: SAM2's image graph has its batch
 dimension fixed to 1 and the int8 graphs quantize activations per tensor (dynamic int8), so a
-frame's features would depend on the other frames of the batch and the masks would change. The
+frame's features would depend on the other frames of the batch and the masks would change; and
+on a CPU a stacked image-encoder call gains nothing (0.88-0.94x, benchmarks/sam_image_batch.py). The
 requests of one `execute` run one after the other, or, with workers > 1, their streams run in
 threads at the same time (ONNX Runtime releases the GIL): the same masks either way.
 """
