@@ -107,6 +107,7 @@ class GlusEngine:
         progress=None,
         llm_every=1,
         sticky_seg: bool = False,
+        batch_llm: bool = False,
     ) -> list[ExpressionResult]:
         """Masks for every frame and every expression, as the reference loop computes them.
 
@@ -129,9 +130,15 @@ class GlusEngine:
         kv_policy: "exact" (default: the reference's results) or "incremental" (approximate,
         faster: see tracking.incremental_llm_step). progress: called with no argument after
         every query-frame step (all expressions of a pass advance together).
+        batch_llm: where several expressions ask the LLM on the same frame, run their windows as
+        one call on the shared prefix's cache (the prefix is passed once, not copied per
+        expression); needs an engine built with `export.build --batched-llm` and
+        kv_policy="exact" (InputError otherwise). fp32: the same masks as without; int8: the
+        manifest's parity "llm_batched_rows" says how close each row is to its own call.
         """
         st = self._stages
         st.check_kv_policy(kv_policy)
+        batch_llm = st.check_batch_llm(batch_llm, kv_policy)
         if isinstance(expressions, str):
             expressions = [expressions]
         exprs = [st.check_expression(e) for e in expressions]
@@ -155,6 +162,7 @@ class GlusEngine:
             progress=progress,
             policy=policy,
             sticky_seg=sticky_seg,
+            batch_llm=batch_llm,
         )
         enc = FrameEncodings(st, frames, dict(zip(context, context_tokens)))
         auto = ks == "auto"
@@ -204,6 +212,7 @@ class GlusEngine:
         progress,
         policy=None,
         sticky_seg: bool = False,
+        batch_llm: bool = False,
     ):
         st = self._stages
         tracks = [Track(e, st.new_bank(use_memory), pass_name) for e in exprs]
@@ -222,6 +231,7 @@ class GlusEngine:
                 kv_policy,
                 policy=policy,
                 sticky_seg=sticky_seg,
+                batch_llm=batch_llm,
             )
             enc.done(idx)
             for j, (mask, info) in enumerate(steps):
@@ -243,6 +253,7 @@ class GlusEngine:
         kv_policy: str = "exact",
         llm_every=1,
         sticky_seg: bool = False,
+        batch_llm: bool = False,
     ) -> Stream:
         """A Stream (runtime/stream.py): push a camera's frames one by one, get each frame's masks."""
         return Stream(
@@ -256,6 +267,7 @@ class GlusEngine:
             kv_policy=kv_policy,
             llm_every=llm_every,
             sticky_seg=sticky_seg,
+            batch_llm=batch_llm,
         )
 
 

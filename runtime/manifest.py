@@ -16,6 +16,9 @@ from .errors import EngineDirError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED_GRAPHS = ("vision", "llm", "sam_image", "memory_attention", "mask_decoder", "memory_encoder")
+# Graphs a build writes only when asked (export.build --batched-llm): opened on first use, so an
+# engine that has one costs nothing until an option reads it.
+OPTIONAL_GRAPHS = ("llm_batched",)
 REQUIRED_ARRAYS = ("embed_tokens", "image_pos", "memory_pos", "no_mem_embed")
 
 

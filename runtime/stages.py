@@ -19,8 +19,8 @@ import numpy as np
 from . import preprocess, rules
 from .backends import nbytes, open_graph, resolve_backend, to_host
 from .checks import check_expression, check_kv_policy
-from .errors import EngineDirError, InvariantError, UnknownFilesWarning
-from .manifest import Manifest, read_manifest
+from .errors import EngineDirError, InputError, InvariantError, UnknownFilesWarning
+from .manifest import OPTIONAL_GRAPHS, Manifest, read_manifest
 from .memory import MemoryBank
 from .tokenizer import RuntimeTokenizer
 
@@ -42,10 +42,18 @@ class Prefix:
 
 class Stages:
     def __init__(
-        self, manifest: Manifest, graphs: dict, arrays: dict, tokenizer: RuntimeTokenizer, backend: str, device: str
+        self,
+        manifest: Manifest,
+        graphs: dict,
+        arrays: dict,
+        tokenizer: RuntimeTokenizer,
+        backend: str,
+        device: str,
+        open_optional=None,
     ):
         self.manifest = manifest
         self.graphs = graphs
+        self._open_optional = open_optional  # name -> graph, for OPTIONAL_GRAPHS on first use
         self.arrays = arrays
         self.tokenizer = tokenizer
         self.backend = backend
@@ -84,10 +92,11 @@ class Stages:
         trt = manifest.data.get("tensorrt") or {}
         backend = resolve_backend(backend, device, bool(trt.get("built")))
         fp16 = manifest.precision == "fp16"
-        graphs = {
-            name: open_graph(manifest.graph_path(name), backend, device, threads, fp16, spin, io_binding)
-            for name in manifest.graphs
-        }
+
+        def open_named(name):
+            return open_graph(manifest.graph_path(name), backend, device, threads, fp16, spin, io_binding)
+
+        graphs = {name: open_named(name) for name in manifest.graphs if name not in OPTIONAL_GRAPHS}
         arrays = {}
         for name, entry in manifest.arrays.items():
             arr = np.load(manifest.path(entry), allow_pickle=False)
@@ -106,7 +115,15 @@ class Stages:
             )
         except ValueError as e:
             raise EngineDirError(f"tokenizer does not match the manifest: {e}") from None
-        return cls(manifest, graphs, arrays, tok, backend, device)
+        return cls(manifest, graphs, arrays, tok, backend, device, open_optional=open_named)
+
+    def graph(self, name: str):
+        """A graph by name; an optional one is opened here, on its first use."""
+        if name not in self.graphs:
+            if name not in self.manifest.graphs or self._open_optional is None:
+                raise EngineDirError(f"engine directory {self.manifest.directory} has no {name!r} graph")
+            self.graphs[name] = self._open_optional(name)
+        return self.graphs[name]
 
     # ---- checks that need the engine's facts ------------------------------------------------
     def check_expression(self, expression) -> str:
@@ -114,6 +131,24 @@ class Stages:
 
     def check_kv_policy(self, kv_policy: str) -> str:
         return check_kv_policy(kv_policy, self.llm_c.get("rope_type", "default"))
+
+    def check_batch_llm(self, batch_llm, kv_policy: str) -> bool:
+        """batch_llm=True needs the engine's batched LLM graph and the shared prefix's cache."""
+        if not isinstance(batch_llm, bool):
+            raise InputError(f"batch_llm must be True or False, got {batch_llm!r}")
+        if not batch_llm:
+            return False
+        if "llm_batched" not in self.manifest.graphs:
+            raise InputError(
+                f"batch_llm=True needs a batched LLM graph, which engine directory {self.manifest.directory}"
+                " does not have: rebuild it with python -m export.build --batched-llm"
+            )
+        if kv_policy != "exact":
+            # kv_policy="incremental" keeps a KV cache per expression: there is no one cache to share.
+            raise InputError(
+                f"batch_llm=True runs the windows on the shared prefix: it needs kv_policy='exact', got {kv_policy!r}"
+            )
+        return True
 
     # ---- image stages ----------------------------------------------------------------------
     def clip_tokens(self, frames: list[np.ndarray]) -> np.ndarray:
@@ -194,6 +229,14 @@ class Stages:
         seg, logits, _ = self.llm(emb, prefix.length, prefix.kv)
         return seg[0], int(np.argmax(logits[0]))
 
+    def llm_steps_batched(self, prefix: Prefix, requests) -> list[tuple[np.ndarray, int]]:
+        """llm_step for several (expression, past, window_tokens) on the same prefix, in one call
+        of the "llm_batched" graph: [SEG] embedding and next token per request, in order."""
+        embeds = [self.embed(self.window_ids(prefix, e, past), window) for e, past, window in requests]
+        x, pos, mask, last = pad_windows(embeds, prefix.length)
+        seg, logits = self.graph("llm_batched").run(x, pos, mask, last, prefix.kv)
+        return [(seg[i], int(np.argmax(logits[i]))) for i in range(len(requests))]
+
     def im_start_positions(self, ids: list[int]) -> list[int]:
         """Sequence positions (image tokens expanded) of each <im_start> in ids."""
         out, pos = [], 0
@@ -232,6 +275,25 @@ class Stages:
             num_slots=rules.NUM_MASKMEM,
             mem_stride=int(self.c["mem_stride"]),
         )
+
+
+def pad_windows(embeds: list[np.ndarray], start: int):
+    """[1, T_i, H] windows right-padded into one batch for the "llm_batched" graph:
+    (inputs_embeds [B,T,H], position_ids [B,T], new_mask [B,T], last [B]), T = max T_i.
+    Each row's real tokens keep the positions a one-window call gives them (start, start+1, ...);
+    padding is zeros, masked out, and after every real token, so no real token attends to it."""
+    if not embeds:
+        raise ValueError("no windows to batch")
+    t = max(e.shape[1] for e in embeds)
+    b, h = len(embeds), embeds[0].shape[2]
+    x = np.zeros((b, t, h), np.float32)
+    mask = np.zeros((b, t), np.int64)
+    for i, e in enumerate(embeds):
+        x[i, : e.shape[1]] = e[0]
+        mask[i, : e.shape[1]] = 1
+    pos = np.broadcast_to(np.arange(start, start + t, dtype=np.int64), (b, t)).copy()
+    last = np.array([e.shape[1] - 1 for e in embeds], np.int64)
+    return x, pos, mask, last
 
 
 def check_rules(c: dict) -> None:

@@ -45,8 +45,10 @@ class Stream:
         kv_policy: str = "exact",
         llm_every=1,
         sticky_seg: bool = False,
+        batch_llm: bool = False,
     ):
         stages.check_kv_policy(kv_policy)
+        self.batch_llm = stages.check_batch_llm(batch_llm, kv_policy)
         self.policy = llm_policy(llm_every)
         self.sticky_seg = bool(sticky_seg)
         if refresh_every < 1:
@@ -156,6 +158,7 @@ class Stream:
             kv_policy=self.kv_policy,
             policy=self.policy,
             sticky_seg=self.sticky_seg,
+            batch_llm=self.batch_llm,
         )
         masks, self.last_steps = {}, {}
         for name, (mask, info) in zip(self.tracks, steps):

@@ -151,6 +151,7 @@ def frame_step(
     kv_policy: str = "exact",
     policy=None,
     sticky_seg: bool = False,
+    batch_llm: bool = False,
 ) -> list[tuple[np.ndarray, StepInfo]]:
     """Advance every track by one query frame: (mask, StepInfo) per track.
 
@@ -165,22 +166,39 @@ def frame_step(
 
     sticky_seg: where the answer is "no [SEG]", prompt the decoder with the track's last [SEG]
     embedding instead (if it has one) and keep the mask if the decoder's object score says the
-    object is present (> 0); else GLUS's empty mask, nothing stored."""
+    object is present (> 0); else GLUS's empty mask, nothing stored.
+
+    batch_llm: where more than one track asks the LLM at the same point of the frame, their
+    windows run as one call of the engine's "llm_batched" graph on the shared prefix (checked
+    beforehand by Stages.check_batch_llm; kv_policy="exact" only)."""
     policy = policy or EVERY_FRAME
     h, w = frame.shape[:2]
     scene = scene_signature(feats_fn()[2]) if policy.needs_scene else None
     infos: list[StepInfo | None] = [None] * len(tracks)
     reasons = [policy.before(tr, scene) for tr in tracks]
 
-    def answer(j: int, why: str) -> None:  # GLUS's LLM step for track j on this frame
-        tr = tracks[j]
-        tr.window.append(tokens_fn())
-        i = tr.rounds + 1  # the window's round: GLUS's rules count the LLM's rounds
-        window = list(tr.window)
-        if kv_policy == "incremental":
-            seg, tok = incremental_llm_step(stages, tr, prefix, tr.past_answers(i), window)
+    def answer(asks: list[tuple[int, str]]) -> None:  # GLUS's LLM step for each (track j, why)
+        for j, _ in asks:
+            tracks[j].window.append(tokens_fn())
+        # (expression, past answers, window) per ask; the past answers are those of the window's
+        # round, rounds + 1: GLUS's rules count the LLM's rounds
+        requests = [
+            (tracks[j].expression, tracks[j].past_answers(tracks[j].rounds + 1), list(tracks[j].window))
+            for j, _ in asks
+        ]
+        if batch_llm and len(asks) > 1:
+            answers = stages.llm_steps_batched(prefix, requests)
+        elif kv_policy == "incremental":
+            answers = [
+                incremental_llm_step(stages, tracks[j], prefix, past, w) for (j, _), (_, past, w) in zip(asks, requests)
+            ]
         else:
-            seg, tok = stages.llm_step(prefix, tr.expression, tr.past_answers(i), window)
+            answers = [stages.llm_step(prefix, *r) for r in requests]
+        for (j, why), (seg, tok) in zip(asks, answers):
+            record(j, why, seg, tok)
+
+    def record(j: int, why: str, seg: np.ndarray, tok: int) -> None:  # track j's answer on this frame
+        tr = tracks[j]
         tr.rounds += 1
         tr.last_seg, tr.last_token = seg, tok
         is_seg = tok == stages.seg_id
@@ -211,10 +229,9 @@ def frame_step(
         return None
 
     for j, why in enumerate(reasons):
-        if why is not None:
-            answer(j, why)
-        else:
+        if why is None:
             keep(j)
+    answer([(j, why) for j, why in enumerate(reasons) if why is not None])
     decoded: dict[int, tuple] = {}  # j -> (cond, low, iou, obj): this frame's SAM2 output
     feats = None
     if policy.verifies:  # SAM2 alone first, for the tracks that skipped; then the LLM where it must
@@ -222,12 +239,14 @@ def frame_step(
         if rows:
             feats = feats_fn()
             decoded.update(_decode_rows(stages, tracks, infos, rows, [prompt(j) for j in rows], feats))
+        late = []  # the tracks whose SAM2-alone mask the policy rejects: their LLM answers after all
         for j in rows:
             score = StepInfo.confidence(decoded[j][2], decoded[j][3])
             why = policy.after(tracks[j], score)
             if why is not None:
                 del decoded[j]
-                answer(j, why)
+                late.append((j, why))
+        answer(late)
     todo = [(j, prompt(j)) for j in range(len(tracks)) if j not in decoded]  # the [SEG] each decode reads
     todo = [(j, seg) for j, seg in todo if seg is not None]
     if todo:
