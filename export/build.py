@@ -42,6 +42,13 @@ FP32_PARITY_MAX = 1e-4  # max relative error of each fp32 graph against PyTorch,
 FP16_PARITY_MAX = 5e-2  # the same for fp16 graphs, measured on CUDA
 SAM_INT8_COSINE_MIN = 0.999  # int8 SAM2 image encoder: every output's cosine to fp32
 LLM_INT8_COSINE_MIN = 0.99  # int8 LLM: [SEG] embedding cosine to fp32 on the model's own prompts
+# The batched LLM graph (--batched-llm), each row against the "llm" graph's call for that window
+# alone, at the same precision (export/llm_batched.batched_row_parity). fp32: FP32_PARITY_MAX
+# (rows come out bit-identical). int8 is quantized with the LLM's method: dynamic int8 quantizes
+# activations per tensor, which couples the rows (medium model: [SEG] cosine >= 0.99974 to the
+# one-window calls, benchmarks/results/llm-batch-medium.md), a small fraction of what int8 moves
+# from fp32 (LLM_INT8_COSINE_MIN): kept, with the figure and bit_identical false in the manifest.
+BATCHED_INT8_ROW_COSINE_MIN = 0.999
 # --int8-method auto: dynamic int8 (MatMulInteger, per-tensor activations) is the fastest on x86
 # CPUs and passes on the small models; at LLaMA-7B's width (4096) its per-tensor activation
 # quantization drifts ([SEG] cosine 0.988 at glus-7b --llm-layers 2, random weights), while
@@ -300,6 +307,10 @@ def llm_int8_key(recipe: str, method: str, accuracy_level: int) -> str:
     return hashlib.sha256(f"{recipe}:llm:int8:{method}:{accuracy_level}".encode()).hexdigest()
 
 
+def llm_batched_int8_key(recipe: str, method: str, accuracy_level: int) -> str:
+    return hashlib.sha256(f"{llm_int8_key(recipe, method, accuracy_level)}:batched".encode()).hexdigest()
+
+
 def sam_int8_key(recipe: str) -> str:
     return hashlib.sha256(f"{recipe}:sam_image:int8:dynamic-int8".encode()).hexdigest()
 
@@ -307,16 +318,25 @@ def sam_int8_key(recipe: str) -> str:
 def int8_result_cached(b: Builder, recipe: str, name: str, methods: tuple[str, ...], accuracy_level: int) -> bool:
     """Whether graph `name`'s int8 result for this recipe is in place, so that its fp32 graph
     need not be exported again: for the LLM, every method before the chosen one is on record as
-    refused and the chosen one's file is unchanged."""
+    refused and the chosen one's file is unchanged; for the batched LLM, also its own file."""
     if name == "sam_image":
         return b.cached("sam_image_int8", sam_int8_key(recipe))
+    method = cached_llm_int8_method(b, recipe, methods, accuracy_level)
+    if name == "llm_batched":
+        key = llm_batched_int8_key(recipe, method, accuracy_level) if method else ""
+        return method is not None and b.cached(f"llm_batched_int8_{method}", key)
+    return method is not None
+
+
+def cached_llm_int8_method(b: Builder, recipe: str, methods: tuple[str, ...], accuracy_level: int) -> str | None:
+    """The int8 method the LLM took for this recipe, if on record with its file unchanged."""
     for method in methods:
         entry_name, key = f"llm_int8_{method}", llm_int8_key(recipe, method, accuracy_level)
         if not b.known(entry_name, key):
-            return False
+            return None
         if min(b.state[entry_name]["seg_cosines"]) >= LLM_INT8_COSINE_MIN:
-            return b.cached(entry_name, key)
-    return False
+            return method if b.cached(entry_name, key) else None
+    return None
 
 
 def remove_stale(out: Path, manifest: dict) -> list[str]:
@@ -472,6 +492,7 @@ class Pass:
     int8_method: str
     accuracy_level: int
     llm_process: str
+    batched_llm: bool = False
     graphs: dict = field(default_factory=dict)
     parity: dict = field(default_factory=dict)
     arrays: dict = field(default_factory=dict)
@@ -665,6 +686,61 @@ def llm_int8_pass(ctx: Pass) -> None:
         )
 
 
+def llm_batched_pass(ctx: Pass) -> None:
+    """--batched-llm: an int8 build quantizes the batched graph with the method the LLM took;
+    then every build (fp16 aside: its graphs run on CUDA) checks each batched row against the
+    "llm" graph's call for that window alone, and records the figures with the graph."""
+    from .llm_batched import batched_row_parity
+    from .quantize import quantize_graph
+
+    b, out = ctx.b, ctx.b.out
+    t = time.perf_counter()
+    name, file, quantization = "llm_batched", "llm_batched.onnx", None
+    if "llm_batched" in ctx.replaced:  # int8, with the LLM quantized
+        method = ctx.parity["llm_int8"]["method"]
+        name, file = f"llm_batched_int8_{method}", "llm_batched.int8.onnx"
+        key = llm_batched_int8_key(ctx.recipe, method, ctx.accuracy_level)
+        if not b.cached(name, key):
+            with quiet_quantizer():
+                report = quantize_graph(
+                    b.path_of("llm_batched"),
+                    out / file,
+                    method=method,
+                    **({"accuracy_level": ctx.accuracy_level} if method == "nbits8" else {}),
+                )
+            b.record(name, key, file, report=report)
+        quantization = b.state[name]["report"]
+    entry = b.state[name]
+    # the figures hold as long as both graphs' files do
+    rows_key = hashlib.sha256(f"{entry['sha256']}:{ctx.graphs['llm']['sha256']}".encode()).hexdigest()
+    rows_name = f"{name}_rows"
+    if not b.known(rows_name, rows_key):
+        rows = batched_row_parity(ctx.ref, out / ctx.graphs["llm"]["file"], out / file)
+        b.state[rows_name] = {"key": rows_key, **rows}
+        b.save_state()
+    rows = {k: v for k, v in b.state[rows_name].items() if k != "key"}
+    ctx.parity["llm_batched_rows"] = rows
+    ctx.graphs["llm_batched"] = {
+        **graph_entry(out, file, entry, "int8" if quantization else "fp32", quantization),
+        "rows_bit_identical": rows["bit_identical"],
+    }
+    b.timings["llm_batched_rows"] = time.perf_counter() - t
+    b.log(
+        f"[llm_batched] rows vs one-window calls: bit-identical {rows['bit_identical']},"
+        f" [SEG] cosine >= {rows['seg_cosine_min']:.6f}, rel error <= {rows['seg_rel_error_max']:.1e}"
+    )
+    if quantization is None and rows["seg_rel_error_max"] > FP32_PARITY_MAX:
+        raise BuildError(
+            f"llm_batched: a batched row differs from its one-window call by {rows['seg_rel_error_max']:.2e}"
+            f" (> {FP32_PARITY_MAX}); engine not written"
+        )
+    if quantization is not None and rows["seg_cosine_min"] < BATCHED_INT8_ROW_COSINE_MIN:
+        raise BuildError(
+            f"int8 llm_batched: a batched row's [SEG] cosine to its one-window call is"
+            f" {rows['seg_cosine_min']:.5f} (< {BATCHED_INT8_ROW_COSINE_MIN}); build without --batched-llm"
+        )
+
+
 def arrays_pass(ctx: Pass) -> None:
     """The constant arrays (token embeddings, SAM2's position encodings, no-memory embedding)
     and tokenizer.json."""
@@ -704,6 +780,7 @@ PASSES = (
     ("fp16", fp16_pass, lambda c: c.precision == "fp16"),
     ("quantize sam_image", sam_int8_pass, lambda c: c.precision == "int8" and "sam_image" in c.int8_graphs),
     ("quantize llm", llm_int8_pass, lambda c: c.precision == "int8" and "llm" in c.int8_graphs),
+    ("batched llm", llm_batched_pass, lambda c: c.batched_llm and c.precision != "fp16"),
     ("arrays", arrays_pass, lambda c: True),
 )
 
@@ -731,12 +808,14 @@ def _build(
     int8_graphs: tuple[str, ...] = INT8_GRAPHS,
     llm_process: str = "auto",
     keep_build_files: bool = False,
+    batched_llm: bool = False,
 ) -> dict:
     """int8_graphs: which graphs an int8 build quantizes; "llm" (int8_method) and "sam_image"
     (SAM2's image encoder, dynamic-int8) are supported. llm_process: where llm.onnx is exported,
     "child" (a process of its own), "same" or "auto" (see resolve_llm_process).
     keep_build_files: keep OUT/.build/ (the fp32 graphs an int8 or fp16 engine replaces, so that
-    a rebuild with another int8 method need not export them again); removed by default."""
+    a rebuild with another int8 method need not export them again); removed by default.
+    batched_llm: also write "llm_batched" (export/llm_batched.py), the graph batch_llm=True runs."""
     if precision not in PRECISIONS:
         raise BuildError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     if precision == "int8" and not int8_graphs:
@@ -786,6 +865,8 @@ def _build(
             previous = None
     (out / MANIFEST).unlink(missing_ok=True)
     replaced = set(int8_graphs) if precision == "int8" else set(REQUIRED_GRAPHS) if precision == "fp16" else set()
+    if batched_llm and "llm" in replaced:  # quantized or converted as the LLM is
+        replaced.add("llm_batched")
     b = Builder(out, precision, backend, force, progress, replaced=replaced, previous=previous)
     t_all = time.perf_counter()
 
@@ -807,11 +888,22 @@ def _build(
     from .vision import vision_spec
 
     specs = [vision_spec(ref.model), llm_spec(ref.model), *sam_specs(ref.model)]
+    if batched_llm:
+        from .llm_batched import llm_batched_spec
+
+        # Before "llm": the build drops the PyTorch LLM's weights once llm.onnx is checked.
+        specs.insert(1, llm_batched_spec(ref.model))
     # Where llm.onnx is exported and its PyTorch side of the parity computed: in a child process
     # that exits (what the dynamo exporter keeps of a 7B comes back to the system), with this
     # process's own PyTorch LLM dropped before anything is exported; or here, as for the small
     # models, where a child's start-up (torch, the checkpoint again) would cost more than it saves.
     llm_process = resolve_llm_process(llm_process, precision, llm_weight_bytes(ref.model))
+    if batched_llm and llm_process == "child":
+        raise BuildError(
+            "--batched-llm exports the batched graph in this process, from the PyTorch LLM that"
+            " llm_process='child' leaves out of it (LLMs from 1 GiB of fp32 weights): use"
+            " --llm-process same, or build without --batched-llm"
+        )
     if llm_process == "child":
         release_llm_weights(ref.model)
     ctx = Pass(
@@ -825,6 +917,7 @@ def _build(
         int8_method=int8_method,
         accuracy_level=accuracy_level,
         llm_process=llm_process,
+        batched_llm=batched_llm,
     )
     from tqdm import tqdm
 
@@ -948,6 +1041,12 @@ def main(argv=None) -> int:
         default=4,
         help="MatMulNBits accuracy_level (4 = int8 compute, the fast one on CPUs)",
     )
+    p.add_argument(
+        "--batched-llm",
+        action="store_true",
+        help="also write the batched LLM graph (the expressions of a frame in one call, for"
+        " segment_video/stream's batch_llm=True); int8 quantizes it as the LLM",
+    )
     a = p.parse_args(argv)
     if a.clip and not a.checkpoint:
         p.error("--clip needs --checkpoint")
@@ -970,6 +1069,7 @@ def main(argv=None) -> int:
             int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g),
             llm_process=a.llm_process,
             keep_build_files=a.keep_build_files,
+            batched_llm=a.batched_llm,
             verbose=a.verbose,
         )
     except BuildError as e:

@@ -49,8 +49,8 @@ def build_engines(out: Path, graphs: dict, precision: str, device: str = "cuda:0
                 if dtype.kind == "i"
                 else np.random.default_rng(0).standard_normal(shape).astype(dtype)
             )
-        if name == "llm":  # positions are consecutive integers
-            feeds[1] = np.arange(feeds[1].shape[1], dtype=np.int64)[None]
+        if name in ("llm", "llm_batched"):  # positions are consecutive integers
+            feeds[1] = np.broadcast_to(np.arange(feeds[1].shape[1], dtype=np.int64), feeds[1].shape).copy()
         session.run(*feeds)
         built[name] = opts
     return {"built": True, "cache": "trt_cache", "precision": precision, "profiles": built}
