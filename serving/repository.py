@@ -1,7 +1,7 @@
 """Write a Triton model repository that serves an engine directory's streams.
 
     python -m serving.repository ENGINE_DIR OUT [--max-cameras 8] [--idle-timeout 60]
-        [--kv-policy exact|incremental] [--llm-every K|auto] [--workers N] [--threads N]
+        [--kv-policy exact|incremental] [--llm-every K|auto] [--batch-llm] [--workers N] [--threads N]
         [--device cpu|cuda:0] [--backend auto|onnxruntime|tensorrt] [--name glus]
 
 writes OUT/glus/config.pbtxt and OUT/glus/1/model.py: a Python-backend model whose every
@@ -46,7 +46,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _pbtxt_string(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A protobuf text-format string literal: quotes and backslashes escaped, control characters
+    (a newline in a path) as octal escapes, the rest as UTF-8."""
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\{ord(ch):03o}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def config_pbtxt(
@@ -57,6 +67,7 @@ def config_pbtxt(
     idle_timeout_s: float = 60.0,
     kv_policy: str = "exact",
     llm_every: int | str = 1,
+    batch_llm: bool = False,
     workers: int = 1,
     threads: int | None = None,
     device: str = "cpu",
@@ -87,6 +98,7 @@ def config_pbtxt(
         "max_cameras": str(max_cameras),
         "kv_policy": kv_policy,
         "llm_every": str(llm_every),
+        "batch_llm": "1" if batch_llm else "0",
         "workers": str(workers),
         "threads": "" if threads is None else str(threads),
         "device": device,
@@ -170,6 +182,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="the LLM answers on every K-th frame, or when SAM2's confidence or the scene says (auto)",
     )
     p.add_argument(
+        "--batch-llm",
+        action="store_true",
+        help="a camera's expressions ask the LLM in one call (an engine built with --batched-llm)",
+    )
+    p.add_argument(
         "--workers", type=int, default=1, help="cameras of one batch run at once in threads (default 1: in turn)"
     )
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per graph (default: ONNX Runtime's)")
@@ -184,6 +201,7 @@ def model_options(a) -> dict:
         idle_timeout_s=a.idle_timeout,
         kv_policy=a.kv_policy,
         llm_every=a.llm_every,
+        batch_llm=a.batch_llm,
         workers=a.workers,
         threads=a.threads,
         device=a.device,

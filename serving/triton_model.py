@@ -93,6 +93,7 @@ class TritonPythonModel:
             stream_options={
                 "kv_policy": _param(config, "kv_policy", "exact"),
                 "llm_every": _llm_every(_param(config, "llm_every", "1")),
+                "batch_llm": _param(config, "batch_llm", "0") == "1",
             },
             workers=int(_param(config, "workers", "1")),
             on_free=_trim_heap,
