@@ -1,0 +1,450 @@
+"""Many cameras on one Triton server against the same streams in one process: throughput, latency,
+memory per camera, and what running a batch's cameras in threads (workers) gains.
+
+    python -m benchmarks.serving_load [--cameras 1,2,4,8] [--frames 40] [--warmup 3]
+        [--models default-int8,medium] [--size 96x128]
+
+For each model and camera count: k cameras send their own synthetic video (evalkit.synth, one
+seed per camera, its first expression), closed loop (a camera sends its next frame when the last
+one is answered), k threads in this process. Three variants, in a rotating order:
+- in-process: k runtime Streams of one GlusEngine in k threads;
+- server, workers=1 and workers=2: a fresh tritonserver (serving.server.Server, max_cameras=k)
+  and k serving.client.CameraClients. workers is the model config's: the requests of different
+  cameras that Triton's sequence batcher hands to one `execute` run one after the other (1) or
+  in threads (2). That is all "batching across cameras" is here: frames of different cameras are
+  not stacked into one graph call (serving/cameras.py says why: batch-1 graphs, per-tensor
+  dynamic int8 would make a camera's masks depend on the others, and benchmarks/sam_image_batch.py
+  measured no gain from stacking on this CPU).
+Warm-up frames (per camera) are excluded: every camera finishes them, then all start the timed
+frames together (a barrier) and the wall time runs until the last one is done. Latency: the
+wall time of one push (send to answer for the server), p50/p99 over every timed frame of every
+camera. RSS per open camera: the server's RSS (server + python backend stub) with the k cameras
+open after their frames, minus its RSS after a warm-up camera came and went, over k. Every
+frame's masks of every server run are compared with the in-process run's, bit for bit.
+Writes results/serving-load.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/threads.py
+
+RESULTS = Path(__file__).parent / "results"
+MODELS = ("default-int8", "medium")
+WORKERS = (1, 2)
+
+
+# ---- engines and frames -------------------------------------------------------------------------
+def engine_dir(model: str) -> Path:
+    """The engine directory of a benchmark model name: "default-int8" (the README's engine),
+    "medium" (benchmarks.models' medium shape, int8), "tiny-fp32" (make_tiny's tiny shape, fp32:
+    what tests/conftest.py's tiny_engine_dir builds)."""
+    if model == "default-int8":
+        from runtime.paths import default_engine_dir
+
+        path = default_engine_dir("int8")
+        if not (path / "manifest.json").is_file():
+            raise SystemExit(f"no default int8 engine at {path}: build it with `python -m export.build` (README)")
+        return path
+    from . import models
+
+    shape, precision = ("tiny", "fp32") if model == "tiny-fp32" else (model, "int8")
+    return models.engine_dir(shape, precision)
+
+
+def snapshot(path: Path, tmp: Path) -> Path:
+    """A private copy of an engine directory: another benchmark run may rebuild the bench cache's
+    directory in place while this one reads it."""
+    dest = tmp / f"engine-{path.name}"
+    if not dest.is_dir():
+        shutil.copytree(path, dest, ignore=shutil.ignore_patterns(".bench_key"))
+    return dest
+
+
+def load_engine(path: Path):
+    from runtime import GlusEngine
+    from runtime.errors import UnknownFilesWarning
+
+    with warnings.catch_warnings():  # the bench cache's key file beside the manifest
+        warnings.simplefilter("ignore", UnknownFilesWarning)
+        return GlusEngine.load(path)
+
+
+@dataclass
+class Video:
+    frames: list[np.ndarray]
+    expression: str
+
+
+def camera_videos(count: int, frames: int, size: tuple[int, int]) -> list[Video]:
+    """One synthetic video per camera (seeds 1..count), with its first expression."""
+    from .harness import synth_video
+
+    out = []
+    for seed in range(1, count + 1):
+        video, expression, _ = synth_video(frames, size, seed=seed)
+        out.append(Video(video, expression))
+    return out
+
+
+# ---- closed-loop cameras --------------------------------------------------------------------------
+class InProcessCamera:
+    def __init__(self, engine, expressions: list[str]):
+        self.expressions = expressions
+        self.stream = engine.stream(expressions)
+
+    def push(self, frame: np.ndarray) -> np.ndarray:
+        masks = self.stream.push(frame)
+        return np.stack([masks[e] for e in self.expressions])
+
+    def state_nbytes(self) -> int:
+        return int(sum(self.stream.state_nbytes().values()))
+
+    def close(self) -> None:
+        self.stream = None
+
+
+class ServerCamera:
+    def __init__(self, url: str, expressions: list[str]):
+        from serving.client import CameraClient
+
+        self.client = CameraClient(url, expressions)
+
+    def push(self, frame: np.ndarray) -> np.ndarray:
+        return self.client.push(frame).masks
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@dataclass
+class CameraRun:
+    masks: list[np.ndarray] = field(default_factory=list)  # every frame's, warm-up included
+    latencies_s: list[float] = field(default_factory=list)  # timed frames only
+    state_nbytes: int = 0
+    error: Exception | None = None
+
+
+@dataclass
+class LoadRun:
+    cameras: list[CameraRun]
+    seconds: float  # wall time of the timed frames, all cameras together
+    timed_frames: int
+
+    @property
+    def latencies_s(self) -> list[float]:
+        return [t for c in self.cameras for t in c.latencies_s]
+
+
+def run_cameras(open_camera, videos: list[Video], warmup: int, while_open=None) -> LoadRun:
+    """Each video through its own camera in its own thread. open_camera(video) -> a camera with
+    push(frame) -> masks and close(). while_open() runs once every camera has sent every frame
+    and before any closes (to sample the server's memory with them open)."""
+    k = len(videos)
+    warm, done, closing = (threading.Barrier(k + 1) for _ in range(3))
+    runs = [CameraRun() for _ in videos]
+
+    def camera(video: Video, run: CameraRun) -> None:
+        cam = None
+        try:
+            cam = open_camera(video)
+            for f in video.frames[:warmup]:
+                run.masks.append(cam.push(f))
+            warm.wait()
+            for f in video.frames[warmup:]:
+                t = time.perf_counter()
+                run.masks.append(cam.push(f))
+                run.latencies_s.append(time.perf_counter() - t)
+            done.wait()
+            run.state_nbytes = cam.state_nbytes() if hasattr(cam, "state_nbytes") else 0
+            closing.wait()
+        except Exception as e:  # noqa: BLE001 (raised by the caller; the barriers break for everyone)
+            run.error = e
+            for b in (warm, done, closing):
+                b.abort()
+        finally:
+            if cam is not None:
+                cam.close()
+
+    threads = [threading.Thread(target=camera, args=(v, r), daemon=True) for v, r in zip(videos, runs)]
+    for t in threads:
+        t.start()
+    try:
+        warm.wait()
+        t0 = time.perf_counter()
+        done.wait()
+        seconds = time.perf_counter() - t0
+        if while_open is not None:
+            while_open()
+        closing.wait()
+    except threading.BrokenBarrierError:
+        seconds = float("nan")
+    for t in threads:
+        t.join()
+    failed = [r.error for r in runs if r.error is not None]
+    if failed:
+        raise RuntimeError(f"a camera failed: {failed[0]!r}") from failed[0]
+    return LoadRun(runs, seconds, sum(len(v.frames) - warmup for v in videos))
+
+
+def figures(run: LoadRun) -> dict:
+    lat = np.array(run.latencies_s) * 1000
+    return {
+        "frames_per_s": run.timed_frames / run.seconds,
+        "seconds": run.seconds,
+        "timed_frames": run.timed_frames,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def masks_equal(a: LoadRun, b: LoadRun) -> tuple[int, int]:
+    """(frames whose masks are bit-identical, frames compared) over every camera."""
+    same = total = 0
+    for ca, cb in zip(a.cameras, b.cameras):
+        for ma, mb in zip(ca.masks, cb.masks):
+            total += 1
+            same += int(ma.shape == mb.shape and np.array_equal(ma, mb))
+    return same, total
+
+
+# ---- the variants ---------------------------------------------------------------------------------
+def measure_in_process(engine, videos: list[Video], warmup: int) -> tuple[dict, LoadRun]:
+    run = run_cameras(lambda v: InProcessCamera(engine, [v.expression]), videos, warmup)
+    out = figures(run)
+    out["state_bytes_per_camera"] = statistics.mean(c.state_nbytes for c in run.cameras)
+    return out, run
+
+
+def server_metric_deltas(before: dict, after: dict) -> dict:
+    """Requests and model executions between two metric reads: requests per execute is how many
+    cameras' frames Triton handed to the model at once."""
+    req = after.get("nv_inference_request_success", 0) - before.get("nv_inference_request_success", 0)
+    execs = after.get("nv_inference_exec_count", 0) - before.get("nv_inference_exec_count", 0)
+    return {"requests": req, "executions": execs, "requests_per_execute": req / execs if execs else float("nan")}
+
+
+def measure_server(path: Path, videos: list[Video], warmup: int, workers: int, tmp: Path) -> tuple[dict, LoadRun]:
+    """A fresh server with room for exactly these cameras. Before the timed run, one camera and
+    then all k come and go (a few frames each): the RSS baseline then holds the graphs' working
+    memory for k at once, and what the k open cameras add over it is their state."""
+    from serving.repository import write_repository
+    from serving.server import Server
+
+    k = len(videos)
+    repo = tmp / f"repo-{k}-w{workers}"
+    write_repository(path, repo, max_cameras=k, idle_timeout_s=60, workers=workers)
+    t0 = time.perf_counter()
+    with Server(repo, log=tmp / f"{repo.name}.log") as server:
+        start_s = time.perf_counter() - t0
+
+        def come_and_go(some: list[Video]) -> int:
+            short = [Video(v.frames[: warmup + 2], v.expression) for v in some]
+            run_cameras(lambda v: ServerCamera(server.grpc_url, [v.expression]), short, warmup)
+            time.sleep(0.5)  # the END's malloc_trim
+            return server.rss_bytes()
+
+        rss_after_one = come_and_go(videos[:1])
+        rss_after_all = come_and_go(videos)
+        open_rss: list[int] = []
+        before = server.metrics()
+        run = run_cameras(
+            lambda v: ServerCamera(server.grpc_url, [v.expression]),
+            videos,
+            warmup,
+            while_open=lambda: open_rss.append(server.rss_bytes()),
+        )
+        after = server.metrics()
+        out = figures(run)
+        out.update(
+            start_s=start_s,
+            rss_after_one_camera_bytes=rss_after_one,
+            rss_after_all_cameras_bytes=rss_after_all,
+            rss_open_bytes=open_rss[0],
+            rss_per_camera_bytes=(open_rss[0] - rss_after_all) / k,
+            open_cameras_after_close=server.metrics().get("glus_open_cameras"),
+            **server_metric_deltas(before, after),
+        )
+    return out, run
+
+
+def measure_model(model: str, counts: list[int], frames: int, warmup: int, size, tmp: Path) -> dict:
+    source = engine_dir(model)
+    path = snapshot(source, tmp)
+    engine = load_engine(path)
+    rows = []
+    for r, k in enumerate(counts):
+        videos = camera_videos(k, warmup + frames, size)
+        variants = ["in-process", *(f"server w{w}" for w in WORKERS)]
+        order = variants[r % 3 :] + variants[: r % 3]  # who goes first rotates: load noise spreads
+        got: dict[str, tuple[dict, LoadRun]] = {}
+        for name in order:
+            if name == "in-process":
+                got[name] = measure_in_process(engine, videos, warmup)
+            else:
+                got[name] = measure_server(path, videos, warmup, int(name[-1]), tmp)
+            f = got[name][0]
+            print(
+                f"{model} cameras {k} {name}: {f['frames_per_s']:.1f} frames/s,"
+                f" p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms",
+                flush=True,
+            )
+        base, base_run = got["in-process"]
+        row = {"cameras": k, "in_process": base, "order": order}
+        for w in WORKERS:
+            f, run = got[f"server w{w}"]
+            same, total = masks_equal(run, base_run)
+            f.update(
+                masks_equal_frames=same,
+                masks_compared_frames=total,
+                throughput_ratio=f["frames_per_s"] / base["frames_per_s"],
+                p50_ratio=f["p50_ms"] / base["p50_ms"],
+            )
+            row[f"server_w{w}"] = f
+        row["workers2_over_workers1"] = row["server_w2"]["frames_per_s"] / row["server_w1"]["frames_per_s"]
+        rows.append(row)
+    return {"engine_dir": str(source), "precision": engine.precision, "rows": rows}
+
+
+# ---- report ---------------------------------------------------------------------------------------
+def mib(f: dict, after: str) -> float:
+    return f[f"rss_after_{after}_camera{'s' if after == 'all' else ''}_bytes"] / 2**20
+
+
+def to_markdown(out: dict) -> str:
+    m, s = out["machine"], out["settings"]
+    lines = [
+        f"## Many cameras on one Triton server (machine {m['slug']})",
+        "",
+        f"{m['cpu']}, {m['cores']} cores, {out['date']}; load average at start {out['load_average_start']}, at end"
+        f" {out['load_average_end']}. {s['frames']} timed frames per camera after {s['warmup']} warm-up frames,"
+        f" {s['size'][0]}x{s['size'][1]} synthetic videos (one seed per camera), closed loop, one thread per camera;"
+        f" tritonserver {out['tritonserver']} (nvidia-pytriton wheel) with its python backend on the CPU,"
+        " ONNX Runtime's default threads on both sides. Throughput: timed frames of all cameras / wall time."
+        " Latency: one push, p50 / p99 over all timed frames. Ratios: server / in-process (same frames, same run)."
+        f" Total run {out['run_seconds'] / 60:.1f} min (benchmarks/serving_load.py).",
+        "",
+    ]
+    for model, res in out["models"].items():
+        lines += [
+            f"### {model} ({res['precision']})",
+            "",
+            "| cameras | in-process frames/s | p50 / p99 ms | server w1 frames/s | p50 / p99 ms | ratio |"
+            " server w2 frames/s | p50 / p99 ms | ratio | w2 / w1 | requests per execute w1 / w2 |"
+            " RSS per camera w1 / w2 | working memory for k at once w1 / w2 | stream state per camera | masks equal |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in res["rows"]:
+            b, w1, w2 = r["in_process"], r["server_w1"], r["server_w2"]
+            eq = sum(w["masks_equal_frames"] for w in (w1, w2))
+            n = sum(w["masks_compared_frames"] for w in (w1, w2))
+            lines.append(
+                f"| {r['cameras']} | {b['frames_per_s']:.1f} | {b['p50_ms']:.0f} / {b['p99_ms']:.0f}"
+                f" | {w1['frames_per_s']:.1f} | {w1['p50_ms']:.0f} / {w1['p99_ms']:.0f} | {w1['throughput_ratio']:.2f}"
+                f" | {w2['frames_per_s']:.1f} | {w2['p50_ms']:.0f} / {w2['p99_ms']:.0f} | {w2['throughput_ratio']:.2f}"
+                f" | {r['workers2_over_workers1']:.2f} | {w1['requests_per_execute']:.2f} /"
+                f" {w2['requests_per_execute']:.2f} | {w1['rss_per_camera_bytes'] / 2**20:.1f} /"
+                f" {w2['rss_per_camera_bytes'] / 2**20:.1f} MiB | {mib(w1, 'all') - mib(w1, 'one'):.1f} /"
+                f" {mib(w2, 'all') - mib(w2, 'one'):.1f} MiB | {b['state_bytes_per_camera'] / 2**20:.2f} MiB"
+                f" | {eq}/{n} |"
+            )
+        lines.append("")
+    lines += [
+        "w1 / w2: the model config's `workers`: the cameras whose requests Triton hands to one `execute` run one"
+        " after the other (1) or in 2 threads. Requests per execute: nv_inference_request_success /"
+        " nv_inference_exec_count over the timed run, i.e. how many cameras' frames arrived together. That is"
+        " the only batching across cameras here: their frames are not stacked into one graph call (the engine's"
+        " graphs have a batch of 1, per-tensor dynamic int8 would make one camera's masks depend on the others',"
+        " and stacking SAM2's image encoder gained nothing on this CPU: sam-image-batch-medium.md)."
+        " RSS per camera: (server RSS with the cameras open after their frames - RSS after the same number of"
+        " cameras came and went for a few frames) / cameras, i.e. the cameras' state without the graphs' working"
+        " memory for running them at once (that is the next column: RSS after k cameras came and went - after"
+        " one); stream state: Stream.state_nbytes of the in-process streams at the same point."
+        " Masks equal: frames (warm-up included) whose server masks equal the in-process masks bit for bit, over"
+        " both server runs.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def tritonserver_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"nvidia-pytriton {version('nvidia-pytriton')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def code_version() -> dict:
+    """The commit measured, and what in the tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+        return r.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "changed": git("status", "--porcelain").splitlines()}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serving_load", description=__doc__.split("\n")[0])
+    p.add_argument("--cameras", default="1,2,4,8")
+    p.add_argument("--frames", type=int, default=40, help="timed frames per camera")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up frames per camera, not timed")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--size", default="96x128", help="frame size HxW")
+    p.add_argument("--out", default=str(RESULTS))
+    a = p.parse_args(argv)
+    from .machine import load_average, machine_info, machine_slug
+
+    t0 = time.perf_counter()
+    load_start = load_average()
+    counts = [int(c) for c in a.cameras.split(",")]
+    size = parse_size(a.size)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="serving-load-") as tmp:
+        for model in a.models.split(","):
+            results[model] = measure_model(model, counts, a.frames, a.warmup, size, Path(tmp))
+    info = machine_info()
+    info["slug"] = machine_slug(info)
+    out = {
+        "machine": info,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "tritonserver": tritonserver_version(),
+        "code": code_version(),
+        "settings": {"cameras": counts, "frames": a.frames, "warmup": a.warmup, "size": list(size)},
+        "load_average_start": load_start,
+        "load_average_end": load_average(),
+        "run_seconds": time.perf_counter() - t0,
+        "models": results,
+    }
+    dest = Path(a.out)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "serving-load.json").write_text(json.dumps(out, indent=1) + "\n")
+    (dest / "serving-load.md").write_text(to_markdown(out))
+    print(to_markdown(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
