@@ -95,12 +95,13 @@ def llm_batched_spec(model) -> GraphSpec:
 ROW_CHECK_EXPRESSIONS = ("the square", "the red circle moving left", "the small green triangle moving up and down")
 
 
-def batched_row_parity(ref, llm_path, batched_path) -> dict:
+def batched_row_parity(ref, llm_path, batched_path, fp32_llm_path=None) -> dict:
     """Each row of one "llm_batched" call against the "llm" graph's call for that window alone,
     on the model's own prompts (a shared prefix, the window of a fourth query step, random image
     tokens): how far batching moves an answer, at the graphs' own precision. In fp32 the rows
     are expected bit-identical; dynamic int8 quantizes activations per tensor, so a row's scale
-    depends on the others' values and rows differ from their own calls slightly."""
+    depends on the others' values and rows differ from their own calls slightly. With
+    fp32_llm_path (an int8 build's fp32 "llm"), both int8 answers are also held against fp32's."""
     import numpy as np
 
     from runtime import rules
@@ -123,22 +124,32 @@ def batched_row_parity(ref, llm_path, batched_path) -> dict:
     with torch.no_grad():
         prefix = m.embed_prompt(prefix_ids, images[: rules.NUM_CONTEXT]).numpy()
         embeds = [m.embed_prompt(w, images[rules.NUM_CONTEXT :]).numpy() for w in windows]
-    single = ort_session(llm_path)
-    empty = np.zeros((d["layers"], 2, 1, d["kv_heads"], 0, d["head_dim"]), np.float32)
     p = prefix.shape[1]
-    kv = single.run(None, {"inputs_embeds": prefix, "position_ids": np.arange(p)[None], "past_kv": empty})[2]
-    want = []
-    for e in embeds:
-        pos = np.arange(p, p + e.shape[1])[None]
-        want.append(single.run(None, {"inputs_embeds": e, "position_ids": pos, "past_kv": kv})[:2])
-    del single
+
+    def one_window(path):  # the prefix's cache, then (seg, logits) of each window alone
+        session = ort_session(path)
+        empty = np.zeros((d["layers"], 2, 1, d["kv_heads"], 0, d["head_dim"]), np.float32)
+        kv = session.run(None, {"inputs_embeds": prefix, "position_ids": np.arange(p)[None], "past_kv": empty})[2]
+        answers = []
+        for e in embeds:
+            pos = np.arange(p, p + e.shape[1])[None]
+            seg, logits, _ = session.run(None, {"inputs_embeds": e, "position_ids": pos, "past_kv": kv})
+            answers.append((seg[0], logits[0]))
+        return kv, answers
+
+    kv, want = one_window(llm_path)
     names = ("inputs_embeds", "position_ids", "new_mask", "last")
     feeds = dict(zip(names, pad_windows(embeds, p)), past_kv=kv)
     seg, logits = ort_session(batched_path).run(None, feeds)
-    return {
+    out = {
         "window_tokens": [int(e.shape[1]) for e in embeds],
-        "bit_identical": all(np.array_equal(seg[i], w[0][0]) for i, w in enumerate(want)),
-        "seg_rel_error_max": max(rel_error(seg[i], w[0][0]) for i, w in enumerate(want)),
-        "seg_cosine_min": min(cosine(seg[i], w[0][0]) for i, w in enumerate(want)),
-        "next_token_agrees": all(int(np.argmax(logits[i])) == int(np.argmax(w[1][0])) for i, w in enumerate(want)),
+        "bit_identical": all(np.array_equal(seg[i], w[0]) for i, w in enumerate(want)),
+        "seg_rel_error_max": max(rel_error(seg[i], w[0]) for i, w in enumerate(want)),
+        "seg_cosine_min": min(cosine(seg[i], w[0]) for i, w in enumerate(want)),
+        "next_token_agrees": all(int(np.argmax(logits[i])) == int(np.argmax(w[1])) for i, w in enumerate(want)),
     }
+    if fp32_llm_path is not None:
+        _, fp32 = one_window(fp32_llm_path)
+        out["loop_seg_cosine_to_fp32_min"] = min(cosine(w[0], f[0]) for w, f in zip(want, fp32))
+        out["seg_cosine_to_fp32_min"] = min(cosine(seg[i], f[0]) for i, f in enumerate(fp32))
+    return out

@@ -139,6 +139,32 @@ def test_missing_graph_and_bad_options_say_why(tiny_engine, batched_engine):
     assert "llm_batched" not in tiny_engine._stages.graphs  # optional graphs open on first use
 
 
+def test_int8_batched_graph_is_quantized_as_the_llm_and_checked(tiny_dirs, tiny_int8_engine_dir, tmp_path):
+    """int8: quantized with the LLM's method; the manifest says whether rows are bit-identical to
+    one-window calls and holds each row against fp32 at the int8 LLM's bar."""
+    from export.build import LLM_INT8_COSINE_MIN, build
+
+    out = tmp_path / "engine-int8-batched"
+    shutil.copytree(tiny_int8_engine_dir, out)
+    m = build(*tiny_dirs, precision="int8", out=out, progress=False, batched_llm=True)
+    entry, llm = m["graphs"]["llm_batched"], m["graphs"]["llm"]
+    assert entry["precision"] == llm["precision"] == "int8"
+    assert entry["quantization"]["method"] == llm["quantization"]["method"]
+    rows = m["parity"]["llm_batched_rows"]
+    assert entry["rows_bit_identical"] is rows["bit_identical"]
+    assert rows["seg_cosine_to_fp32_min"] >= LLM_INT8_COSINE_MIN and rows["next_token_agrees"]
+    assert not (out / ".build").exists() and "llm_batched.onnx" not in {f.name for f in out.iterdir()}
+    engine = GlusEngine.load(out)
+    video = moving_square_video(3)
+    got = engine.segment_video(video, EXPRESSIONS, batch_llm=True)
+    want = engine.segment_video(video, EXPRESSIONS)
+    for ra, rb in zip(want, got):
+        for sa, sb in zip(ra.steps, rb.steps):
+            cos = float(sa.seg_embedding @ sb.seg_embedding)
+            cos /= float(np.linalg.norm(sa.seg_embedding) * np.linalg.norm(sb.seg_embedding))
+            assert cos > 0.99
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 12), min_size=1, max_size=6),
