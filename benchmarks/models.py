@@ -147,24 +147,26 @@ def engine_key(shape: str, precision: str, seed: int = SEED) -> str:
     return h.hexdigest()[:16]
 
 
-def engine_dir(shape: str, precision: str, seed: int = SEED) -> Path:
-    """An engine directory of the shape's checkpoint; built (or reused) on first use."""
+def engine_dir(shape: str, precision: str, seed: int = SEED, batched_llm: bool = False) -> Path:
+    """An engine directory of the shape's checkpoint; built (or reused) on first use.
+    batched_llm: an engine of its own that also has the batched LLM graph (--batched-llm)."""
     from export.build import build
 
     glus_dir, clip_dir = checkpoint(shape, seed)
-    out = cache_root() / f"{shape}-seed{seed}-engine-{precision}"
+    out = cache_root() / f"{shape}-seed{seed}-engine-{precision}{'-batched' if batched_llm else ''}"
     stamp = out / ".bench_key"
-    key = engine_key(shape, precision, seed)
+    key = engine_key(shape, precision, seed) + (":batched" if batched_llm else "")
     if stamp.is_file() and stamp.read_text() == key and (out / "manifest.json").is_file():
         return out
-    if precision != "fp32" and not (out / "manifest.json").is_file():
-        # Seed the directory with the fp32 engine's graphs and build state: export.build then
-        # reuses every graph (same recipe) and only quantizes, instead of exporting them again.
-        fp32 = engine_dir(shape, "fp32", seed)
+    if not (out / "manifest.json").is_file() and (precision != "fp32" or batched_llm):
+        # Seed the directory with an engine's graphs and its manifest, which holds the build
+        # state (the fp32 engine, or for a batched fp32 engine the plain one): export.build then
+        # reuses every graph of the same recipe and only exports or quantizes what is new.
+        seed_dir = engine_dir(shape, "fp32", seed, batched_llm=batched_llm and precision != "fp32")
         shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(fp32, out, ignore=shutil.ignore_patterns("manifest.json", ".bench_key"))
+        shutil.copytree(seed_dir, out, ignore=shutil.ignore_patterns(".bench_key"))
     stamp.unlink(missing_ok=True)
-    build(glus_dir, clip_dir, precision=precision, out=out, progress=False)
+    build(glus_dir, clip_dir, precision=precision, out=out, progress=False, batched_llm=batched_llm)
     stamp.write_text(key)
     return out
 
