@@ -325,6 +325,20 @@ def mib(f: dict, after: str) -> float:
     return f[f"rss_after_{after}_camera{'s' if after == 'all' else ''}_bytes"] / 2**20
 
 
+def camera_memory_fit(rows: list[dict], workers: int) -> tuple[float, float]:
+    """(fixed, per camera) MiB of the line through (k, RSS open - RSS after k came and went): the
+    per-camera column divides a fixed part (the banks' longer working set, allocator pools) by k."""
+    ks = [r["cameras"] for r in rows]
+    added = [
+        (r[f"server_w{workers}"]["rss_open_bytes"] - r[f"server_w{workers}"]["rss_after_all_cameras_bytes"]) / 2**20
+        for r in rows
+    ]
+    if len(ks) < 2:
+        return added[0], float("nan")
+    slope, fixed = np.polyfit(ks, added, 1)
+    return float(fixed), float(slope)
+
+
 def to_markdown(out: dict) -> str:
     m, s = out["machine"], out["settings"]
     lines = [
@@ -362,7 +376,15 @@ def to_markdown(out: dict) -> str:
                 f" {mib(w2, 'all') - mib(w2, 'one'):.1f} MiB | {b['state_bytes_per_camera'] / 2**20:.2f} MiB"
                 f" | {eq}/{n} |"
             )
-        lines.append("")
+        starts = [r[f"server_w{w}"]["start_s"] for r in res["rows"] for w in WORKERS]
+        fits = {w: camera_memory_fit(res["rows"], w) for w in WORKERS}
+        lines += [
+            "",
+            "What the open cameras add to the server's RSS, as a line over k: "
+            + "; ".join(f"w{w} {f:.1f} MiB + {c:.2f} MiB per camera" for w, (f, c) in fits.items())
+            + f". Server start to ready: {min(starts):.1f}-{max(starts):.1f} s.",
+            "",
+        ]
     lines += [
         "w1 / w2: the model config's `workers`: the cameras whose requests Triton hands to one `execute` run one"
         " after the other (1) or in 2 threads. Requests per execute: nv_inference_request_success /"
@@ -373,7 +395,9 @@ def to_markdown(out: dict) -> str:
         " RSS per camera: (server RSS with the cameras open after their frames - RSS after the same number of"
         " cameras came and went for a few frames) / cameras, i.e. the cameras' state without the graphs' working"
         " memory for running them at once (that is the next column: RSS after k cameras came and went - after"
-        " one); stream state: Stream.state_nbytes of the in-process streams at the same point."
+        " one); stream state: Stream.state_nbytes of the in-process streams at the same point. RSS is the"
+        " allocator's view: a camera's arrays can reuse heap pages that cameras before it freed (malloc_trim"
+        " returns only whole free pages), so the RSS added per camera can be below its state bytes."
         " Masks equal: frames (warm-up included) whose server masks equal the in-process masks bit for bit, over"
         " both server runs.",
         "",
