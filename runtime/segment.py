@@ -1,7 +1,7 @@
 """glus-segment: masks of the objects that sentences describe, in a video, a folder, a camera or a stream.
 
     python -m runtime.segment SOURCE --expression TEXT [--expression TEXT ...] --out DIR
-        [--engine DIR | --precision int8|fp32|fp16] [--kf auto] [--stream]
+        [--engine DIR | --precision int8|fp32|fp16] [--kf auto] [--stream] [--llm-every K|auto] [--batch-llm]
         [--device cpu|cuda:0] [--backend auto|onnxruntime|tensorrt] [--threads N]
         [--name NAME] [--max-frames N] [--timeout SECONDS]
 
@@ -98,6 +98,11 @@ def parse_args(argv):
         "--sticky-seg",
         action="store_true",
         help="where the LLM answers 'no [SEG]', keep prompting SAM2 with the last [SEG] while the object is seen",
+    )
+    p.add_argument(
+        "--batch-llm",
+        action="store_true",
+        help="the expressions that ask the LLM on a frame run as one call (an engine built with --batched-llm)",
     )
     p.add_argument("--stream", action="store_true", help="causal frame-by-frame mode")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
@@ -311,6 +316,7 @@ def run_offline(engine, source, outputs: Outputs, args) -> None:
             key_frames=args.kf,
             llm_every=args.llm_every,
             sticky_seg=args.sticky_seg,
+            batch_llm=args.batch_llm,
             progress=lambda: bar.update(1),
         )
     outputs.expect(len(frames))
@@ -323,7 +329,9 @@ def run_offline(engine, source, outputs: Outputs, args) -> None:
 def run_stream(engine, source, outputs: Outputs, args) -> None:
     from runtime import InputError
 
-    stream = engine.stream(outputs.expressions, llm_every=args.llm_every, sticky_seg=args.sticky_seg)
+    stream = engine.stream(
+        outputs.expressions, llm_every=args.llm_every, sticky_seg=args.sticky_seg, batch_llm=args.batch_llm
+    )
     total = args.max_frames or source.expected
     with _bar(total, "segmenting") as bar:
         for name, frame in source:
@@ -391,6 +399,11 @@ def prepare_engine(path: Path, args):
             engine.check_expression(e)
         except InputError as err:  # too long for the engine's LLM
             raise CliError(str(err), EXIT_USAGE) from None
+    if args.batch_llm:
+        try:
+            engine.stream([], batch_llm=True)  # the engine has the batched graph
+        except InputError as err:
+            raise CliError(str(err), EXIT_ENGINE) from None
     return engine
 
 

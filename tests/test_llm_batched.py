@@ -189,3 +189,22 @@ def test_pad_windows(lengths, start, hidden):
 def test_pad_windows_refuses_nothing():
     with pytest.raises(ValueError):
         pad_windows([], 0)
+
+
+def test_the_cli_batch_llm_gives_the_engines_masks(batched_engine, batched_engine_dir, tmp_path, capsys):
+    import cv2
+
+    from runtime.segment import main
+
+    frames = moving_square_video(4, seed=41)
+    src = tmp_path / "clip"
+    src.mkdir()
+    for t, f in enumerate(frames):
+        cv2.imwrite(str(src / f"{t:05d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    args = [str(src), "--engine", str(batched_engine_dir), "--out", str(tmp_path / "out"), "--batch-llm"]
+    assert main([*args, *(x for e in EXPRESSIONS[:2] for x in ("-e", e))]) == 0, capsys.readouterr().err
+    want = batched_engine.segment_video(frames, EXPRESSIONS[:2], batch_llm=True)
+    for j, res in enumerate(want):
+        for t in range(len(frames)):
+            png = cv2.imread(str(tmp_path / "out" / "clip" / str(j) / f"{t:05d}.png"), cv2.IMREAD_GRAYSCALE)
+            np.testing.assert_array_equal(png > 0, res.masks[t])

@@ -204,6 +204,12 @@ def test_llm_every_auto_with_sticky_seg_matches_engine(
             np.testing.assert_array_equal(g, w)
 
 
+def test_batch_llm_without_the_batched_graph_is_an_engine_error(tiny_engine_dir, folder, tmp_path, capsys):
+    code, _, err = run(capsys, folder, "-e", EXPRS[0], "--engine", tiny_engine_dir, "--out", tmp_path, "--batch-llm")
+    assert code == 3 and "--batched-llm" in err and "Traceback" not in err
+    assert not (tmp_path / "square_frames").exists()
+
+
 def test_stream_mode_matches_stream_api(tiny_engine, tiny_engine_dir, folder, folder_clip, tmp_path, capsys):
     code, out, err = run(
         capsys,
