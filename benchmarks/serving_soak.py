@@ -314,6 +314,10 @@ def to_markdown(out: dict) -> str:
         f" MiB, after it was freed {v['rss_after_bytes'] / mib:.1f} MiB"
         f" ({v['rss_back_within_bytes'] / mib:+.1f} MiB).",
         "",
+        "The in-process figure is the comparison run after the soak (the same frames, one thread per camera):"
+        " its streams overlap on the cores, while the server with workers 1 runs the cameras of an `execute`"
+        " one after the other (serving-load.md has the two side by side, interleaved, with workers 1 and 2).",
+        "",
         "![server RSS over the soak](serving-soak.svg)",
         "",
     ]
