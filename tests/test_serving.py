@@ -296,3 +296,27 @@ def test_grpc_over_tls_serves_a_client_with_the_ca_and_refuses_a_plain_one(repo,
         assert cam.push(f).masks.shape == (1, *f.shape[:2])
         cam.close()
         assert CameraClient(s.grpc_url, EXPRS[1]).ready() is not None  # plain text is not answered
+
+
+@pytest.mark.slow
+def test_soak_4_cameras_x_2500_frames(tmp_path):
+    """Issue 30's soak (about 10 minutes on 2 cores: `pytest -m slow tests/test_serving.py`;
+    benchmarks/serving_soak.py writes the same run's figures): every frame answered in order,
+    masks equal to in-process streams, RSS flat after warm-up, a vanished client freed."""
+    from benchmarks.serving_load import engine_dir, load_engine
+    from benchmarks.serving_soak import client_vanishes, in_process_digests, rss_growth, soak_server
+    from serving.repository import write_repository
+    from serving.server import Server
+
+    cameras, frames, idle_s = 4, 2500, 5.0
+    path = engine_dir("default-int8")
+    write_repository(path, tmp_path / "repo", max_cameras=cameras, idle_timeout_s=idle_s)
+    with Server(tmp_path / "repo", log=tmp_path / "server.log") as server:
+        soak = soak_server(server, cameras, frames)
+        vanished = client_vanishes(server, idle_s)
+    assert [len(d) for d in soak.digests] == [frames] * cameras and soak.out_of_order == 0
+    reference, _ = in_process_digests(load_engine(path), cameras, frames)
+    assert soak.digests == reference
+    assert rss_growth(soak.samples, cameras * frames)["growth_pct"] < 1.0
+    assert vanished["open_cameras_after"] == 0 and vanished["cameras_idled_out"] == 1
+    assert vanished["rss_back_within_bytes"] < 8 * 2**20
