@@ -241,6 +241,11 @@ class CameraClient:
             return self.push(frame)
         return self._send(frame, start=False, end=False, with_expressions=True)
 
+    def abandon(self) -> None:
+        """Drop the connection without ending the sequence, as a client that crashed: the server
+        frees the camera after its idle timeout."""
+        self._drop()
+
     def close(self) -> None:
         """End the sequence (an END with an empty frame: the server frees the camera now)."""
         try:

@@ -198,7 +198,7 @@ def test_a_vanished_client_is_freed_after_the_idle_timeout(server):
     cam = CameraClient(server.grpc_url, EXPRS[0])
     for f in v:
         cam.push(f)
-    cam._drop()  # gone without END, like a client that crashed
+    cam.abandon()  # gone without END, like a client that crashed
     assert open_cameras(server) == 1
     wait_for(lambda: open_cameras(server) == 0, IDLE_S + 10, "the idle camera freed")
     assert server.metrics()["glus_cameras_idled_out_total"] >= 1
