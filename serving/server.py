@@ -227,6 +227,9 @@ class Server:
         for what, port in (("gRPC", self.grpc_port), ("HTTP", self.http_port), ("metrics", self.metrics_port)):
             try:  # else the readiness probe could be answered by whatever holds the port
                 with socket.socket() as s:
+                    # as the server binds: a port whose last server died (connections left in
+                    # TIME_WAIT) is free; one that another process listens on is not
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind((self.connect_host, port))
             except OSError as e:
                 raise ServerError(f"the {what} port {self.connect_host}:{port} is taken ({e.strerror})") from None

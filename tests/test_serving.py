@@ -227,12 +227,18 @@ def test_a_killed_server_is_reported_and_the_client_starts_a_new_sequence(repo, 
 
         def restart():
             time.sleep(1.0)
-            restarted["server"] = Server(repo, log=tmp_path / "second.log", **ports).start()
+            try:
+                restarted["server"] = Server(repo, log=tmp_path / "second.log", **ports).start()
+            except Exception as e:  # noqa: BLE001 (raised below, in the test's thread)
+                restarted["error"] = e
 
         t = threading.Thread(target=restart)
         t.start()
-        cam.reconnect(within_s=120)
-        t.join()
+        try:
+            cam.reconnect(within_s=120)
+        finally:
+            t.join()
+        assert "error" not in restarted, restarted.get("error")
         second = restarted["server"]
         got = [cam.push(f) for f in v[4:]]
         assert [a.frame_index for a in got] == [0, 1, 2, 3] and cam.sequences == 2
@@ -323,3 +329,16 @@ def test_soak_4_cameras_x_2500_frames(tmp_path):
     assert rss_growth(soak.samples, cameras * frames)["growth_pct"] < 1.0
     assert vanished["open_cameras_after"] == 0 and vanished["cameras_idled_out"] == 1
     assert vanished["rss_back_within_bytes"] < 8 * 2**20
+
+
+def test_a_port_another_process_listens_on_is_refused_before_starting(repo, tmp_path):
+    import socket
+
+    from serving.server import Server, ServerError
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(ServerError, match=f"gRPC port 127.0.0.1:{port} is taken"):
+            Server(repo, grpc_port=port, log=tmp_path / "server.log").start()
