@@ -414,6 +414,20 @@ def tritonserver_version() -> str:
         return "unknown"
 
 
+def run_stamp() -> dict:
+    """Where and with what a serving benchmark ran: machine, date, server, code."""
+    from .machine import machine_info, machine_slug
+
+    info = machine_info()
+    info["slug"] = machine_slug(info)
+    return {
+        "machine": info,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "tritonserver": tritonserver_version(),
+        "code": code_version(),
+    }
+
+
 def code_version() -> dict:
     """The commit measured, and what in the tree differs from it."""
     root = Path(__file__).resolve().parent.parent
@@ -439,7 +453,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="96x128", help="frame size HxW")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
-    from .machine import load_average, machine_info, machine_slug
+    from .machine import load_average
 
     t0 = time.perf_counter()
     load_start = load_average()
@@ -449,13 +463,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="serving-load-") as tmp:
         for model in a.models.split(","):
             results[model] = measure_model(model, counts, a.frames, a.warmup, size, Path(tmp))
-    info = machine_info()
-    info["slug"] = machine_slug(info)
     out = {
-        "machine": info,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "tritonserver": tritonserver_version(),
-        "code": code_version(),
+        **run_stamp(),
         "settings": {"cameras": counts, "frames": a.frames, "warmup": a.warmup, "size": list(size)},
         "load_average_start": load_start,
         "load_average_end": load_average(),

@@ -336,8 +336,8 @@ def main(argv=None) -> int:
     from serving.repository import write_repository
     from serving.server import Server
 
-    from .machine import load_average, machine_info, machine_slug
-    from .serving_load import code_version, engine_dir, load_engine, snapshot, tritonserver_version
+    from .machine import load_average
+    from .serving_load import engine_dir, load_engine, run_stamp, snapshot
 
     t0 = time.perf_counter()
     load_start = load_average()
@@ -358,13 +358,8 @@ def main(argv=None) -> int:
         engine = load_engine(path)
         reference, in_process_s = in_process_digests(engine, a.cameras, a.frames)
     equal = sum(x == y for got, ref in zip(soak.digests, reference) for x, y in zip(got, ref))
-    info = machine_info()
-    info["slug"] = machine_slug(info)
     out = {
-        "machine": info,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "tritonserver": tritonserver_version(),
-        "code": code_version(),
+        **run_stamp(),
         "engine": a.engine,
         "engine_dir": str(source),
         "settings": {
