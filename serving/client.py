@@ -299,7 +299,7 @@ def run_source(run: SourceRun, args, bar_position: int = 0) -> None:
     outputs = None
     try:
         with source:
-            run.name = run.name or source.name
+            run.name = args.names.claim(source.name)
             cam = CameraClient(
                 args.url, args.expression, model=args.model, timeout_s=args.request_timeout, tls=tls_options(args)
             )
@@ -423,17 +423,22 @@ def tls_options(args) -> dict:
     }
 
 
-def unique_names(specs: list[str]) -> list[str]:
-    """Output names for the sources: their own, with -2, -3, ... where two would collide."""
-    from runtime import video
+class UniqueNames:
+    """Output names for the sources, claimed as each opens (runtime.video names them): a name
+    already taken gets -2, -3, ..."""
 
-    names, seen = [], {}
-    for spec in specs:
-        base = video._url_name(spec) if video.is_url(spec) else None
-        base = base or (f"camera{spec}" if video.is_camera(spec) else Path(spec).stem or "source")
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
-    return names
+    def __init__(self):
+        self._taken: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, name: str) -> str:
+        with self._lock:
+            unique, k = name, 1
+            while unique in self._taken:
+                k += 1
+                unique = f"{name}-{k}"
+            self._taken.add(unique)
+            return unique
 
 
 def main(argv=None) -> int:
@@ -450,7 +455,8 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.code
     args.stop = threading.Event()
-    runs = [SourceRun(spec, name) for spec, name in zip(args.sources, unique_names(args.sources))]
+    args.names = UniqueNames()
+    runs = [SourceRun(spec) for spec in args.sources]
     threads = [
         threading.Thread(target=run_source, args=(r, args, i), name=f"camera-{i}", daemon=True)
         for i, r in enumerate(runs)

@@ -70,3 +70,10 @@ def test_write_and_the_command(tmp_path, tiny_engine_dir, capsys):
     assert main([str(tiny_engine_dir), str(tmp_path / "repo3"), "--llm-every", "auto"]) == 0
     assert main([str(tmp_path), str(tmp_path / "repo4")]) == 2
     assert "not an engine directory" in capsys.readouterr().err
+
+
+def test_sources_of_the_same_name_get_distinct_output_names():
+    from serving.client import UniqueNames
+
+    names = UniqueNames()
+    assert [names.claim(n) for n in ["a", "b", "a", "a", "a-2"]] == ["a", "b", "a-2", "a-3", "a-2-2"]
