@@ -5,7 +5,7 @@ from sam2's (HW, B, C) token layout happens inside. Input-independent tensors (p
 encodings) are baked into the graphs as constants; the ones the runtime itself needs come from
 `sam_constants`.
 
-    SamImageGraph(model)         image [1,3,S,S] -> high_res0, high_res1, image_feat
+    SamImageGraph(model)         image [F,3,S,S] -> high_res0, high_res1, image_feat (F frames)
     MemoryAttentionGraph(model)  image_feat [1,C,h,w], memory [M,64,h,w] -> conditioned
     MaskDecoderGraph(model)      conditioned, high_res0, high_res1, seg_embedding [B,256]
                                  -> low_res_logits [B,1,4h,4w], iou [B,1], object_score [B,1]
@@ -13,6 +13,10 @@ encodings) are baked into the graphs as constants; the ones the runtime itself n
     sam_constants(model)         -> {"image_pos", "memory_pos", "no_mem_embed", "image_pe"}
     sam_specs(model)             -> GraphSpecs "sam_image", "memory_attention", "mask_decoder",
                                     "memory_encoder"
+
+The image graph has a batch axis F so that a server stacks the frames of several cameras into one
+call (serving/cameras.py, batch_images). In fp32 a stacked row equals that frame encoded alone by
+the same graph, bit for bit (tests/test_sam_image_batch.py); a stream encodes one frame at F=1.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def _map(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 class SamImageGraph(nn.Module):
-    """image [1,3,S,S] (ImageNet-normalised) -> (high_res0, high_res1, image_feat) maps.
+    """image [F,3,S,S] (ImageNet-normalised) -> (high_res0, high_res1, image_feat) maps, F frames.
 
     The same levels as GlusModel.encode_image (conv_s0/conv_s1 applied by sam2's
     forward_image), without the flatten to tokens; position encodings are in sam_constants.
@@ -224,9 +228,10 @@ def sam_specs(model, memories: int = 3, batch: int = 2) -> list[GraphSpec]:
         GraphSpec(
             name="sam_image",
             module=SamImageGraph(model),
-            inputs={"image": rand(1, 3, s, s)},
+            inputs={"image": rand(batch, 3, s, s)},
             outputs=["high_res0", "high_res1", "image_feat"],
-            dynamic={},
+            dynamic={"image": {0: "F"}},
+            dim_min={"F": 1},
         ),
         GraphSpec(
             name="memory_attention",

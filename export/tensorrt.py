@@ -3,7 +3,8 @@
 The runtime opens each graph with the TensorRT execution provider (runtime/backends.py), which
 builds a TensorRT engine per graph and caches it (with a timing cache) in `trt_cache/`. This
 stage builds those caches ahead of time on the GPU machine, with optimization profiles covering
-the prefix length, the per-frame token count, the memory count and the expression batch.
+the prefix length, the per-frame token count, the memory count, the expression batch and
+the frames of one image-encoder call (several cameras).
 Not yet run on a GPU: see the README's "what is verified".
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 # dim name -> (min, opt, max) for the optimization profiles
-DIM_RANGES = {"B": (1, 1, 8), "T": (1, 400, 2048), "P": (0, 400, 2048), "M": (1, 7, 7)}
+DIM_RANGES = {"B": (1, 1, 8), "F": (1, 1, 8), "T": (1, 400, 2048), "P": (0, 400, 2048), "M": (1, 7, 7)}
 
 
 def _shape(dims, pick: int, ranges) -> list[int]:

@@ -241,6 +241,19 @@ class GlusEngine:
         return results
 
     # ---- streaming -------------------------------------------------------------------------
+    @property
+    def stacks_frames(self) -> bool:
+        """Whether encode_frames runs several frames in one image-encoder call (an engine whose
+        image graph has a batch axis: built by export.build since it has one)."""
+        return self._stages.stacks_frames
+
+    def encode_frames(self, frames) -> list[list[np.ndarray]]:
+        """The SAM2 features of several frames (of one camera or several) in one image-encoder
+        call: row i goes to frame i's Stream.push(frame, sam_features=row). On a CPU in fp32 a
+        row equals what the stream computes alone, bit for bit; with a dynamic-int8 image
+        encoder (activation scales over the whole call) or on a GPU rows differ slightly."""
+        return self._stages.sam_features_stacked([check_frame(f) for f in frames])
+
     def stream(
         self,
         expressions=(),

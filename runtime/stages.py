@@ -177,6 +177,28 @@ class Stages:
         x = preprocess.sam_preprocess(frame, self.sam_size)[None].astype(np.float32)
         return self.graphs["sam_image"].run(x)
 
+    @property
+    def stacks_frames(self) -> bool:
+        """Whether the image graph takes several frames in one call: it has a batch axis in
+        engines built since export.sam_graphs gave it one (older ones take a single frame)."""
+        return isinstance(self.manifest.graphs["sam_image"]["inputs"][0]["shape"][0], str)
+
+    def sam_features_stacked(self, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """sam_features of each frame (of any sizes: each is resized to the graph's square), in
+        one image-graph call. On a CPU in fp32 each row equals the frame's own sam_features bit
+        for bit; a dynamic-int8 graph scales activations over the whole call, and a GPU may pick
+        other kernels for another batch size, so there rows differ slightly."""
+        if not self.stacks_frames:
+            raise EngineDirError(
+                f"the image graph of engine directory {self.manifest.directory} takes one frame per call:"
+                " rebuild it with python -m export.build to stack frames"
+            )
+        if not frames:
+            return []
+        x = np.stack([preprocess.sam_preprocess(f, self.sam_size) for f in frames]).astype(np.float32)
+        levels = self.graphs["sam_image"].run(x)
+        return [[level[i : i + 1] for level in levels] for i in range(len(frames))]
+
     # ---- LLM stages ------------------------------------------------------------------------
     def embed(self, ids: list[int], images: list[np.ndarray]) -> np.ndarray:
         """[1, T, hidden] input embeddings: token rows, each <image> replaced by its 64 tokens."""

@@ -115,20 +115,24 @@ class Stream:
             self.prefix = self.stages.prefix(np.stack([self.pool[p][1] for p in picks]))
 
     # ---- frames --------------------------------------------------------------------------
-    def push(self, frame) -> dict[str, np.ndarray]:
+    def push(self, frame, sam_features: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The masks (bool, frame size) of this frame for every expression in the stream.
 
+        sam_features: this frame's SAM2 features if already computed (Stages.sam_features, or
+        one row of Stages.sam_features_stacked: a server encodes its cameras' frames at once).
         A bad frame raises InputError and leaves the stream as it was.
         """
         stages = self.stages
         frame = check_frame(frame)
+        if sam_features is not None:
+            _check_sam_features(sam_features, stages)
         hw = frame.shape[:2]
         if self.hw is not None and hw != self.hw:
             raise InputError(f"frame size changed mid-stream from {self.hw} to {hw}")
         self.hw = hw
         index = self.frames_seen
         self.frames_seen += 1
-        cache: dict = {}
+        cache: dict = {} if sam_features is None else {"sam": list(sam_features)}
 
         def tokens_fn():
             if "clip" not in cache:
@@ -175,3 +179,13 @@ class Stream:
             "memory": int(sum(tr.bank.nbytes for tr in self.tracks.values() if tr.bank is not None)),
             "track_kv": int(sum(tr.kv.nbytes for tr in self.tracks.values() if tr.kv is not None)),
         }
+
+
+def _check_sam_features(feats, stages: Stages) -> None:
+    """Features handed to push must be one frame's three levels at the engine's sizes."""
+    hw = [tuple(x) for x in stages.c["sam"]["feat_sizes"]]
+    shapes = [getattr(f, "shape", None) for f in feats] if isinstance(feats, (list, tuple)) else None
+    if shapes is None or len(shapes) != 3 or any(s is None or len(s) != 4 or s[0] != 1 for s in shapes):
+        raise InputError(f"sam_features must be one frame's 3 feature maps [1, C, h, w], got shapes {shapes}")
+    if [tuple(s[2:]) for s in shapes] != hw:
+        raise InputError(f"sam_features have sizes {[tuple(s[2:]) for s in shapes]}, the engine's are {hw}")

@@ -7,12 +7,16 @@ benchmarked on its own): open a camera on START, push its frame, close it on END
 that stopped sending, refuse cameras beyond the configured number, and turn every bad input into
 an error for that one request while the camera's stream goes on.
 
-Several cameras' frames are not stacked into one graph call: SAM2's image graph has its batch
-dimension fixed to 1 and the int8 graphs quantize activations per tensor (dynamic int8), so a
-frame's features would depend on the other frames of the batch and the masks would change; and
-on a CPU a stacked image-encoder call gains nothing (0.88-0.94x, benchmarks/sam_image_batch.py). The
-requests of one `execute` run one after the other, or, with workers > 1, their streams run in
-threads at the same time (ONNX Runtime releases the GIL): the same masks either way.
+With batch_images=True the frames of one `handle` call (the cameras of one Triton `execute`) go
+through SAM2's image encoder as one stacked call (GlusEngine.encode_frames), then each camera's
+stream goes on with its row. On a CPU in fp32 a row equals the frame encoded alone, bit for bit,
+so the masks are those of in-process streams; the default engine's dynamic-int8 image encoder
+scales activations over the whole call, so there a camera's features depend slightly on the
+other cameras' frames (benchmarks/serving_load.py measures both, and what stacking gains). Off
+(the default), the requests of one call run one after the other, or, with workers > 1, their
+streams run in threads at the same time (ONNX Runtime releases the GIL): the same masks either
+way. The LLM is batched within a camera only (batch_llm): its batched graph reads one shared
+prefix, and every camera has its own.
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ class Cameras:
     max_sequence_idle_microseconds, so that both forget a camera at the same time).
     stream_options: GlusEngine.stream's keyword options (kv_policy, llm_every, ...).
     workers: streams run at once within one `handle` call (1: one after the other).
+    batch_images: the frames of one `handle` call share one image-encoder call (an engine whose
+    image graph has a batch axis, GlusEngine.stacks_frames).
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class Cameras:
         idle_timeout_s: float = 60.0,
         stream_options: dict | None = None,
         workers: int = 1,
+        batch_images: bool = False,
         clock: Callable[[], float] = time.monotonic,
         on_free: Callable[[], None] | None = None,
     ):
@@ -117,6 +124,15 @@ class Cameras:
         self.stream_options = dict(stream_options or {})
         engine.stream([], **self.stream_options)  # bad options fail at load, not at the first camera
         self.workers = workers
+        if not isinstance(batch_images, bool):
+            raise ValueError(f"batch_images must be True or False, got {batch_images!r}")
+        if batch_images and not engine.stacks_frames:
+            raise ValueError(
+                f"batch_images needs an engine whose image graph takes several frames per call; engine"
+                f" directory {engine.manifest.directory} takes one: rebuild it with python -m export.build"
+            )
+        self.batch_images = batch_images
+        self.stacked_calls = 0  # image-encoder calls that served more than one camera
         self.clock = clock
         self.on_free = on_free
         self.cameras: dict = {}
@@ -168,10 +184,17 @@ class Cameras:
                 cam.busy = True
                 claimed.add(r.corrid)
                 jobs.append((i, cam, frame, r))
-        if self._pool is not None and len(jobs) > 1:
-            done = list(self._pool.map(lambda j: self._push(j[1], j[2]), jobs))
-        else:
-            done = [self._push(cam, frame) for _, cam, frame, _ in jobs]
+        try:
+            feats = self._encode([frame for _, _, frame, _ in jobs])
+            if self._pool is not None and len(jobs) > 1:
+                done = list(self._pool.map(lambda j, f: self._push(j[1], j[2], f), jobs, feats))
+            else:
+                done = [self._push(cam, frame, f) for (_, cam, frame, _), f in zip(jobs, feats)]
+        except BaseException:
+            with self._lock:  # never leave a camera marked busy: it could then never idle out
+                for _, cam, _, _ in jobs:
+                    cam.busy = False
+            raise
         freed = False
         with self._lock:
             now = self.clock()
@@ -252,13 +275,24 @@ class Cameras:
                 cam.stream.add(e)  # followed from this frame on, with a fresh memory
         cam.expressions = exprs
 
-    def _push(self, cam: Camera, frame: np.ndarray | None) -> Reply | CameraError:
+    def _encode(self, frames: list[np.ndarray | None]) -> list[list[np.ndarray] | None]:
+        """With batch_images, the SAM2 features of the call's frames in one stacked call (None
+        where a request has no frame); else None each: every stream encodes its own."""
+        rows = [i for i, f in enumerate(frames) if f is not None]
+        feats: list = [None] * len(frames)
+        if self.batch_images and len(rows) > 1:
+            for i, f in zip(rows, self.engine.encode_frames([frames[i] for i in rows])):
+                feats[i] = f
+            self.stacked_calls += 1
+        return feats
+
+    def _push(self, cam: Camera, frame: np.ndarray | None, feats=None) -> Reply | CameraError:
         stream = cam.stream
         if frame is None:  # END without a frame
             n = len(cam.expressions)
             return Reply(list(cam.expressions), np.zeros((n, 0, 0), bool), np.zeros(n, np.float32), -1)
         try:
-            masks = stream.push(frame)
+            masks = stream.push(frame, sam_features=feats)
         except InputError as e:  # checked in _prepare; kept so that nothing can pass silently
             return CameraError("input", str(e))
         h, w = frame.shape[:2]

@@ -1,8 +1,8 @@
 """Write a Triton model repository that serves an engine directory's streams.
 
     python -m serving.repository ENGINE_DIR OUT [--max-cameras 8] [--idle-timeout 60]
-        [--kv-policy exact|incremental] [--llm-every K|auto] [--batch-llm] [--workers N] [--threads N]
-        [--device cpu|cuda:0] [--backend auto|onnxruntime|tensorrt] [--name glus]
+        [--kv-policy exact|incremental] [--llm-every K|auto] [--batch-llm] [--workers N] [--batch-images]
+        [--threads N] [--device cpu|cuda:0] [--backend auto|onnxruntime|tensorrt] [--name glus]
 
 writes OUT/glus/config.pbtxt and OUT/glus/1/model.py: a Python-backend model whose every
 correlation ID (one camera) owns one runtime Stream. The model imports this project (`serving`,
@@ -69,6 +69,7 @@ def config_pbtxt(
     llm_every: int | str = 1,
     batch_llm: bool = False,
     workers: int = 1,
+    batch_images: bool = False,
     threads: int | None = None,
     device: str = "cpu",
     backend: str = "auto",
@@ -100,6 +101,7 @@ def config_pbtxt(
         "llm_every": str(llm_every),
         "batch_llm": "1" if batch_llm else "0",
         "workers": str(workers),
+        "batch_images": "1" if batch_images else "0",
         "threads": "" if threads is None else str(threads),
         "device": device,
         "backend": backend,
@@ -189,6 +191,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=int, default=1, help="cameras of one batch run at once in threads (default 1: in turn)"
     )
+    p.add_argument(
+        "--batch-images",
+        action="store_true",
+        help="the frames of the cameras batched together share one SAM2 image-encoder call (bit-exact"
+        " in fp32 on a CPU; with an int8 image encoder a camera's masks then depend slightly on the others')",
+    )
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per graph (default: ONNX Runtime's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--backend", default="auto", help="auto, onnxruntime or tensorrt")
@@ -203,6 +211,7 @@ def model_options(a) -> dict:
         llm_every=a.llm_every,
         batch_llm=a.batch_llm,
         workers=a.workers,
+        batch_images=a.batch_images,
         threads=a.threads,
         device=a.device,
         backend=a.backend,

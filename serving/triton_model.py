@@ -96,6 +96,7 @@ class TritonPythonModel:
                 "batch_llm": _param(config, "batch_llm", "0") == "1",
             },
             workers=int(_param(config, "workers", "1")),
+            batch_images=_param(config, "batch_images", "0") == "1",
             on_free=_trim_heap,
         )
         self.metrics = _Metrics()
@@ -107,7 +108,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"glus: engine {engine_dir} ({self.engine.precision}, {self.engine.device}); up to"
             f" {self.cameras.max_cameras} cameras, idle timeout {self.cameras.idle_timeout_s:g} s,"
-            f" {self.cameras.workers} worker(s)"
+            f" {self.cameras.workers} worker(s){', frames stacked into one image-encoder call' if self.cameras.batch_images else ''}"
         )
 
     def _reap_loop(self):

@@ -196,3 +196,30 @@ def test_expression_lists_keep_order_and_refuse_repeats(exprs):
     else:
         assert _check_expression_list(exprs) == exprs
         assert _check_expression_list([e.encode() for e in exprs]) == exprs
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stacked_image_calls_give_in_process_masks(tiny_engine, workers):
+    """batch_images: the frames of one call share one image-encoder call; in fp32 every camera's
+    masks stay those of its own in-process stream, bit for bit."""
+    videos = [moving_square_video(5, seed=20), moving_square_video(5, seed=21, h=40, w=56), moving_square_video(5)]
+    exprs = [EXPRS_A, EXPRS_B, EXPRS_A]
+    cams = Cameras(tiny_engine, batch_images=True, workers=workers)
+    own = [tiny_engine.stream(e) for e in exprs]
+    calls = []
+    real = tiny_engine._stages.sam_features_stacked
+    tiny_engine._stages.sam_features_stacked = lambda frames: calls.append(len(frames)) or real(frames)
+    try:
+        for t in range(5):
+            batch = [req(k, v[t], start=t == 0, exprs=e) for k, (v, e) in enumerate(zip(videos, exprs))]
+            if t == 3:  # a bad frame in the call: its own error, the others stacked and served
+                batch[1] = req(1, np.zeros((40, 56, 4), np.uint8))
+            for k, out in enumerate(cams.handle(batch)):
+                if t == 3 and k == 1:
+                    assert isinstance(out, CameraError) and out.kind == "input"
+                    continue
+                assert np.array_equal(out.masks, stacked(own[k], videos[k][t], exprs[k]))
+    finally:
+        del tiny_engine._stages.sam_features_stacked
+        cams.close()
+    assert calls == [3, 3, 3, 2, 3] and cams.stacked_calls == 5

@@ -19,7 +19,13 @@ def parse(text: str):
 def test_the_config_reads_back_with_the_options_given(tmp_path):
     cfg = parse(
         config_pbtxt(
-            tmp_path, max_cameras=5, idle_timeout_s=2.5, kv_policy="incremental", llm_every="auto", batch_llm=True
+            tmp_path,
+            max_cameras=5,
+            idle_timeout_s=2.5,
+            kv_policy="incremental",
+            llm_every="auto",
+            batch_llm=True,
+            batch_images=True,
         )
     )
     assert cfg.backend == "python" and cfg.max_batch_size == 5
@@ -36,12 +42,10 @@ def test_the_config_reads_back_with_the_options_given(tmp_path):
     }
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["engine_dir"] == str(tmp_path.resolve())
-    assert (params["max_cameras"], params["kv_policy"], params["llm_every"], params["batch_llm"]) == (
-        "5",
-        "incremental",
-        "auto",
-        "1",
-    )
+    got = [params[k] for k in ("max_cameras", "kv_policy", "llm_every", "batch_llm", "batch_images")]
+    assert got == ["5", "incremental", "auto", "1", "1"]
+    default = parse(config_pbtxt(tmp_path))
+    assert default.parameters["batch_images"].string_value == "0"
 
 
 @given(st.text(min_size=1, max_size=40))
