@@ -108,7 +108,8 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"glus: engine {engine_dir} ({self.engine.precision}, {self.engine.device}); up to"
             f" {self.cameras.max_cameras} cameras, idle timeout {self.cameras.idle_timeout_s:g} s,"
-            f" {self.cameras.workers} worker(s){', frames stacked into one image-encoder call' if self.cameras.batch_images else ''}"
+            f" {self.cameras.workers} worker(s)"
+            + (", the frames of one execute in one image-encoder call" if self.cameras.batch_images else "")
         )
 
     def _reap_loop(self):
