@@ -1,26 +1,28 @@
 """Many cameras on one Triton server against the same streams in one process: throughput, latency,
-memory per camera, and what running a batch's cameras in threads (workers) gains.
+memory per camera, and what batching across cameras gains: running a batch's cameras in threads
+(workers), and stacking their frames into one SAM2 image-encoder call (batch_images).
 
     python -m benchmarks.serving_load [--cameras 1,2,4,8] [--frames 40] [--warmup 3]
         [--models default-int8,medium] [--size 96x128]
 
 For each model and camera count: k cameras send their own synthetic video (evalkit.synth, one
 seed per camera, its first expression), closed loop (a camera sends its next frame when the last
-one is answered), k threads in this process. Three variants, in a rotating order:
+one is answered), k threads in this process. Four variants, in a rotating order:
 - in-process: k runtime Streams of one GlusEngine in k threads;
-- server, workers=1 and workers=2: a fresh tritonserver (serving.server.Server, max_cameras=k)
-  and k serving.client.CameraClients. workers is the model config's: the requests of different
-  cameras that Triton's sequence batcher hands to one `execute` run one after the other (1) or
-  in threads (2). That is all "batching across cameras" is here: frames of different cameras are
-  not stacked into one graph call (serving/cameras.py says why: batch-1 graphs, per-tensor
-  dynamic int8 would make a camera's masks depend on the others, and benchmarks/sam_image_batch.py
-  measured no gain from stacking on this CPU).
+- server w1, w2, gathered and stacked: a fresh tritonserver (serving.server.Server,
+  max_cameras=k) and k serving.client.CameraClients. w1 / w2: the model config's workers, the
+  requests of different cameras that Triton's sequence batcher hands to one `execute` run one
+  after the other (1) or in threads (2). gathered: w1 with a queue delay (QUEUE_DELAY_US), so
+  that Triton waits for the other cameras' frames; stacked: gathered plus batch_images, the
+  frames of one `execute` go through SAM2's image encoder as one call (serving/cameras.py), then
+  each camera's stream goes on alone. stacked / gathered is what stacking itself gains.
 Warm-up frames (per camera) are excluded: every camera finishes them, then all start the timed
 frames together (a barrier) and the wall time runs until the last one is done. Latency: the
 wall time of one push (send to answer for the server), p50/p99 over every timed frame of every
 camera. RSS per open camera: the server's RSS (server + python backend stub) with the k cameras
 open after their frames, minus its RSS after a warm-up camera came and went, over k. Every
-frame's masks of every server run are compared with the in-process run's, bit for bit.
+frame's masks of every server run are compared with the in-process run's, bit for bit, and by
+IoU (stacked on a dynamic-int8 image encoder: a camera's features depend on the others' frames).
 Writes results/serving-load.{json,md}.
 """
 
@@ -45,6 +47,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/threads.py
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ("default-int8", "medium")
+# server variants: name -> (workers, batch_images, queue delay in microseconds)
+QUEUE_DELAY_US = 5000
+VARIANTS = {
+    "w1": (1, False, 0),
+    "w2": (2, False, 0),
+    "gathered": (1, False, QUEUE_DELAY_US),
+    "stacked": (1, True, QUEUE_DELAY_US),
+}
 WORKERS = (1, 2)
 
 
@@ -222,6 +232,18 @@ def masks_equal(a: LoadRun, b: LoadRun) -> tuple[int, int]:
     return same, total
 
 
+def masks_iou(a: LoadRun, b: LoadRun) -> tuple[float, float]:
+    """(mean, min) IoU of the masks of every expression of every frame of every camera (1 where
+    both are empty)."""
+    ious = []
+    for ca, cb in zip(a.cameras, b.cameras):
+        for ma, mb in zip(ca.masks, cb.masks):
+            for x, y in zip(np.asarray(ma).reshape(-1, *ma.shape[-2:]), np.asarray(mb).reshape(-1, *mb.shape[-2:])):
+                union = np.logical_or(x, y).sum()
+                ious.append(1.0 if union == 0 else float(np.logical_and(x, y).sum() / union))
+    return float(np.mean(ious)), float(np.min(ious))
+
+
 # ---- the variants ---------------------------------------------------------------------------------
 def measure_in_process(engine, videos: list[Video], warmup: int) -> tuple[dict, LoadRun]:
     run = run_cameras(lambda v: InProcessCamera(engine, [v.expression]), videos, warmup)
@@ -238,7 +260,15 @@ def server_metric_deltas(before: dict, after: dict) -> dict:
     return {"requests": req, "executions": execs, "requests_per_execute": req / execs if execs else float("nan")}
 
 
-def measure_server(path: Path, videos: list[Video], warmup: int, workers: int, tmp: Path) -> tuple[dict, LoadRun]:
+def measure_server(
+    path: Path,
+    videos: list[Video],
+    warmup: int,
+    workers: int,
+    tmp: Path,
+    batch_images: bool = False,
+    queue_delay_us: int = 0,
+) -> tuple[dict, LoadRun]:
     """A fresh server with room for exactly these cameras. Before the timed run, one camera and
     then all k come and go (a few frames each): the RSS baseline then holds the graphs' working
     memory for k at once, and what the k open cameras add over it is their state."""
@@ -246,8 +276,16 @@ def measure_server(path: Path, videos: list[Video], warmup: int, workers: int, t
     from serving.server import Server
 
     k = len(videos)
-    repo = tmp / f"repo-{k}-w{workers}"
-    write_repository(path, repo, max_cameras=k, idle_timeout_s=60, workers=workers)
+    repo = tmp / f"repo-{k}-w{workers}{'-stacked' if batch_images else ''}-d{queue_delay_us}"
+    write_repository(
+        path,
+        repo,
+        max_cameras=k,
+        idle_timeout_s=60,
+        workers=workers,
+        batch_images=batch_images,
+        queue_delay_us=queue_delay_us,
+    )
     t0 = time.perf_counter()
     with Server(repo, log=tmp / f"{repo.name}.log") as server:
         start_s = time.perf_counter() - t0
@@ -289,14 +327,15 @@ def measure_model(model: str, counts: list[int], frames: int, warmup: int, size,
     rows = []
     for r, k in enumerate(counts):
         videos = camera_videos(k, warmup + frames, size)
-        variants = ["in-process", *(f"server w{w}" for w in WORKERS)]
-        order = variants[r % 3 :] + variants[: r % 3]  # who goes first rotates: load noise spreads
+        variants = ["in-process", *(f"server {v}" for v in VARIANTS)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]  # load noise spreads
         got: dict[str, tuple[dict, LoadRun]] = {}
         for name in order:
             if name == "in-process":
                 got[name] = measure_in_process(engine, videos, warmup)
             else:
-                got[name] = measure_server(path, videos, warmup, int(name[-1]), tmp)
+                workers, batch_images, delay = VARIANTS[name.split()[1]]
+                got[name] = measure_server(path, videos, warmup, workers, tmp, batch_images, delay)
             f = got[name][0]
             print(
                 f"{model} cameras {k} {name}: {f['frames_per_s']:.1f} frames/s,"
@@ -305,17 +344,22 @@ def measure_model(model: str, counts: list[int], frames: int, warmup: int, size,
             )
         base, base_run = got["in-process"]
         row = {"cameras": k, "in_process": base, "order": order}
-        for w in WORKERS:
-            f, run = got[f"server w{w}"]
+        for v in VARIANTS:
+            f, run = got[f"server {v}"]
             same, total = masks_equal(run, base_run)
+            iou_mean, iou_min = masks_iou(run, base_run)
             f.update(
                 masks_equal_frames=same,
                 masks_compared_frames=total,
+                masks_iou_mean=iou_mean,
+                masks_iou_min=iou_min,
                 throughput_ratio=f["frames_per_s"] / base["frames_per_s"],
                 p50_ratio=f["p50_ms"] / base["p50_ms"],
             )
-            row[f"server_w{w}"] = f
+            row[f"server_{v}"] = f
         row["workers2_over_workers1"] = row["server_w2"]["frames_per_s"] / row["server_w1"]["frames_per_s"]
+        row["gathered_over_workers1"] = row["server_gathered"]["frames_per_s"] / row["server_w1"]["frames_per_s"]
+        row["stacked_over_gathered"] = row["server_stacked"]["frames_per_s"] / row["server_gathered"]["frames_per_s"]
         rows.append(row)
     return {"engine_dir": str(source), "precision": engine.precision, "rows": rows}
 
@@ -384,14 +428,33 @@ def to_markdown(out: dict) -> str:
             + "; ".join(f"w{w} {f:.1f} MiB + {c:.2f} MiB per camera" for w, (f, c) in fits.items())
             + f". Server start to ready: {min(starts):.1f}-{max(starts):.1f} s.",
             "",
+            f"Gathered: w1 with a {QUEUE_DELAY_US / 1000:g} ms queue delay, so that Triton waits for the other"
+            " cameras' frames. Stacked: gathered, and the frames of one `execute` go through SAM2's image encoder as"
+            " one call (`--batch-images`):",
+            "",
+            "| cameras | gathered frames/s | p50 / p99 ms | requests per execute | gathered / w1 | stacked frames/s"
+            " | p50 / p99 ms | requests per execute | ratio to in-process | **stacked / gathered** | masks equal"
+            " | mask IoU to in-process, mean / min |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        for r in res["rows"]:
+            ga, st = r["server_gathered"], r["server_stacked"]
+            lines.append(
+                f"| {r['cameras']} | {ga['frames_per_s']:.1f} | {ga['p50_ms']:.0f} / {ga['p99_ms']:.0f}"
+                f" | {ga['requests_per_execute']:.2f} | {r['gathered_over_workers1']:.2f}"
+                f" | {st['frames_per_s']:.1f} | {st['p50_ms']:.0f} / {st['p99_ms']:.0f}"
+                f" | {st['requests_per_execute']:.2f} | {st['throughput_ratio']:.2f} | {r['stacked_over_gathered']:.2f}"
+                f" | {st['masks_equal_frames']}/{st['masks_compared_frames']}"
+                f" | {st['masks_iou_mean']:.4f} / {st['masks_iou_min']:.4f} |"
+            )
+        lines.append("")
     lines += [
         "w1 / w2: the model config's `workers`: the cameras whose requests Triton hands to one `execute` run one"
         " after the other (1) or in 2 threads. Requests per execute: nv_inference_request_success /"
-        " nv_inference_exec_count over the timed run, i.e. how many cameras' frames arrived together. That is"
-        " the only batching across cameras here: their frames are not stacked into one graph call (the engine's"
-        " graphs have a batch of 1, per-tensor dynamic int8 would make one camera's masks depend on the others',"
-        " and stacking SAM2's image encoder gained nothing on this CPU: sam-image-batch-medium.md)."
+        " nv_inference_exec_count over the timed run, i.e. how many cameras' frames arrived together (the most"
+        " that one stacked image-encoder call can hold). Stacked rows of an fp32 image encoder equal the frames"
+        " encoded alone bit for bit; a dynamic-int8 one scales activations over the whole call, so there a"
+        " camera's masks depend slightly on the other cameras' frames (the IoU columns)."
         " RSS per camera: (server RSS with the cameras open after their frames - RSS after the same number of"
         " cameras came and went for a few frames) / cameras, i.e. the cameras' state without the graphs' working"
         " memory for running them at once (that is the next column: RSS after k cameras came and went - after"
@@ -399,7 +462,13 @@ def to_markdown(out: dict) -> str:
         " allocator's view: a camera's arrays can reuse heap pages that cameras before it freed (malloc_trim"
         " returns only whole free pages), so the RSS added per camera can be below its state bytes."
         " Masks equal: frames (warm-up included) whose server masks equal the in-process masks bit for bit, over"
-        " both server runs.",
+        " the w1 and w2 runs (the stacked run has its own column; the gathered run's are equal too: "
+        + ", ".join(
+            f"{sum(r['server_gathered']['masks_equal_frames'] for r in res['rows'])}/"
+            f"{sum(r['server_gathered']['masks_compared_frames'] for r in res['rows'])} ({model})"
+            for model, res in out["models"].items()
+        )
+        + ").",
         "",
     ]
     return "\n".join(lines)
