@@ -284,10 +284,32 @@ def phase_runtime(work: Path, shape: str, layers: int, frames: int, device: str,
             seg_cosine_min=min(coss),
             masks_nonempty=float(np.mean([m.any() for r in cpu_res for m in r.masks])),
         )
+        row["stacked_image_encoder"] = stacking_times(eng, vid, device)
         del eng
         save(out)
     out["wall_s"] = time.perf_counter() - t0
     return out
+
+
+def stacking_times(eng, frames, device: str, counts=(1, 2, 4, 8)) -> list[dict]:
+    """SAM2's image encoder on n frames as n calls of one frame and as one stacked call (what
+    serving --batch-images does with n cameras): seconds, and how far a stacked row is from its
+    frame encoded alone (a GPU may pick other kernels for another batch size)."""
+    rows = []
+    for n in counts:
+        some = [frames[i % len(frames)] for i in range(n)]
+        alone = [eng._stages.sam_features(f) for f in some]
+        stacked = eng.encode_frames(some)
+        rows.append(
+            {
+                "frames": n,
+                "loop_s": timed(lambda s=some: [eng._stages.sam_features(f) for f in s], device),
+                "stacked_s": timed(lambda s=some: eng.encode_frames(s), device),
+                "rows_max_abs": max(float(np.abs(x - y).max()) for a, b in zip(alone, stacked) for x, y in zip(a, b)),
+            }
+        )
+        rows[-1]["speedup"] = rows[-1]["loop_s"] / rows[-1]["stacked_s"]
+    return rows
 
 
 # ---- driver -------------------------------------------------------------------------------------

@@ -3,26 +3,28 @@ memory per camera, and what batching across cameras gains: running a batch's cam
 (workers), and stacking their frames into one SAM2 image-encoder call (batch_images).
 
     python -m benchmarks.serving_load [--cameras 1,2,4,8] [--frames 40] [--warmup 3]
-        [--models default-int8,medium] [--size 96x128]
+        [--models default-int8,medium,default-fp32,medium-fp32] [--size 96x128]
 
 For each model and camera count: k cameras send their own synthetic video (evalkit.synth, one
 seed per camera, its first expression), closed loop (a camera sends its next frame when the last
 one is answered), k threads in this process. Four variants, in a rotating order:
 - in-process: k runtime Streams of one GlusEngine in k threads;
-- server w1, w2, gathered and stacked: a fresh tritonserver (serving.server.Server,
-  max_cameras=k) and k serving.client.CameraClients. w1 / w2: the model config's workers, the
-  requests of different cameras that Triton's sequence batcher hands to one `execute` run one
-  after the other (1) or in threads (2). gathered: w1 with a queue delay (QUEUE_DELAY_US), so
-  that Triton waits for the other cameras' frames; stacked: gathered plus batch_images, the
-  frames of one `execute` go through SAM2's image encoder as one call (serving/cameras.py), then
-  each camera's stream goes on alone. stacked / gathered is what stacking itself gains.
+- server variants, each a fresh tritonserver (serving.server.Server, max_cameras=k) and k
+  serving.client.CameraClients. w1 / w2: the model config's workers, the requests of different
+  cameras that Triton's sequence batcher hands to one `execute` run one after the other (1) or
+  in threads (2). gathered: w1 with a queue delay (QUEUE_DELAY_US), so that Triton waits for the
+  other cameras' frames; stacked: gathered plus batch_images, the frames of one `execute` go
+  through SAM2's image encoder as one call (serving/cameras.py), then each camera's stream goes
+  on alone; stacked / gathered is what stacking itself gains. An engine gets w1 and w2, or, where
+  its image encoder stacks frames exactly (fp32; not dynamic int8), w1, gathered and stacked:
+  run the default models (int8) and their fp32 engines (--models default-fp32,medium-fp32).
 Warm-up frames (per camera) are excluded: every camera finishes them, then all start the timed
 frames together (a barrier) and the wall time runs until the last one is done. Latency: the
 wall time of one push (send to answer for the server), p50/p99 over every timed frame of every
 camera. RSS per open camera: the server's RSS (server + python backend stub) with the k cameras
 open after their frames, minus its RSS after a warm-up camera came and went, over k. Every
 frame's masks of every server run are compared with the in-process run's, bit for bit, and by
-IoU (stacked on a dynamic-int8 image encoder: a camera's features depend on the others' frames).
+IoU.
 Writes results/serving-load.{json,md}.
 """
 
@@ -46,7 +48,7 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/threads.py
 
 RESULTS = Path(__file__).parent / "results"
-MODELS = ("default-int8", "medium")
+MODELS = ("default-int8", "medium", "default-fp32", "medium-fp32")
 # server variants: name -> (workers, batch_images, queue delay in microseconds)
 QUEUE_DELAY_US = 5000
 VARIANTS = {
@@ -55,24 +57,34 @@ VARIANTS = {
     "gathered": (1, False, QUEUE_DELAY_US),
     "stacked": (1, True, QUEUE_DELAY_US),
 }
-WORKERS = (1, 2)
+# what each ratio divides: (variant, by variant)
+RATIOS = {
+    "workers2_over_workers1": ("w2", "w1"),
+    "gathered_over_workers1": ("gathered", "w1"),
+    "stacked_over_gathered": ("stacked", "gathered"),
+}
 
 
 # ---- engines and frames -------------------------------------------------------------------------
 def engine_dir(model: str) -> Path:
-    """The engine directory of a benchmark model name: "default-int8" (the README's engine),
-    "medium" (benchmarks.models' medium shape, int8), "tiny-fp32" (make_tiny's tiny shape, fp32:
+    """The engine directory of a benchmark model name: "default-int8" / "default-fp32" (the
+    README's engine: python -m export.build --precision int8|fp32), "medium" / "medium-fp32"
+    (benchmarks.models' medium shape, int8 / fp32), "tiny-fp32" (make_tiny's tiny shape, fp32:
     what tests/conftest.py's tiny_engine_dir builds)."""
-    if model == "default-int8":
+    if model.startswith("default-"):
         from runtime.paths import default_engine_dir
 
-        path = default_engine_dir("int8")
+        precision = model.split("-", 1)[1]
+        path = default_engine_dir(precision)
         if not (path / "manifest.json").is_file():
-            raise SystemExit(f"no default int8 engine at {path}: build it with `python -m export.build` (README)")
+            raise SystemExit(
+                f"no default {precision} engine at {path}: build it with"
+                f" `python -m export.build --precision {precision}` (README)"
+            )
         return path
     from . import models
 
-    shape, precision = ("tiny", "fp32") if model == "tiny-fp32" else (model, "int8")
+    shape, precision = model.split("-", 1) if model.endswith("-fp32") else (model, "int8")
     return models.engine_dir(shape, precision)
 
 
@@ -327,7 +339,7 @@ def measure_model(model: str, counts: list[int], frames: int, warmup: int, size,
     rows = []
     for r, k in enumerate(counts):
         videos = camera_videos(k, warmup + frames, size)
-        variants = ["in-process", *(f"server {v}" for v in VARIANTS)]
+        variants = ["in-process", *(f"server {v}" for v in variants_for(engine))]
         order = variants[r % len(variants) :] + variants[: r % len(variants)]  # load noise spreads
         got: dict[str, tuple[dict, LoadRun]] = {}
         for name in order:
@@ -344,7 +356,7 @@ def measure_model(model: str, counts: list[int], frames: int, warmup: int, size,
             )
         base, base_run = got["in-process"]
         row = {"cameras": k, "in_process": base, "order": order}
-        for v in VARIANTS:
+        for v in variants_for(engine):
             f, run = got[f"server {v}"]
             same, total = masks_equal(run, base_run)
             iou_mean, iou_min = masks_iou(run, base_run)
@@ -357,11 +369,23 @@ def measure_model(model: str, counts: list[int], frames: int, warmup: int, size,
                 p50_ratio=f["p50_ms"] / base["p50_ms"],
             )
             row[f"server_{v}"] = f
-        row["workers2_over_workers1"] = row["server_w2"]["frames_per_s"] / row["server_w1"]["frames_per_s"]
-        row["gathered_over_workers1"] = row["server_gathered"]["frames_per_s"] / row["server_w1"]["frames_per_s"]
-        row["stacked_over_gathered"] = row["server_stacked"]["frames_per_s"] / row["server_gathered"]["frames_per_s"]
+        for name, (a, b) in RATIOS.items():
+            if f"server_{a}" in row and f"server_{b}" in row:
+                row[name] = row[f"server_{a}"]["frames_per_s"] / row[f"server_{b}"]["frames_per_s"]
         rows.append(row)
-    return {"engine_dir": str(source), "precision": engine.precision, "rows": rows}
+    return {
+        "engine_dir": str(source),
+        "precision": engine.precision,
+        "variants": list(variants_for(engine)),
+        "stacking_refused": engine.stacking_refused,
+        "rows": rows,
+    }
+
+
+def variants_for(engine) -> list[str]:
+    """w1 and w2 on every engine; gathered and stacked where its image encoder stacks frames
+    exactly (fp32: a dynamic-int8 one is refused, its scales would span the cameras)."""
+    return ["w1", "gathered", "stacked"] if engine.stacks_frames else ["w1", "w2"]
 
 
 # ---- report ---------------------------------------------------------------------------------------
@@ -369,18 +393,26 @@ def mib(f: dict, after: str) -> float:
     return f[f"rss_after_{after}_camera{'s' if after == 'all' else ''}_bytes"] / 2**20
 
 
-def camera_memory_fit(rows: list[dict], workers: int) -> tuple[float, float]:
+def camera_memory_fit(rows: list[dict], variant: str) -> tuple[float, float]:
     """(fixed, per camera) MiB of the line through (k, RSS open - RSS after k came and went): the
     per-camera column divides a fixed part (the banks' longer working set, allocator pools) by k."""
     ks = [r["cameras"] for r in rows]
     added = [
-        (r[f"server_w{workers}"]["rss_open_bytes"] - r[f"server_w{workers}"]["rss_after_all_cameras_bytes"]) / 2**20
+        (r[f"server_{variant}"]["rss_open_bytes"] - r[f"server_{variant}"]["rss_after_all_cameras_bytes"]) / 2**20
         for r in rows
     ]
     if len(ks) < 2:
         return added[0], float("nan")
     slope, fixed = np.polyfit(ks, added, 1)
     return float(fixed), float(slope)
+
+
+VARIANT_WORDS = {
+    "w1": "workers 1",
+    "w2": "workers 2",
+    "gathered": f"workers 1, {QUEUE_DELAY_US / 1000:g} ms queue delay",
+    "stacked": "gathered + --batch-images",
+}
 
 
 def to_markdown(out: dict) -> str:
@@ -393,82 +425,68 @@ def to_markdown(out: dict) -> str:
         f" {s['size'][0]}x{s['size'][1]} synthetic videos (one seed per camera), closed loop, one thread per camera;"
         f" tritonserver {out['tritonserver']} (nvidia-pytriton wheel) with its python backend on the CPU,"
         " ONNX Runtime's default threads on both sides. Throughput: timed frames of all cameras / wall time."
-        " Latency: one push, p50 / p99 over all timed frames. Ratios: server / in-process (same frames, same run)."
+        " Latency: one push, p50 / p99 over all timed frames. Ratio: server / in-process (same frames, same run)."
         f" Total run {out['run_seconds'] / 60:.1f} min (benchmarks/serving_load.py).",
         "",
     ]
     for model, res in out["models"].items():
+        variants = res.get("variants", ["w1", "w2"])
         lines += [
             f"### {model} ({res['precision']})",
             "",
-            "| cameras | in-process frames/s | p50 / p99 ms | server w1 frames/s | p50 / p99 ms | ratio |"
-            " server w2 frames/s | p50 / p99 ms | ratio | w2 / w1 | requests per execute w1 / w2 |"
-            " RSS per camera w1 / w2 | working memory for k at once w1 / w2 | stream state per camera | masks equal |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| cameras | variant | frames/s | p50 / p99 ms | ratio to in-process | requests per execute"
+            " | RSS per camera | working memory for k at once | masks equal to in-process | mask IoU, mean / min |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res["rows"]:
-            b, w1, w2 = r["in_process"], r["server_w1"], r["server_w2"]
-            eq = sum(w["masks_equal_frames"] for w in (w1, w2))
-            n = sum(w["masks_compared_frames"] for w in (w1, w2))
+            b = r["in_process"]
             lines.append(
-                f"| {r['cameras']} | {b['frames_per_s']:.1f} | {b['p50_ms']:.0f} / {b['p99_ms']:.0f}"
-                f" | {w1['frames_per_s']:.1f} | {w1['p50_ms']:.0f} / {w1['p99_ms']:.0f} | {w1['throughput_ratio']:.2f}"
-                f" | {w2['frames_per_s']:.1f} | {w2['p50_ms']:.0f} / {w2['p99_ms']:.0f} | {w2['throughput_ratio']:.2f}"
-                f" | {r['workers2_over_workers1']:.2f} | {w1['requests_per_execute']:.2f} /"
-                f" {w2['requests_per_execute']:.2f} | {w1['rss_per_camera_bytes'] / 2**20:.1f} /"
-                f" {w2['rss_per_camera_bytes'] / 2**20:.1f} MiB | {mib(w1, 'all') - mib(w1, 'one'):.1f} /"
-                f" {mib(w2, 'all') - mib(w2, 'one'):.1f} MiB | {b['state_bytes_per_camera'] / 2**20:.2f} MiB"
-                f" | {eq}/{n} |"
+                f"| {r['cameras']} | in-process | {b['frames_per_s']:.1f} | {b['p50_ms']:.0f} / {b['p99_ms']:.0f}"
+                f" | | | stream state {b['state_bytes_per_camera'] / 2**20:.2f} MiB | | | |"
             )
-        starts = [r[f"server_w{w}"]["start_s"] for r in res["rows"] for w in WORKERS]
-        fits = {w: camera_memory_fit(res["rows"], w) for w in WORKERS}
+            for v in variants:
+                f = r[f"server_{v}"]
+                lines.append(
+                    f"| {r['cameras']} | {v} | {f['frames_per_s']:.1f} | {f['p50_ms']:.0f} / {f['p99_ms']:.0f}"
+                    f" | {f['throughput_ratio']:.2f} | {f['requests_per_execute']:.2f}"
+                    f" | {f['rss_per_camera_bytes'] / 2**20:.1f} MiB | {mib(f, 'all') - mib(f, 'one'):.1f} MiB"
+                    f" | {f['masks_equal_frames']}/{f['masks_compared_frames']}"
+                    f" | {f['masks_iou_mean']:.4f} / {f['masks_iou_min']:.4f} |"
+                )
+        starts = [r[f"server_{v}"]["start_s"] for r in res["rows"] for v in variants]
+        fits = {v: camera_memory_fit(res["rows"], v) for v in variants}
+        ratio_text = []
+        for name, (a, b_) in RATIOS.items():
+            vals = [r[name] for r in res["rows"] if name in r and r["cameras"] > 1]
+            if vals:
+                ratio_text.append(f"{a} / {b_} {min(vals):.2f}-{max(vals):.2f}x")
         lines += [
             "",
+            f"Variants: {'; '.join(f'{v}: {VARIANT_WORDS[v]}' for v in variants)}."
+            + (f" Not stacked: {res['stacking_refused']}." if res.get("stacking_refused") else "")
+            + (f" From 2 cameras on: {', '.join(ratio_text)}." if ratio_text else ""),
+            "",
             "What the open cameras add to the server's RSS, as a line over k: "
-            + "; ".join(f"w{w} {f:.1f} MiB + {c:.2f} MiB per camera" for w, (f, c) in fits.items())
+            + "; ".join(f"{v} {f:.1f} MiB + {c:.2f} MiB per camera" for v, (f, c) in fits.items())
             + f". Server start to ready: {min(starts):.1f}-{max(starts):.1f} s.",
             "",
-            f"Gathered: w1 with a {QUEUE_DELAY_US / 1000:g} ms queue delay, so that Triton waits for the other"
-            " cameras' frames. Stacked: gathered, and the frames of one `execute` go through SAM2's image encoder as"
-            " one call (`--batch-images`):",
-            "",
-            "| cameras | gathered frames/s | p50 / p99 ms | requests per execute | gathered / w1 | stacked frames/s"
-            " | p50 / p99 ms | requests per execute | ratio to in-process | **stacked / gathered** | masks equal"
-            " | mask IoU to in-process, mean / min |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in res["rows"]:
-            ga, st = r["server_gathered"], r["server_stacked"]
-            lines.append(
-                f"| {r['cameras']} | {ga['frames_per_s']:.1f} | {ga['p50_ms']:.0f} / {ga['p99_ms']:.0f}"
-                f" | {ga['requests_per_execute']:.2f} | {r['gathered_over_workers1']:.2f}"
-                f" | {st['frames_per_s']:.1f} | {st['p50_ms']:.0f} / {st['p99_ms']:.0f}"
-                f" | {st['requests_per_execute']:.2f} | {st['throughput_ratio']:.2f} | {r['stacked_over_gathered']:.2f}"
-                f" | {st['masks_equal_frames']}/{st['masks_compared_frames']}"
-                f" | {st['masks_iou_mean']:.4f} / {st['masks_iou_min']:.4f} |"
-            )
-        lines.append("")
     lines += [
         "w1 / w2: the model config's `workers`: the cameras whose requests Triton hands to one `execute` run one"
-        " after the other (1) or in 2 threads. Requests per execute: nv_inference_request_success /"
+        " after the other (1) or in 2 threads. gathered: w1 with a queue delay, so that Triton waits for the other"
+        " cameras' frames before it calls `execute`; stacked: gathered, and the frames of one `execute` go through"
+        " SAM2's image encoder as one call (`--batch-images`; offered where the image encoder stacks frames"
+        " exactly, i.e. not on dynamic int8, whose activation scales would span the cameras). stacked / gathered"
+        " is what stacking itself gains. Requests per execute: nv_inference_request_success /"
         " nv_inference_exec_count over the timed run, i.e. how many cameras' frames arrived together (the most"
-        " that one stacked image-encoder call can hold). Stacked rows of an fp32 image encoder equal the frames"
-        " encoded alone bit for bit; a dynamic-int8 one scales activations over the whole call, so there a"
-        " camera's masks depend slightly on the other cameras' frames (the IoU columns)."
+        " one stacked call holds)."
         " RSS per camera: (server RSS with the cameras open after their frames - RSS after the same number of"
         " cameras came and went for a few frames) / cameras, i.e. the cameras' state without the graphs' working"
         " memory for running them at once (that is the next column: RSS after k cameras came and went - after"
         " one); stream state: Stream.state_nbytes of the in-process streams at the same point. RSS is the"
         " allocator's view: a camera's arrays can reuse heap pages that cameras before it freed (malloc_trim"
         " returns only whole free pages), so the RSS added per camera can be below its state bytes."
-        " Masks equal: frames (warm-up included) whose server masks equal the in-process masks bit for bit, over"
-        " the w1 and w2 runs (the stacked run has its own column; the gathered run's are equal too: "
-        + ", ".join(
-            f"{sum(r['server_gathered']['masks_equal_frames'] for r in res['rows'])}/"
-            f"{sum(r['server_gathered']['masks_compared_frames'] for r in res['rows'])} ({model})"
-            for model, res in out["models"].items()
-        )
-        + ").",
+        " Masks equal: frames (warm-up included) whose server masks equal the in-process masks bit for bit.",
         "",
     ]
     return "\n".join(lines)

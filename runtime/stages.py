@@ -178,23 +178,35 @@ class Stages:
         return self.graphs["sam_image"].run(x)
 
     @property
-    def stacks_frames(self) -> bool:
-        """Whether the image graph takes several frames in one call: it has a batch axis in
-        engines built since export.sam_graphs gave it one (older ones take a single frame)."""
-        return isinstance(self.manifest.graphs["sam_image"]["inputs"][0]["shape"][0], str)
+    def stacking_refused(self) -> str | None:
+        """Why the image graph cannot encode several frames in one call with each row equal to
+        the frame encoded alone, or None where it can: it needs the graph's frame axis (engines
+        built since export.sam_graphs gave it one) and activations quantized by no one but the
+        frame itself (a dynamic-int8 graph scales them over the whole call)."""
+        g = self.manifest.graphs["sam_image"]
+        if not isinstance(g["inputs"][0]["shape"][0], str):
+            return (
+                f"the image graph of engine directory {self.manifest.directory} takes one frame per call:"
+                " rebuild it with python -m export.build"
+            )
+        q = g.get("quantization") or {}
+        if q.get("method") == "dynamic-int8":
+            return (
+                f"the image graph of engine directory {self.manifest.directory} is dynamic int8: its activation"
+                " scales span the whole call, so a frame's features would depend on the other frames (use an"
+                " fp32 or fp16 engine)"
+            )
+        return None
 
     def sam_features_stacked(self, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
-        """sam_features of each frame (of any sizes: each is resized to the graph's square), in
-        one image-graph call. On a CPU in fp32 each row equals the frame's own sam_features bit
-        for bit; a dynamic-int8 graph scales activations over the whole call, and a GPU may pick
-        other kernels for another batch size, so there rows differ slightly."""
-        if not self.stacks_frames:
-            raise EngineDirError(
-                f"the image graph of engine directory {self.manifest.directory} takes one frame per call:"
-                " rebuild it with python -m export.build to stack frames"
-            )
+        """sam_features of each frame (of any sizes: each is resized to the graph's square): in
+        one image-graph call unless stacking_refused says why not, else one call per frame. Either way a
+        row equals the frame's own sam_features: bit for bit on a CPU (tests/test_sam_image_batch.py);
+        a GPU may pick other kernels for another batch size (benchmarks/gpu_check.py measures it)."""
         if not frames:
             return []
+        if self.stacking_refused is not None:
+            return [self.sam_features(f) for f in frames]
         x = np.stack([preprocess.sam_preprocess(f, self.sam_size) for f in frames]).astype(np.float32)
         levels = self.graphs["sam_image"].run(x)
         return [[level[i : i + 1] for level in levels] for i in range(len(frames))]

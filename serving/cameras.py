@@ -9,14 +9,13 @@ an error for that one request while the camera's stream goes on.
 
 With batch_images=True the frames of one `handle` call (the cameras of one Triton `execute`) go
 through SAM2's image encoder as one stacked call (GlusEngine.encode_frames), then each camera's
-stream goes on with its row. On a CPU in fp32 a row equals the frame encoded alone, bit for bit,
-so the masks are those of in-process streams; the default engine's dynamic-int8 image encoder
-scales activations over the whole call, so there a camera's features depend slightly on the
-other cameras' frames (benchmarks/serving_load.py measures both, and what stacking gains). Off
-(the default), the requests of one call run one after the other, or, with workers > 1, their
-streams run in threads at the same time (ONNX Runtime releases the GIL): the same masks either
-way. The LLM is batched within a camera only (batch_llm): its batched graph reads one shared
-prefix, and every camera has its own.
+stream goes on with its row. A row equals the frame encoded alone (bit for bit on a CPU), so the
+masks are those of in-process streams; an engine whose image encoder cannot promise that (built
+before the graph had a frame axis, or dynamic int8: activation scales over the whole call) is
+refused. Off (the default), the requests of one call run one after the other, or, with
+workers > 1, their streams run in threads at the same time (ONNX Runtime releases the GIL): the
+same masks either way. The LLM is batched within a camera only (batch_llm): the engine's batched
+graph reads one shared prefix, and every camera has its own.
 """
 
 from __future__ import annotations
@@ -97,7 +96,7 @@ class Cameras:
     stream_options: GlusEngine.stream's keyword options (kv_policy, llm_every, ...).
     workers: streams run at once within one `handle` call (1: one after the other).
     batch_images: the frames of one `handle` call share one image-encoder call (an engine whose
-    image graph has a batch axis, GlusEngine.stacks_frames).
+    image encoder stacks frames exactly: GlusEngine.stacks_frames).
     """
 
     def __init__(
@@ -127,10 +126,7 @@ class Cameras:
         if not isinstance(batch_images, bool):
             raise ValueError(f"batch_images must be True or False, got {batch_images!r}")
         if batch_images and not engine.stacks_frames:
-            raise ValueError(
-                f"batch_images needs an engine whose image graph takes several frames per call; engine"
-                f" directory {engine.manifest.directory} takes one: rebuild it with python -m export.build"
-            )
+            raise ValueError(f"batch_images needs an image encoder that stacks frames exactly: {engine.stacking_refused}")
         self.batch_images = batch_images
         self.stacked_calls = 0  # image-encoder calls that served more than one camera
         self.clock = clock

@@ -89,4 +89,7 @@ def test_cpu_smoke_run_measures_every_phase(tmp_path):
     assert fp32["iou_min"] == 1.0 and fp32["seg_cosine_min"] > 0.99999  # CPU against CPU
     assert "GPU" in run["engines"]["fp16"]["skipped"]  # fp16 engines are GPU-only
     assert run["engines"]["int8"]["seg_cosine_min"] > 0.99
+    stacked = fp32["stacked_image_encoder"]
+    assert [r["frames"] for r in stacked] == [1, 2, 4, 8] and all(r["stacked_s"] > 0 for r in stacked)
+    assert all(r["rows_max_abs"] == 0.0 for r in stacked)  # fp32 on a CPU: bit for bit
     assert doc["machine"]["cores"] >= 1 and "cuda" in doc

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime import GlusEngine
-from runtime.errors import EngineDirError, InputError
+from runtime.errors import InputError
 
 from .conftest import moving_square_video
 
@@ -38,15 +38,44 @@ def test_each_stacked_row_equals_its_frame_encoded_alone_fp32(tiny_engine, sizes
             assert np.array_equal(a, r)  # bit for bit: served masks equal in-process ones
 
 
-def test_int8_rows_differ_only_slightly(tiny_int8_engine_dir):
-    """A dynamic-int8 image encoder scales activations over the whole call: rows are coupled."""
+def test_a_dynamic_int8_image_encoder_is_not_stacked(tiny_int8_engine_dir):
+    """Its activation scales span the whole call, so stacked rows would depend on the other
+    frames: encode_frames then runs one call per frame, and serving refuses batch_images."""
+    from serving.cameras import Cameras
+
     engine = GlusEngine.load(tiny_int8_engine_dir)
+    assert not engine.stacks_frames and "dynamic int8" in engine.stacking_refused
     rng = np.random.default_rng(5)
     frames = [frame(rng, 48, 64) for _ in range(4)]
-    for f, row in zip(frames, engine.encode_frames(frames)):
+    graph = engine._stages.graphs["sam_image"]
+    calls = []
+    real = graph.run
+    graph.run = lambda *a, **k: calls.append(a[0].shape[0]) or real(*a, **k)
+    try:
+        rows = engine.encode_frames(frames)
+    finally:
+        del graph.run
+    assert calls == [1, 1, 1, 1]
+    for f, row in zip(frames, rows):
         for a, r in zip(engine._stages.sam_features(f), row):
-            a, r = a.ravel().astype(np.float64), r.ravel().astype(np.float64)
-            assert a @ r / (np.linalg.norm(a) * np.linalg.norm(r)) > 0.999
+            assert np.array_equal(a, r)
+    with pytest.raises(ValueError, match="dynamic int8"):
+        Cameras(engine, batch_images=True)
+
+
+def test_the_int8_graph_coupling_is_real(tiny_int8_engine_dir):
+    """Why the refusal: the same int8 graph run on a stack gives other features for a frame."""
+    engine = GlusEngine.load(tiny_int8_engine_dir)
+    st = engine._stages
+    rng = np.random.default_rng(6)
+    frames = [frame(rng, 48, 64) for _ in range(4)]
+    frames[0][:] = 0  # a dark frame beside bright ones: another activation range
+    from runtime import preprocess
+
+    x = np.stack([preprocess.sam_preprocess(f, st.sam_size) for f in frames]).astype(np.float32)
+    stacked = st.graphs["sam_image"].run(x)
+    alone = st.sam_features(frames[0])
+    assert any(not np.array_equal(s[:1], a) for s, a in zip(stacked, alone))
 
 
 def test_a_stream_fed_stacked_rows_gives_its_own_masks(tiny_engine):
@@ -89,9 +118,11 @@ def test_an_engine_without_the_frame_axis_says_to_rebuild(tiny_engine, monkeypat
 
     sig = tiny_engine.manifest.graphs["sam_image"]["inputs"][0]
     monkeypatch.setitem(sig, "shape", [1, *sig["shape"][1:]])  # as engines built before the axis
-    assert not tiny_engine.stacks_frames
-    with pytest.raises(EngineDirError, match="rebuild"):
-        tiny_engine.encode_frames(moving_square_video(2))
+    assert not tiny_engine.stacks_frames and "rebuild" in tiny_engine.stacking_refused
+    frames = moving_square_video(2)
+    rows = tiny_engine.encode_frames(frames)  # one call per frame, as the graph takes
+    for f, row in zip(frames, rows):
+        assert all(np.array_equal(a, r) for a, r in zip(tiny_engine._stages.sam_features(f), row))
     with pytest.raises(ValueError, match="rebuild"):
         Cameras(tiny_engine, batch_images=True)
     Cameras(tiny_engine)  # without stacking it serves as before
