@@ -126,7 +126,9 @@ class Cameras:
         if not isinstance(batch_images, bool):
             raise ValueError(f"batch_images must be True or False, got {batch_images!r}")
         if batch_images and not engine.stacks_frames:
-            raise ValueError(f"batch_images needs an image encoder that stacks frames exactly: {engine.stacking_refused}")
+            raise ValueError(
+                f"batch_images needs an image encoder that stacks frames exactly: {engine.stacking_refused}"
+            )
         self.batch_images = batch_images
         self.stacked_calls = 0  # image-encoder calls that served more than one camera
         self.clock = clock
