@@ -180,23 +180,8 @@ class Stages:
     @property
     def stacking_refused(self) -> str | None:
         """Why the image graph cannot encode several frames in one call with each row equal to
-        the frame encoded alone, or None where it can: it needs the graph's frame axis (engines
-        built since export.sam_graphs gave it one) and activations quantized by no one but the
-        frame itself (a dynamic-int8 graph scales them over the whole call)."""
-        g = self.manifest.graphs["sam_image"]
-        if not isinstance(g["inputs"][0]["shape"][0], str):
-            return (
-                f"the image graph of engine directory {self.manifest.directory} takes one frame per call:"
-                " rebuild it with python -m export.build"
-            )
-        q = g.get("quantization") or {}
-        if q.get("method") == "dynamic-int8":
-            return (
-                f"the image graph of engine directory {self.manifest.directory} is dynamic int8: its activation"
-                " scales span the whole call, so a frame's features would depend on the other frames (use an"
-                " fp32 or fp16 engine)"
-            )
-        return None
+        the frame encoded alone, or None where it can (stacking_refused below)."""
+        return stacking_refused(self.manifest)
 
     def sam_features_stacked(self, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
         """sam_features of each frame (of any sizes: each is resized to the graph's square): in
@@ -309,6 +294,26 @@ class Stages:
             num_slots=rules.NUM_MASKMEM,
             mem_stride=int(self.c["mem_stride"]),
         )
+
+
+def stacking_refused(manifest: Manifest) -> str | None:
+    """Why an engine's image graph cannot stack frames with each row equal to the frame encoded
+    alone, or None where it can: it needs the graph's frame axis (engines built since
+    export.sam_graphs gave it one) and activations quantized by nothing but the frame itself (a
+    dynamic-int8 graph scales them over the whole call)."""
+    g = manifest.graphs["sam_image"]
+    if not isinstance(g["inputs"][0]["shape"][0], str):
+        return (
+            f"the image graph of engine directory {manifest.directory} takes one frame per call:"
+            " rebuild it with python -m export.build"
+        )
+    if (g.get("quantization") or {}).get("method") == "dynamic-int8":
+        return (
+            f"the image graph of engine directory {manifest.directory} is dynamic int8: its activation"
+            " scales span the whole call, so a frame's features would depend on the other frames (use an"
+            " fp32 or fp16 engine)"
+        )
+    return None
 
 
 def pad_windows(embeds: list[np.ndarray], start: int):

@@ -150,6 +150,13 @@ def write_repository(engine_dir, out, *, name: str = MODEL_NAME, **options) -> P
     engine_dir = Path(engine_dir)
     if not (engine_dir / MANIFEST).is_file():
         raise FileNotFoundError(f"not an engine directory (no {MANIFEST}): {engine_dir}")
+    if options.get("batch_images"):  # refused here, not at the server's model load
+        from runtime.manifest import read_manifest
+        from runtime.stages import stacking_refused
+
+        why = stacking_refused(read_manifest(engine_dir, verify_hashes=False))
+        if why:
+            raise ValueError(f"--batch-images needs an image encoder that stacks frames exactly: {why}")
     model = Path(out) / name
     (model / "1").mkdir(parents=True, exist_ok=True)
     (model / "config.pbtxt").write_text(config_pbtxt(engine_dir, name=name, **options))

@@ -36,8 +36,9 @@ def _trim_heap() -> None:
 
 
 class _Metrics:
-    """glus_open_cameras and glus_frames_total on Triton's metrics endpoint, where the python
-    backend supports custom metrics."""
+    """glus_open_cameras, glus_frames_total, glus_cameras_idled_out_total and
+    glus_stacked_image_calls_total on Triton's metrics endpoint, where the python backend
+    supports custom metrics."""
 
     def __init__(self):
         self.ok = hasattr(pb_utils, "MetricFamily")
@@ -54,11 +55,18 @@ class _Metrics:
             description="cameras closed after max_sequence_idle_microseconds without a request",
             kind=pb_utils.MetricFamily.COUNTER,
         )
+        self._stacked_family = pb_utils.MetricFamily(
+            name="glus_stacked_image_calls_total",
+            description="image-encoder calls that encoded the frames of several cameras (--batch-images)",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
         self.open = self._open_family.Metric(labels={"model": "glus"})
         self.frames = self._frames_family.Metric(labels={"model": "glus"})
         self.freed = self._freed_family.Metric(labels={"model": "glus"})
+        self.stacked = self._stacked_family.Metric(labels={"model": "glus"})
         self._frames_seen = 0
         self._freed_seen = 0
+        self._stacked_seen = 0
 
     def update(self, cameras: Cameras) -> None:
         if not self.ok:
@@ -68,6 +76,8 @@ class _Metrics:
         self._frames_seen = cameras.frames_served
         self.freed.increment(cameras.freed_idle - self._freed_seen)
         self._freed_seen = cameras.freed_idle
+        self.stacked.increment(cameras.stacked_calls - self._stacked_seen)
+        self._stacked_seen = cameras.stacked_calls
 
 
 class TritonPythonModel:

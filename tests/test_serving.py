@@ -93,6 +93,47 @@ def test_two_cameras_x_20_frames_equal_in_process_streams(server, tiny_engine):
     wait_for(lambda: open_cameras(server) == 0, 10, "both cameras closed by their END")
 
 
+def test_stacked_image_calls_serve_the_in_process_masks(tiny_engine_dir, tiny_engine, tmp_path):
+    """--batch-images on the fp32 engine: the cameras Triton gathers (a queue delay) share one
+    image-encoder call, and every camera's masks stay its in-process stream's, bit for bit."""
+    from serving.client import CameraClient
+    from serving.repository import write_repository
+    from serving.server import Server
+
+    repo = write_repository(
+        tiny_engine_dir, tmp_path / "repo", max_cameras=3, idle_timeout_s=30, batch_images=True, queue_delay_us=50_000
+    )
+    videos = [moving_square_video(6, seed=s) for s in (31, 32, 33)]
+    exprs = [EXPRS[0], EXPRS[1], EXPRS[0]]
+    got: list[list] = [[], [], []]
+    errors = []
+    with Server(repo.parent, log=tmp_path / "server.log") as server:
+        barrier = threading.Barrier(3)
+
+        def camera(i):
+            try:
+                with CameraClient(server.grpc_url, exprs[i]) as cam:
+                    for f in videos[i]:
+                        barrier.wait(60)  # the three cameras send each frame together
+                        got[i].append(cam.push(f))
+            except Exception as e:  # noqa: BLE001 (reported below, in the test's thread)
+                errors.append(e)
+                barrier.abort()
+
+        threads = [threading.Thread(target=camera, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        stacked = server.metrics().get("glus_stacked_image_calls_total", 0)
+    assert not errors, errors
+    for i in range(3):
+        want = in_process(tiny_engine, videos[i], exprs[i])
+        assert all(np.array_equal(a.masks, w) for a, w in zip(got[i], want)), f"camera {i}"
+    assert stacked >= 3  # most of the 6 rounds were one stacked call
+    assert "in one image-encoder call" in (tmp_path / "server.log").read_text()
+
+
 def test_the_client_command_writes_the_in_process_masks(server, tiny_engine, tmp_path):
     import cv2
 

@@ -81,3 +81,13 @@ def test_sources_of_the_same_name_get_distinct_output_names():
 
     names = UniqueNames()
     assert [names.claim(n) for n in ["a", "b", "a", "a", "a-2"]] == ["a", "b", "a-2", "a-3", "a-2-2"]
+
+
+def test_batch_images_on_an_int8_engine_is_refused_when_the_repository_is_written(tiny_int8_engine_dir, tmp_path):
+    from serving.repository import main, write_repository
+
+    with pytest.raises(ValueError, match="dynamic int8"):
+        write_repository(tiny_int8_engine_dir, tmp_path / "repo", batch_images=True)
+    assert not (tmp_path / "repo").exists()  # nothing half-written
+    assert main([str(tiny_int8_engine_dir), str(tmp_path / "repo"), "--batch-images"]) == 2
+    write_repository(tiny_int8_engine_dir, tmp_path / "repo")  # without it, as before
