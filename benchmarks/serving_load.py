@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.stages import stacking_refused
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/threads.py
 
 RESULTS = Path(__file__).parent / "results"
@@ -377,7 +379,7 @@ def measure_model(model: str, counts: list[int], frames: int, warmup: int, size,
         "engine_dir": str(source),
         "precision": engine.precision,
         "variants": list(variants_for(engine)),
-        "stacking_refused": engine.stacking_refused,
+        "stacking_refused": stacking_refused(engine.manifest),
         "rows": rows,
     }
 
@@ -385,7 +387,7 @@ def measure_model(model: str, counts: list[int], frames: int, warmup: int, size,
 def variants_for(engine) -> list[str]:
     """w1 and w2 on every engine; gathered and stacked where its image encoder stacks frames
     exactly (fp32: a dynamic-int8 one is refused, its scales would span the cameras)."""
-    return ["w1", "gathered", "stacked"] if engine.stacks_frames else ["w1", "w2"]
+    return ["w1", "w2"] if stacking_refused(engine.manifest) else ["w1", "gathered", "stacked"]
 
 
 # ---- report ---------------------------------------------------------------------------------------

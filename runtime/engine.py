@@ -241,22 +241,11 @@ class GlusEngine:
         return results
 
     # ---- streaming -------------------------------------------------------------------------
-    @property
-    def stacks_frames(self) -> bool:
-        """Whether encode_frames runs several frames in one image-encoder call (why not:
-        stacking_refused)."""
-        return self._stages.stacking_refused is None
-
-    @property
-    def stacking_refused(self) -> str | None:
-        """Why this engine's image encoder cannot stack frames exactly (older engines: no frame
-        axis; dynamic-int8 ones: activation scales over the whole call), or None."""
-        return self._stages.stacking_refused
-
     def encode_frames(self, frames) -> list[list[np.ndarray]]:
         """The SAM2 features of several frames (of one camera or several): row i goes to frame
         i's Stream.push(frame, sam_features=row), and equals what the stream computes alone. One
-        image-encoder call where stacks_frames, else one call per frame."""
+        image-encoder call, or one call per frame where runtime.stages.stacking_refused(manifest)
+        says why not (no frame axis, or a dynamic-int8 image encoder)."""
         return self._stages.sam_features_stacked([check_frame(f) for f in frames])
 
     def stream(

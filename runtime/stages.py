@@ -184,10 +184,11 @@ class Stages:
         return stacking_refused(self.manifest)
 
     def sam_features_stacked(self, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
-        """sam_features of each frame (of any sizes: each is resized to the graph's square): in
-        one image-graph call unless stacking_refused says why not, else one call per frame. Either way a
-        row equals the frame's own sam_features: bit for bit on a CPU (tests/test_sam_image_batch.py);
-        a GPU may pick other kernels for another batch size (benchmarks/gpu_check.py measures it)."""
+        """sam_features of each frame (of any sizes: each is resized to the graph's square), in
+        one image-graph call, or one call per frame where stacking_refused says why not. Either
+        way a row equals the frame's own sam_features: bit for bit on a CPU
+        (tests/test_sam_image_batch.py); a GPU may pick other kernels for another batch size
+        (benchmarks/gpu_check.py measures it)."""
         if not frames:
             return []
         if self.stacking_refused is not None:

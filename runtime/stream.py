@@ -118,8 +118,8 @@ class Stream:
     def push(self, frame, sam_features: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The masks (bool, frame size) of this frame for every expression in the stream.
 
-        sam_features: this frame's SAM2 features if already computed (Stages.sam_features, or
-        one row of Stages.sam_features_stacked: a server encodes its cameras' frames at once).
+        sam_features: this frame's SAM2 features if already computed (its row of
+        GlusEngine.encode_frames: a server encodes its cameras' frames in one call).
         A bad frame raises InputError and leaves the stream as it was.
         """
         stages = self.stages
@@ -187,5 +187,8 @@ def _check_sam_features(feats, stages: Stages) -> None:
     shapes = [getattr(f, "shape", None) for f in feats] if isinstance(feats, (list, tuple)) else None
     if shapes is None or len(shapes) != 3 or any(s is None or len(s) != 4 or s[0] != 1 for s in shapes):
         raise InputError(f"sam_features must be one frame's 3 feature maps [1, C, h, w], got shapes {shapes}")
+    dtypes = {str(getattr(f, "dtype", None)) for f in feats}
+    if dtypes != {"float32"}:
+        raise InputError(f"sam_features must be float32, got {sorted(dtypes)}")
     if [tuple(s[2:]) for s in shapes] != hw:
         raise InputError(f"sam_features have sizes {[tuple(s[2:]) for s in shapes]}, the engine's are {hw}")

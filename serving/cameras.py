@@ -30,6 +30,7 @@ import numpy as np
 
 from runtime.checks import check_frame
 from runtime.errors import InputError
+from runtime.stages import stacking_refused
 
 
 class CameraError(Exception):
@@ -96,7 +97,7 @@ class Cameras:
     stream_options: GlusEngine.stream's keyword options (kv_policy, llm_every, ...).
     workers: streams run at once within one `handle` call (1: one after the other).
     batch_images: the frames of one `handle` call share one image-encoder call (an engine whose
-    image encoder stacks frames exactly: GlusEngine.stacks_frames).
+    image encoder stacks frames exactly: runtime.stages.stacking_refused).
     """
 
     def __init__(
@@ -125,10 +126,9 @@ class Cameras:
         self.workers = workers
         if not isinstance(batch_images, bool):
             raise ValueError(f"batch_images must be True or False, got {batch_images!r}")
-        if batch_images and not engine.stacks_frames:
-            raise ValueError(
-                f"batch_images needs an image encoder that stacks frames exactly: {engine.stacking_refused}"
-            )
+        why = stacking_refused(engine.manifest) if batch_images else None
+        if why:
+            raise ValueError(f"batch_images needs an image encoder that stacks frames exactly: {why}")
         self.batch_images = batch_images
         self.stacked_calls = 0  # image-encoder calls that served more than one camera
         self.clock = clock

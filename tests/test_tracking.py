@@ -111,6 +111,7 @@ def test_public_surface_fits_on_a_screen(tiny_engine):
         "backend",
         "device",
         "io_binding",
+        "encode_frames",  # several cameras' frames in one image-encoder call (serving --batch-images)
     }
 
 
