@@ -201,8 +201,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-images",
         action="store_true",
-        help="the frames of the cameras batched together share one SAM2 image-encoder call (bit-exact"
-        " in fp32 on a CPU; with an int8 image encoder a camera's masks then depend slightly on the others')",
+        help="the frames of the cameras batched together share one SAM2 image-encoder call (the same masks;"
+        " refused for a dynamic-int8 image encoder, whose scales would span the cameras); pair it with"
+        " --queue-delay-us, or closed-loop cameras rarely arrive together",
     )
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per graph (default: ONNX Runtime's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
