@@ -231,6 +231,7 @@ def phase_runtime(work: Path, shape: str, layers: int, frames: int, device: str,
     from export.build import build, check_backend
     from reference.make_tiny import make_tiny
     from runtime import GlusEngine
+    from runtime.stages import stacking_refused
 
     t0 = time.perf_counter()
     glus_dir, clip_dir = make_tiny(
@@ -284,7 +285,8 @@ def phase_runtime(work: Path, shape: str, layers: int, frames: int, device: str,
             seg_cosine_min=min(coss),
             masks_nonempty=float(np.mean([m.any() for r in cpu_res for m in r.masks])),
         )
-        row["stacked_image_encoder"] = stacking_times(eng, vid, device)
+        refused = stacking_refused(eng.manifest)  # dynamic int8: encode_frames would not stack
+        row["stacked_image_encoder"] = {"skipped": refused} if refused else stacking_times(eng, vid, device)
         del eng
         save(out)
     out["wall_s"] = time.perf_counter() - t0

@@ -40,24 +40,13 @@ def min_cosine(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return min(cos)
 
 
-def stacked_call(stages, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
-    """One call of the image graph on the stacked frames, rows split: what
-    Stages.sam_features_stacked does, without its refusal of dynamic-int8 graphs (whose rows this
-    measures: the reason for that refusal)."""
-    from runtime import preprocess
-
-    x = np.stack([preprocess.sam_preprocess(f, stages.sam_size) for f in frames]).astype(np.float32)
-    levels = stages.graphs["sam_image"].run(x)
-    return [[level[i : i + 1] for level in levels] for i in range(len(frames))]
-
-
 def measure(stages, counts: list[int], repeats: int) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for n in counts:
         frames = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(n)]
         singles = [stages.sam_features(f) for f in frames]
-        stacked = stacked_call(stages, frames)
+        stacked = stages.sam_features_one_call(frames)
         loop_s, batch_s = [], []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -65,7 +54,7 @@ def measure(stages, counts: list[int], repeats: int) -> list[dict]:
                 stages.sam_features(f)
             loop_s.append(time.perf_counter() - t)
             t = time.perf_counter()
-            stacked_call(stages, frames)
+            stages.sam_features_one_call(frames)
             batch_s.append(time.perf_counter() - t)
         lo, ba = statistics.median(loop_s), statistics.median(batch_s)
         rows.append(

@@ -193,6 +193,12 @@ class Stages:
             return []
         if self.stacking_refused is not None:
             return [self.sam_features(f) for f in frames]
+        return self.sam_features_one_call(frames)
+
+    def sam_features_one_call(self, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """The frames through the image graph as one call, rows split, whatever the graph: the
+        stacking itself, without sam_features_stacked's refusal (benchmarks and tests measure
+        what a dynamic-int8 graph does to the rows with it)."""
         x = np.stack([preprocess.sam_preprocess(f, self.sam_size) for f in frames]).astype(np.float32)
         levels = self.graphs["sam_image"].run(x)
         return [[level[i : i + 1] for level in levels] for i in range(len(frames))]
